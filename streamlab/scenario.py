@@ -1,0 +1,345 @@
+"""Scenario files: model, shape, variant, schedule, collective and measurement, from YAML.
+
+Loading never ends in a traceback for bad input: every problem becomes a `ScenarioError` whose
+lines read `file:line: what is wrong`, naming the nodes involved.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streamlab.layer import Layer, Variant, build_layer
+from streamlab.models import MODELS, ModelConfig, RankDims, Shape
+from streamlab.schedule.program import MAIN, Launch, Op, Program, Record, WaitEvent, WaitStream
+from streamlab.schedule.validate import check
+
+COLLECTIVES = ("auto", "emulated", "nccl", "symm_mem", "aiter")
+BACKENDS = ("auto", "reference", "triton", "aiter")
+
+
+class ScenarioError(Exception):
+    """Bad scenario input; str() is one `file:line: message` line per problem."""
+
+    def __init__(self, path: str, problems: list[tuple[int, str]]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}:{line}: {msg}" if line else f"{path}: {msg}"
+                                   for line, msg in problems))
+
+
+class _Map(dict):
+    line = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[str, int] = {}
+
+
+class _Seq(list):
+    line = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[int] = []
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose mappings and sequences remember the line of each entry, and which reads
+    only true/false as booleans (YAML 1.1 would turn the step key `on:` into True)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    out = _Map()
+    out.line = node.start_mark.line + 1
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in out:
+            raise _Bad(line, f"key {key!r} appears twice")
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.lines[key] = line
+    return out
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
+    out = _Seq()
+    out.line = node.start_mark.line + 1
+    for item in node.value:
+        out.append(loader.construct_object(item, deep=True))
+        out.lines.append(item.start_mark.line + 1)
+    return out
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+
+
+class _Bad(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _type_name(t: type | tuple) -> str:
+    names = {int: "an integer", bool: "true or false", str: "a string", float: "a number",
+             list: "a list", dict: "a mapping"}
+    ts = t if isinstance(t, tuple) else (t,)
+    return " or ".join(names.get(x, x.__name__) for x in ts)
+
+
+def _section(doc: _Map, key: str, cls: type, **defaults: Any) -> Any:
+    """Build dataclass `cls` from mapping doc[key], checking keys and types against its fields."""
+    raw = doc.get(key, _Map())
+    line = doc.lines.get(key, doc.line)
+    if not isinstance(raw, dict):
+        raise _Bad(line, f"{key} must be a mapping")
+    known = {f.name: f for f in fields(cls) if f.init}
+    values = dict(defaults)
+    for k, v in raw.items():
+        kline = raw.lines.get(k, line)
+        if k not in known:
+            raise _Bad(kline, f"unknown key {key}.{k}{_suggest(k, known)}; known: {', '.join(known)}")
+        want = type(getattr(cls(), k))
+        ok = (isinstance(v, want) and not (want is int and isinstance(v, bool))) or (
+            want is float and isinstance(v, int) and not isinstance(v, bool))
+        if not ok:
+            raise _Bad(kline, f"{key}.{k} must be {_type_name(want)}, got {v!r}")
+        values[k] = float(v) if want is float else v
+    return cls(**values)
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass(frozen=True)
+class Collective:
+    impl: str = "auto"
+    emulated_us: float = 10.0  # duration of the emulated all-reduce (reference: 10.3 us on MI355X)
+
+
+@dataclass(frozen=True)
+class Measure:
+    layers: int = 4
+    warmup: int = 20
+    iters: int = 200
+    repeats: int = 5
+    profile_replays: int = 5
+
+
+@dataclass
+class Scenario:
+    name: str
+    path: str
+    model: ModelConfig
+    shape: Shape
+    variant: Variant
+    steps: tuple[Step, ...]
+    collective: Collective = field(default_factory=Collective)
+    measure: Measure = field(default_factory=Measure)
+    backend: str = "auto"
+    description: str = ""
+
+    @cached_property
+    def program(self) -> Program:
+        return compile_steps(self.steps, self.layer)
+
+    @cached_property
+    def dims(self) -> RankDims:
+        return RankDims(self.model, self.shape)
+
+    @cached_property
+    def layer(self) -> Layer:
+        return build_layer(self.dims, self.variant)
+
+    def with_shape(self, **changes) -> "Scenario":
+        """A copy at another shape (the schedule is shape-independent); re-validated."""
+        return _validated(replace(self, shape=self.shape.with_(**changes)))
+
+
+STEP_KINDS = ("run", "fork", "join", "record", "wait")
+STEP_KEYS = {"run": {"on"}, "fork": {"from"}, "join": {"into"}, "record": {"on"}, "wait": {"on"}}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One schedule step as written: `names` for run, `stream`/`other` for the rest."""
+
+    kind: str
+    line: int
+    stream: str = MAIN  # run/record/wait: the stream; fork/join: the forked / joined stream
+    other: str = MAIN  # fork: from; join: into; record/wait: the event
+    names: tuple[str, ...] = ()
+
+
+def _parse_steps(raw: Any, line: int) -> tuple[Step, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise _Bad(line, "schedule must be a non-empty list of steps (run / fork / join / record / wait)")
+    steps: list[Step] = []
+    for step, sline in zip(raw, raw.lines):
+        if not isinstance(step, dict):
+            raise _Bad(sline, f"a schedule step must be a mapping such as `run: [...]`, got {step!r}")
+        kinds = [k for k in step if k in STEP_KINDS]
+        if len(kinds) != 1:
+            what = "none" if not kinds else ", ".join(kinds)
+            raise _Bad(sline, f"a step needs exactly one of {', '.join(STEP_KINDS)} (found {what})")
+        kind = kinds[0]
+        for k in step:
+            if k != kind and k not in STEP_KEYS[kind]:
+                raise _Bad(step.lines.get(k, sline), f"unknown key {k!r} in a {kind} step"
+                           f"{_suggest(k, STEP_KEYS[kind])}; allowed: {', '.join(sorted(STEP_KEYS[kind]))}")
+        for k, v in step.items():
+            if k != "run" and not (isinstance(v, str) and v):
+                raise _Bad(step.lines.get(k, sline), f"{k} takes a stream or event name, got {v!r}")
+        if kind == "run":
+            names = step["run"]
+            names = [names] if isinstance(names, str) else names
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+                raise _Bad(sline, "run takes a node or group name or a list of them")
+            steps.append(Step("run", sline, step.get("on", MAIN), names=tuple(names)))
+        elif kind == "fork":
+            src = step.get("from", MAIN)
+            if step["fork"] == src:
+                raise _Bad(sline, f"fork: {src} waits on itself; fork another stream from {src}")
+            steps.append(Step("fork", sline, step["fork"], src))
+        elif kind == "join":
+            into = step.get("into", MAIN)
+            if step["join"] == into:
+                raise _Bad(sline, f"join: {into} into itself does nothing; join another stream")
+            steps.append(Step("join", sline, step["join"], into))
+        else:
+            steps.append(Step(kind, sline, step.get("on", MAIN), step[kind]))
+    return tuple(steps)
+
+
+def compile_steps(steps: tuple[Step, ...], layer: Layer) -> Program:
+    """Expand group names against the layer's variant and lower steps to stream operations."""
+    ops: list[Op] = []
+    for st in steps:
+        if st.kind == "run":
+            for name in st.names:
+                nodes = layer.expand(name)
+                if nodes is None:
+                    raise _Bad(st.line, _unknown(name, layer))
+                ops += [Launch(n, st.stream, st.line) for n in nodes]
+        elif st.kind == "fork":
+            ops.append(WaitStream(st.stream, st.other, st.line, "fork"))
+        elif st.kind == "join":
+            ops.append(WaitStream(st.other, st.stream, st.line, "join"))
+        elif st.kind == "record":
+            ops.append(Record(st.other, st.stream, st.line))
+        else:
+            ops.append(WaitEvent(st.other, st.stream, st.line))
+    return Program(ops)
+
+
+def _unknown(name: str, layer: Layer) -> str:
+    known = layer.names + list(layer.groups)
+    other = [v for v in (Variant(fused_rope_cat_cache=f, shared_expert_fused=s)
+                         for f in (True, False) for s in (True, False))
+             if layer.expand(name) is None and build_layer(layer.dims, v).expand(name) is not None]
+    hint = ""
+    if other:
+        v = other[0]
+        hint = (f"; it exists with variant fused_rope_cat_cache: {str(v.fused_rope_cat_cache).lower()}, "
+                f"shared_expert_fused: {str(v.shared_expert_fused).lower()}")
+    return f"unknown node or group {name!r}{_suggest(name, known)}{hint}"
+
+
+def parse(text: str, path: str = "<scenario>") -> Scenario:
+    """Parse and validate scenario text; raises ScenarioError naming file and line."""
+    try:
+        doc = yaml.load(text, Loader=_Loader)
+    except _Bad as e:
+        raise ScenarioError(path, [(e.line, str(e))]) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        msg = f"{getattr(e, 'problem', None) or e}".strip()
+        raise ScenarioError(path, [(mark.line + 1 if mark else 0, f"not valid YAML: {msg}")]) from None
+    if not isinstance(doc, dict):
+        raise ScenarioError(path, [(1, "a scenario is a mapping with at least a `schedule:` list")])
+    try:
+        return _validated(_scenario(doc, path))
+    except _Bad as e:
+        raise ScenarioError(path, [(e.line, str(e))]) from None
+
+
+TOP_KEYS = ("name", "description", "model", "shape", "variant", "schedule", "collective",
+            "measure", "backend")
+
+
+def _scenario(doc: _Map, path: str) -> Scenario:
+    for k in doc:
+        if k not in TOP_KEYS:
+            raise _Bad(doc.lines[k], f"unknown key {k!r}{_suggest(k, TOP_KEYS)}; known: {', '.join(TOP_KEYS)}")
+    if "schedule" not in doc:
+        raise _Bad(doc.line, "missing `schedule:` (the list of run / fork / join steps)")
+    for k in ("name", "description", "model", "backend"):
+        if k in doc and not isinstance(doc[k], str):
+            raise _Bad(doc.lines[k], f"{k} must be a string, got {doc[k]!r}")
+    model_name = doc.get("model", "glm5")
+    if model_name not in MODELS:
+        raise _Bad(doc.lines["model"], f"unknown model {model_name!r}{_suggest(model_name, MODELS)}; "
+                                       f"known: {', '.join(MODELS)}")
+    shape = _section(doc, "shape", Shape)
+    if shape.kv_cache not in ("fp8", "bf16"):
+        raise _Bad(doc["shape"].lines["kv_cache"], "shape.kv_cache must be fp8 or bf16")
+    collective = _section(doc, "collective", Collective)
+    if collective.impl not in COLLECTIVES:
+        raise _Bad(doc["collective"].lines["impl"],
+                   f"collective.impl must be one of {', '.join(COLLECTIVES)}, got {collective.impl!r}")
+    backend = doc.get("backend", "auto")
+    if backend not in BACKENDS:
+        raise _Bad(doc.lines["backend"], f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    scen = Scenario(
+        name=doc.get("name", Path(path).stem), path=path, model=MODELS[model_name], shape=shape,
+        variant=_section(doc, "variant", Variant),
+        steps=_parse_steps(doc["schedule"], doc.lines["schedule"]), collective=collective,
+        measure=_section(doc, "measure", Measure), backend=backend,
+        description=doc.get("description", ""))
+    if min(vars(scen.measure).values()) <= 0:
+        raise _Bad(doc.lines.get("measure", doc.line), "measure values must be positive")
+    return scen
+
+
+def _validated(scen: Scenario) -> Scenario:
+    """Build the layer at the scenario's shape, compile the schedule and check it."""
+    bad = [k for k, v in vars(scen.shape).items() if isinstance(v, int) and v <= 0]
+    if bad:
+        raise ScenarioError(scen.path, [(0, f"shape.{bad[0]} must be positive")])
+    try:
+        layer = scen.layer
+    except ValueError as e:
+        raise ScenarioError(scen.path, [(0, f"shape: {e}")]) from None
+    try:
+        program = scen.program
+    except _Bad as e:
+        raise ScenarioError(scen.path, [(e.line, str(e))]) from None
+    problems = check(layer, program)
+    if problems:
+        raise ScenarioError(scen.path, [(p.line, p.message) for p in problems])
+    return scen
+
+
+def load(path: str | Path) -> Scenario:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ScenarioError(str(path), [(0, f"cannot read: {e.strerror or e}")]) from None
+    return parse(text, str(path))
