@@ -167,9 +167,13 @@ class Scenario:
     def layer(self) -> Layer:
         return build_layer(self.dims, self.variant)
 
-    def with_shape(self, **changes) -> "Scenario":
-        """A copy at another shape (the schedule is shape-independent); re-validated."""
-        return _validated(replace(self, shape=self.shape.with_(**changes)))
+    def override(self, model: str | None = None, **shape: int | str | None) -> "Scenario":
+        """A copy with another model or shape (the schedule is shape-independent), re-validated."""
+        if model is not None and model not in MODELS:
+            raise ScenarioError(self.path, [(0, f"unknown model {model!r}{_suggest(model, MODELS)}; "
+                                                f"known: {', '.join(MODELS)}")])
+        return _validated(replace(self, model=MODELS[model] if model else self.model,
+                                  shape=self.shape.with_(**shape)))
 
 
 STEP_KINDS = ("run", "fork", "join", "record", "wait")

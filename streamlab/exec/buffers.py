@@ -17,7 +17,7 @@ from streamlab.layer import Layer, TensorSpec
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                 "fp8": FP8, "uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64}
-CHUNK = 1 << 26  # elements generated at a time: bounds the fp32 scratch on the CPU
+CHUNK = 1 << 24  # elements generated at a time: bounds the fp32 scratch
 
 
 def _gen(seed: int, name: str, layer: int, device) -> torch.Generator:
@@ -30,8 +30,13 @@ def _randn_into(t: torch.Tensor, g: torch.Generator, std: float = 1.0, mean: flo
     flat = t.view(-1)
     for i in range(0, flat.numel(), CHUNK):
         part = flat[i: i + CHUNK]
-        r = torch.randn(part.shape, generator=g, device=t.device) * std + mean
-        part.copy_(r.clamp(-448, 448) if t.dtype == FP8 else r)
+        part.copy_(torch.randn(part.shape, generator=g, device=t.device) * std + mean)
+
+
+def _random_fp8(t: torch.Tensor, g: torch.Generator) -> None:
+    """Uniformly random e4m3 codes with the exponent's top bit cleared: |v| in [2^-9, 1.875],
+    log-uniform, never NaN; several times faster than casting normals for GBs of weights."""
+    t.view(torch.uint8).random_(0, 256, generator=g).bitwise_and_(0xBF)
 
 
 class Buffers:
@@ -76,7 +81,7 @@ class Buffers:
         if spec.kind == "weight":
             self._fill_weight(t, spec, g)
         elif name == "kv_cache":
-            _randn_into(t, g, 1.0)
+            _random_fp8(t, g) if t.dtype == FP8 else _randn_into(t, g)
         elif name == "index_k_cache":
             self._fill_index_cache(t, g)
         elif name == "kv_scale":
@@ -103,7 +108,7 @@ class Buffers:
         elif name == "e_score_bias":
             _randn_into(t, g, 0.1)
         elif t.dtype == FP8:
-            _randn_into(t, g, 1.0)
+            _random_fp8(t, g)
         else:
             _randn_into(t, g, spec.shape[-1] ** -0.5)
 
@@ -139,8 +144,19 @@ class Buffers:
         else:
             raise KeyError(f"no initialiser for meta tensor {name}")
 
-    def snapshot(self, names: tuple[str, ...] = ("hidden", "residual")) -> dict[str, torch.Tensor]:
-        return {n: self.shared[n].clone() for n in names}
+    def mutable(self) -> dict[str, torch.Tensor]:
+        """Every tensor a layer writes: activations and caches, keyed `name` or `name@layer`."""
+        out = {n: t for n, t in self.shared.items() if self.layer.tensors[n].kind == "act"}
+        for i, d in enumerate(self.per_layer):
+            out.update({f"{n}@{i}": t for n, t in d.items() if self.layer.tensors[n].kind == "cache"})
+        return out
+
+    def save(self) -> dict[str, torch.Tensor]:
+        return {k: t.clone() for k, t in self.mutable().items()}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        for k, t in self.mutable().items():
+            t.copy_(state[k])
 
     @property
     def nbytes(self) -> int:

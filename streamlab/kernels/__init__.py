@@ -47,8 +47,16 @@ def ops_of(backend: str) -> dict[str, Callable]:
     raise BackendError(f"unknown backend {backend!r}; choose from {', '.join(FALLBACK)}")
 
 
-def bind(node: Node, backend: str) -> Bound:
-    """The node's implementation in `backend`, else the first fallback that has the op."""
+def bind(node: Node, backend: str, overrides: dict[str, Callable] | None = None) -> Bound:
+    """The node's implementation in `backend`, else the first fallback that has the op.
+
+    `overrides` (op -> function) wins over every backend: the collective chosen for a run.
+    """
+    if overrides and node.op in overrides:
+        fn = overrides[node.op]
+        return Bound(node, getattr(fn, "backend", "override"), fn)
+    if backend not in FALLBACK:
+        raise BackendError(f"unknown backend {backend!r}; choose from {', '.join(FALLBACK)}")
     for name in (backend, *FALLBACK[backend]):
         fn = ops_of(name).get(node.op)
         if fn is not None:

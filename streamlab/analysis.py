@@ -1,0 +1,308 @@
+"""Numbers from a Timeline: layer wall, kernel time, overlap, all-stream-idle bubble by gap class,
+all-reduce time per call, and per-node latency.
+
+Pure functions over Timeline intervals (microseconds), so a GPU run, a simulation and an external
+trace are measured by the same code. Nothing here decides what is steady state: every layer in
+the timeline counts; the caller trims warm-up before calling.
+
+Layers and replays. A layer is identified by `(layer, visit)`. A stream *enters* layer L when its
+previous layered interval belonged to another layer (or it had none); `visit` is how many times
+that stream entered L before. Replaying a captured N-layer graph thus gives visits 0, 1, 2, ...
+of each layer index, the same on every stream, while a trace that numbers its layers
+consecutively has visit 0 everywhere. Streams are looked at one by one because a stream runs its
+kernels in order, whereas across streams a layer's tail may overlap the next layer's head.
+Limit: replays of a one-layer graph never leave layer 0, so they merge; give each replay its own
+layer index there (layer = replay * layers + i).
+
+An occurrence of a node is its kernels inside one `(layer, visit)`; a node of several kernels
+(a fused group, a split GEMM) counts as the sum of their durations there, so node latency is
+comparable whether a backend launches one kernel or three.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from streamlab.timeline import Interval, Source, Timeline
+
+GAP_CLASSES = ("launch", "fence", "stall")
+FENCE_US = 1.0  # below: back-to-back launch latency
+STALL_US = 2.0  # at or above: the GPU waited on something (cross-stream fence, graph re-entry)
+
+
+@dataclass(frozen=True)
+class Stat:
+    median: float
+    p20: float
+    p80: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        p20, p50, p80 = percentiles(values, (20, 50, 80))
+        return cls(median=p50, p20=p20, p80=p80, n=len(values))
+
+
+@dataclass(frozen=True)
+class Gap:
+    """An all-stream-idle period and the kernels around it, to say where a stall happens."""
+
+    start: float
+    end: float
+    duration: float
+    cls: str  # launch | fence | stall
+    before: Interval | None  # the kernel that ended last before the gap
+    after: Interval | None  # the kernel that started first after the gap
+
+
+@dataclass
+class LayerStats:
+    layer: int
+    visit: int
+    start: float
+    end: float
+    wall: float  # end - start: the layer bounds when known, else first start to last end
+    kernel_sum: float  # sum of the layer's kernel durations
+    busy: float  # union of the layer's kernels over all streams
+    overlap: float  # kernel_sum / busy; > 1 means kernels ran concurrently
+    bubble: float  # all-stream-idle time inside [start, end)
+    bubble_by_class: dict[str, float]
+    gap_counts: dict[str, int]
+    stalls: list[Gap]
+    allreduce: list[float]  # duration of each all-reduce call in the layer
+    kernels: int
+    streams: list[str]
+
+
+@dataclass
+class NodeStats:
+    node: str
+    occurrences: int
+    kernels: int  # kernels over all occurrences
+    kernels_per_occurrence: float  # median
+    kernel_names: list[str]  # distinct, in order of first appearance
+    streams: list[str]
+    median: float  # of the per-occurrence sum of kernel durations
+    p20: float
+    p80: float
+
+
+@dataclass
+class Summary:
+    source: Source
+    layers: list[LayerStats]
+    nodes: dict[str, NodeStats]
+    wall: Stat  # over layers
+    kernel_sum: Stat
+    busy: Stat
+    overlap: Stat
+    bubble: Stat
+    bubble_by_class: dict[str, Stat]
+    stalls: Stat  # stall count per layer
+    allreduce: Stat | None  # per call over all layers; None when there is no all-reduce
+    streams: list[str]
+
+
+def percentiles(values: Iterable[float], qs: Sequence[float] = (20, 50, 80)) -> tuple[float, ...]:
+    """Linear-interpolated percentiles (numpy's default), as plain floats for JSON."""
+    arr = np.asarray(list(values), dtype=float)
+    if arr.size == 0:
+        raise ValueError("percentiles of no values")
+    return tuple(float(x) for x in np.percentile(arr, qs))
+
+
+def spread(values: Sequence[float]) -> float:
+    """(max - min) / median: how far repeats of one measurement disagree, relative to it."""
+    if not values:
+        raise ValueError("spread of no values")
+    return (max(values) - min(values)) / percentiles(values, (50,))[0]
+
+
+def classify(duration: float) -> str:
+    if duration < FENCE_US:
+        return "launch"
+    return "fence" if duration < STALL_US else "stall"
+
+
+def is_allreduce(iv: Interval) -> bool:
+    return iv.kind == "allreduce" or (iv.node or "").startswith("allreduce")
+
+
+def _union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merged busy periods; intervals that touch or overlap merge (a zero gap is no gap)."""
+    if starts.size == 0:
+        return starts, ends
+    order = np.lexsort((ends, starts))
+    s, reach = starts[order], np.maximum.accumulate(ends[order])
+    breaks = s[1:] > reach[:-1]
+    first = np.concatenate(([True], breaks))
+    last = np.concatenate((breaks, [True]))
+    return s[first], reach[last]
+
+
+def _arrays(intervals: Sequence[Interval]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.fromiter((iv.start for iv in intervals), float, len(intervals)),
+            np.fromiter((iv.end for iv in intervals), float, len(intervals)))
+
+
+def busy_union(intervals: Sequence[Interval]) -> list[tuple[float, float]]:
+    """Periods during which at least one stream runs a kernel, in time order."""
+    s, e = _union(*_arrays(intervals))
+    return [(float(a), float(b)) for a, b in zip(s, e)]
+
+
+class _Idle:
+    """Busy union and neighbour look-up built once, so per-layer gap queries stay cheap."""
+
+    def __init__(self, intervals: Sequence[Interval]) -> None:
+        self.seg_start, self.seg_end = _union(*_arrays(intervals))
+        self.by_start = sorted(intervals, key=lambda iv: (iv.start, iv.end))
+        self.starts = [iv.start for iv in self.by_start]
+        self.by_end = sorted(intervals, key=lambda iv: (iv.end, iv.start))
+        self.ends = [iv.end for iv in self.by_end]
+
+    def gaps(self, start: float, end: float) -> list[Gap]:
+        lo = int(np.searchsorted(self.seg_end, start, side="right"))
+        hi = int(np.searchsorted(self.seg_start, end, side="left"))
+        out, cursor = [], start
+        for s, e in zip(self.seg_start[lo:hi], self.seg_end[lo:hi]):
+            if s > cursor:
+                out.append(self._gap(cursor, float(s)))
+            cursor = max(cursor, float(e))
+        if cursor < end:
+            out.append(self._gap(cursor, end))
+        return out
+
+    def _gap(self, start: float, end: float) -> Gap:
+        i = bisect.bisect_right(self.ends, start) - 1
+        j = bisect.bisect_left(self.starts, end)
+        return Gap(start=start, end=end, duration=end - start, cls=classify(end - start),
+                   before=self.by_end[i] if i >= 0 else None,
+                   after=self.by_start[j] if j < len(self.by_start) else None)
+
+
+def gaps(intervals: Sequence[Interval], start: float, end: float) -> list[Gap]:
+    """All-stream-idle gaps inside [start, end), cut at the window edges and classified by the
+    cut length; neighbours are searched over all of `intervals`, so a gap at a layer's start
+    names the previous layer's last kernel."""
+    return _Idle(intervals).gaps(start, end)
+
+
+def assign_layers(timeline: Timeline) -> Timeline:
+    """Give intervals without a layer index the index of the layer bounds their start lies in."""
+    if not timeline.layers or all(iv.layer is not None for iv in timeline.intervals):
+        return timeline
+    order = sorted(range(len(timeline.layers)), key=lambda i: timeline.layers[i])
+    starts = [timeline.layers[i][0] for i in order]
+    out = []
+    for iv in timeline.intervals:
+        k = bisect.bisect_right(starts, iv.start) - 1
+        if iv.layer is None and k >= 0 and iv.start < timeline.layers[order[k]][1]:
+            iv = replace(iv, layer=order[k])
+        out.append(iv)
+    return Timeline(out, timeline.source, list(timeline.layers))
+
+
+def visits(intervals: Sequence[Interval]) -> dict[tuple[int, int], list[Interval]]:
+    """Layered intervals grouped by (layer, visit), in order of first start (see module doc)."""
+    current: dict[str, int] = {}  # stream -> layer of its previous layered interval
+    entered: dict[tuple[str, int], int] = {}  # (stream, layer) -> visit it is in
+    out: dict[tuple[int, int], list[Interval]] = {}
+    for iv in sorted(intervals, key=lambda iv: (iv.start, iv.end)):
+        if iv.layer is None:
+            continue
+        if current.get(iv.stream) != iv.layer:
+            current[iv.stream] = iv.layer
+            entered[(iv.stream, iv.layer)] = entered.get((iv.stream, iv.layer), -1) + 1
+        out.setdefault((iv.layer, entered[(iv.stream, iv.layer)]), []).append(iv)
+    return out
+
+
+def _calls(layer_intervals: Sequence[Interval]) -> list[float]:
+    """All-reduce durations per call: the kernels of one all-reduce node, or one unattributed
+    all-reduce kernel."""
+    calls: dict[object, float] = {}
+    for i, iv in enumerate(layer_intervals):
+        if is_allreduce(iv):
+            key = iv.node if iv.node is not None else i
+            calls[key] = calls.get(key, 0.0) + iv.duration
+    return list(calls.values())
+
+
+def _layer_stats(layer: int, visit: int, ivs: list[Interval], bounds: tuple[float, float] | None,
+                 idle: _Idle) -> LayerStats:
+    start, end = bounds if bounds else (min(iv.start for iv in ivs), max(iv.end for iv in ivs))
+    kernel_sum = float(sum(iv.duration for iv in ivs))
+    s, e = _union(*_arrays(ivs))
+    busy = float(np.sum(e - s))
+    found = idle.gaps(start, end)
+    return LayerStats(
+        layer=layer, visit=visit, start=start, end=end, wall=end - start,
+        kernel_sum=kernel_sum, busy=busy, overlap=kernel_sum / busy if busy > 0 else 0.0,
+        bubble=float(sum(g.duration for g in found)),
+        bubble_by_class={c: float(sum(g.duration for g in found if g.cls == c))
+                         for c in GAP_CLASSES},
+        gap_counts={c: sum(g.cls == c for g in found) for c in GAP_CLASSES},
+        stalls=[g for g in found if g.cls == "stall"],
+        allreduce=_calls(ivs), kernels=len(ivs), streams=sorted({iv.stream for iv in ivs}))
+
+
+def _node_stats(groups: dict[tuple[int, int], list[Interval]]) -> dict[str, NodeStats]:
+    occ: dict[str, list[list[Interval]]] = {}
+    for ivs in groups.values():
+        per_node: dict[str, list[Interval]] = {}
+        for iv in ivs:
+            if iv.node is not None:
+                per_node.setdefault(iv.node, []).append(iv)
+        for node, kernels in per_node.items():
+            occ.setdefault(node, []).append(kernels)
+    out = {}
+    for node, occurrences in occ.items():
+        p20, p50, p80 = percentiles(sum(iv.duration for iv in o) for o in occurrences)
+        flat = [iv for o in occurrences for iv in o]
+        out[node] = NodeStats(
+            node=node, occurrences=len(occurrences), kernels=len(flat),
+            kernels_per_occurrence=percentiles((len(o) for o in occurrences), (50,))[0],
+            kernel_names=list(dict.fromkeys(iv.name for iv in flat)),
+            streams=sorted({iv.stream for iv in flat}), median=p50, p20=p20, p80=p80)
+    return out
+
+
+def summarize(timeline: Timeline) -> Summary:
+    """Per-layer and per-node statistics, and their spread over layers.
+
+    Layer bounds set a layer's window only when that layer index is visited once (bounds are
+    indexed by layer, so they cannot tell replays apart). The bubble is idle time of all
+    intervals, whatever their layer, inside the window; busy and overlap use the layer's own.
+    """
+    timeline = assign_layers(timeline)
+    groups = visits(timeline.intervals)
+    if not groups:
+        raise ValueError("summarize needs intervals with layer indices or layer bounds")
+    n_visits: dict[int, int] = {}
+    for layer, _ in groups:
+        n_visits[layer] = n_visits.get(layer, 0) + 1
+    idle = _Idle(timeline.intervals)
+    layers = [
+        _layer_stats(layer, visit, ivs,
+                     timeline.layers[layer]
+                     if n_visits[layer] == 1 and 0 <= layer < len(timeline.layers) else None,
+                     idle)
+        for (layer, visit), ivs in groups.items()]
+    calls = [c for ls in layers for c in ls.allreduce]
+    return Summary(
+        source=timeline.source, layers=layers, nodes=_node_stats(groups),
+        wall=Stat.of([ls.wall for ls in layers]),
+        kernel_sum=Stat.of([ls.kernel_sum for ls in layers]),
+        busy=Stat.of([ls.busy for ls in layers]),
+        overlap=Stat.of([ls.overlap for ls in layers]),
+        bubble=Stat.of([ls.bubble for ls in layers]),
+        bubble_by_class={c: Stat.of([ls.bubble_by_class[c] for ls in layers])
+                         for c in GAP_CLASSES},
+        stalls=Stat.of([len(ls.stalls) for ls in layers]),
+        allreduce=Stat.of(calls) if calls else None,
+        streams=timeline.streams)

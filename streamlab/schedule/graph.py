@@ -1,0 +1,116 @@
+"""The graph a stream capture of a program produces, and how its branches land on hardware.
+
+Capture semantics (CUDA and HIP alike): each stream carries a set of capture dependencies; a
+launch depends on its stream's set and replaces it; wait_stream / wait_event add the source's set
+to the waiter's. Edges are created in dispatch order, which is what the HIP rule below keys on.
+
+HIP (ROCm clr) at instantiate: a depth-first walk gives each node a stream id; a node's first
+out-edge keeps its id, each extra out-edge (and each extra root) takes the next id modulo the
+queue count (DEBUG_HIP_FORCE_GRAPH_QUEUES, default 4). CUDA picks streams itself at replay;
+what we can predict there is how many branches may run at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streamlab.layer import Layer
+from streamlab.schedule.program import Launch, Program, Record, WaitEvent, WaitStream
+
+HIP_QUEUES = 4
+
+
+@dataclass
+class CaptureGraph:
+    """Kernel nodes (layer, node) with edges in creation order."""
+
+    nodes: list[tuple[int, str]]
+    stream_of: dict[tuple[int, str], str]
+    children: dict[tuple[int, str], list[tuple[int, str]]] = field(default_factory=dict)
+    parents: dict[tuple[int, str], list[tuple[int, str]]] = field(default_factory=dict)
+
+    @property
+    def roots(self) -> list[tuple[int, str]]:
+        return [n for n in self.nodes if not self.parents[n]]
+
+    @property
+    def cross_stream_edges(self) -> list[tuple[tuple[int, str], tuple[int, str]]]:
+        return [(a, b) for a in self.nodes for b in self.children[a]
+                if self.stream_of[a] != self.stream_of[b]]
+
+
+def capture(program: Program, layers: int = 1) -> CaptureGraph:
+    prog = program.repeated(layers)
+    launches = prog.launches
+    keys = [(op.layer, op.node) for op in launches]
+    g = CaptureGraph(keys, {(op.layer, op.node): op.stream for op in launches},
+                     {k: [] for k in keys}, {k: [] for k in keys})
+    deps: dict[str, list[tuple[int, str]]] = {prog.main: []}
+    events: dict[str, list[tuple[int, str]]] = {}
+    for op in prog.ops:
+        if isinstance(op, Launch):
+            me = (op.layer, op.node)
+            for p in deps.get(op.stream, []):
+                g.children[p].append(me)
+                g.parents[me].append(p)
+            deps[op.stream] = [me]
+        elif isinstance(op, WaitStream):
+            deps[op.waiter] = list(dict.fromkeys(deps.get(op.waiter, []) + deps.get(op.source, [])))
+        elif isinstance(op, Record):
+            events[op.event] = list(deps.get(op.stream, []))
+        elif isinstance(op, WaitEvent):
+            deps[op.waiter] = list(dict.fromkeys(deps.get(op.waiter, []) + events.get(op.event, [])))
+    return g
+
+
+def hip_streams(g: CaptureGraph, queues: int = HIP_QUEUES) -> dict[tuple[int, str], int]:
+    """Physical stream id of every node under the HIP depth-first rule."""
+    assigned: dict[tuple[int, str], int] = {}
+    counter = 0
+
+    def fresh() -> int:
+        nonlocal counter
+        counter += 1
+        return counter % queues
+
+    for i, root in enumerate(g.roots):
+        if root in assigned:
+            continue
+        assigned[root] = 0 if i == 0 else fresh()
+        stack = [(root, iter(enumerate(g.children[root])))]
+        while stack:  # recursive depth-first walk, unrolled (graphs of 78 layers are deep)
+            node, edges = stack[-1]
+            for k, child in edges:
+                if child not in assigned:
+                    assigned[child] = assigned[node] if k == 0 else fresh()
+                    stack.append((child, iter(enumerate(g.children[child]))))
+                    break
+            else:
+                stack.pop()
+    return assigned
+
+
+def max_concurrency(g: CaptureGraph) -> int:
+    """Most nodes that could run at once (greedy level width): the branches CUDA may spread."""
+    depth: dict[tuple[int, str], int] = {}
+    for n in g.nodes:  # dispatch order is a topological order
+        depth[n] = 1 + max((depth[p] for p in g.parents[n]), default=0)
+    width: dict[int, int] = {}
+    for d in depth.values():
+        width[d] = width.get(d, 0) + 1
+    return max(width.values(), default=0)
+
+
+def critical_path(layer: Layer, weight: dict[str, float]) -> tuple[list[str], float]:
+    """Longest path through the layer's data dependencies, nodes weighted by `weight` (us)."""
+    deps = layer.dependencies()
+    best: dict[str, tuple[float, str | None]] = {}
+    for node in layer.nodes:
+        prev = max(((best[d][0], d) for (_, d), _, _ in deps[(0, node.name)]), default=(0.0, None))
+        best[node.name] = (prev[0] + weight.get(node.name, 0.0), prev[1])
+    end = max(best, key=lambda n: best[n][0])
+    path, cur = [], end
+    while cur is not None:
+        path.append(cur)
+        cur = best[cur][1]
+    return path[::-1], best[end][0]
