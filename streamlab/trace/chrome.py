@@ -1,0 +1,75 @@
+"""Chrome trace / Perfetto JSON for a Timeline: open any run in ui.perfetto.dev or
+chrome://tracing, and read our own traces back unchanged.
+
+One process named after the source; one thread per stream ("stream <id>"); one "X" event per
+interval, named after its DAG node when known; layer bounds as "X" events on their own track
+above the streams. Every event's args carry the full interval (including its exact end, since
+ts + dur can differ from it in the last bit), so `from_chrome` rebuilds the Timeline exactly.
+Loading traces from other tools (PyTorch profiler, rocprof) is a separate, larger job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+from pathlib import Path
+
+from streamlab.io import write_atomic
+from streamlab.timeline import Interval, Source, Timeline
+
+PID = 1
+
+
+def to_chrome(timeline: Timeline) -> dict:
+    streams = timeline.streams
+    tid = {s: i + 1 for i, s in enumerate(streams)}
+    layer_tid = len(streams) + 1
+    meta = [{"ph": "M", "name": "process_name", "pid": PID, "tid": 0,
+             "args": {"name": timeline.source.describe()}}]
+    for name, t, sort in [(f"stream {s}", tid[s], tid[s]) for s in streams] + [
+            ("layers", layer_tid, 0)]:
+        meta.append({"ph": "M", "name": "thread_name", "pid": PID, "tid": t, "args": {"name": name}})
+        meta.append({"ph": "M", "name": "thread_sort_index", "pid": PID, "tid": t,
+                     "args": {"sort_index": sort}})
+    layers = [{"ph": "X", "name": f"layer {i}", "cat": "layer", "pid": PID, "tid": layer_tid,
+               "ts": start, "dur": end - start, "args": {"layer": i, "end": end}}
+              for i, (start, end) in enumerate(timeline.layers)]
+    kernels = [{"ph": "X", "name": iv.node or iv.name, "cat": iv.kind, "pid": PID,
+                "tid": tid[iv.stream], "ts": iv.start, "dur": iv.duration,
+                "args": {"kernel": iv.name, "node": iv.node, "layer": iv.layer, "kind": iv.kind,
+                         "stream": iv.stream, "end": iv.end}}
+               for iv in timeline.intervals]
+    return {"traceEvents": meta + layers + kernels, "displayTimeUnit": "ns",
+            "otherData": {"source": dataclasses.asdict(timeline.source)}}
+
+
+def from_chrome(obj: dict) -> Timeline:
+    """The Timeline of a trace written by `to_chrome`."""
+    intervals, layers = [], {}
+    for ev in obj["traceEvents"]:
+        if ev.get("ph") != "X":
+            continue
+        args = ev["args"]
+        if "kernel" in args:
+            intervals.append(Interval(name=args["kernel"], stream=args["stream"], start=ev["ts"],
+                                      end=ev["ts"] + ev["dur"], node=args["node"], layer=args["layer"],
+                                      kind=args["kind"]))
+        else:
+            layers[args["layer"]] = (ev["ts"], args["end"])
+    return Timeline(intervals, Source(**obj["otherData"]["source"]),
+                    [layers[i] for i in sorted(layers)])
+
+
+def write_chrome(timeline: Timeline, path: str | os.PathLike) -> Path:
+    """Write atomically; gzip when the name ends in .gz (mtime 0, so equal runs give equal files)."""
+    data = json.dumps(to_chrome(timeline)).encode()
+    if str(path).endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    return write_atomic(path, data)
+
+
+def read_chrome(path: str | os.PathLike) -> Timeline:
+    raw = Path(path).read_bytes()
+    return from_chrome(json.loads(gzip.decompress(raw) if str(path).endswith(".gz") else raw))
