@@ -1,0 +1,1 @@
+"""All-reduce implementations captured inside the layer graph."""

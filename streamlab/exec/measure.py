@@ -1,0 +1,193 @@
+"""Measure a layout on the GPU: capture `layers` layers into one graph, time replays with device
+events, profile a few replays and attribute every kernel to its node, and time each node alone
+in a graph of its own (cold L2) for its slowdown."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from streamlab.analysis import Summary, percentiles, summarize
+from streamlab.errors import Failure
+from streamlab.exec.attribute import Signature, attribute
+from streamlab.exec.buffers import Buffers
+from streamlab.exec.eager import StreamSet, run_layers, run_program
+from streamlab.exec.profile import device_events
+from streamlab.kernels import Bound
+from streamlab.scenario import Scenario
+from streamlab.schedule.graph import capture
+from streamlab.schedule.program import Launch, Program
+from streamlab.timeline import Source, Timeline
+
+
+@dataclass
+class Ceilings:
+    """Measured on this device, once per process: the denominators of roofline floors."""
+
+    copy_gbs: float
+    bf16_tflops: float
+    fp8_tflops: float
+
+
+_CEILINGS: dict[int, Ceilings] = {}
+
+
+def ceilings(device: torch.device) -> Ceilings:
+    idx = device.index or 0
+    if idx not in _CEILINGS:
+        from triton.testing import do_bench
+        n = 1 << 28  # 512 MiB of bf16: far past L2
+        src = torch.randn(n, device=device, dtype=torch.bfloat16)
+        dst = torch.empty_like(src)
+        copy_ms = do_bench(lambda: dst.copy_(src), return_mode="median")
+        a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+        mm_ms = do_bench(lambda: a @ a, return_mode="median")
+        fp8_tflops = 2 * _bf16_flops(mm_ms)
+        try:
+            a8 = a.to(torch.float8_e4m3fn)
+            one = torch.ones((), device=device)
+            fp8_ms = do_bench(lambda: torch._scaled_mm(a8, a8.t(), one, one, out_dtype=torch.bfloat16),
+                              return_mode="median")
+            fp8_tflops = _bf16_flops(fp8_ms)
+        except RuntimeError:
+            pass
+        _CEILINGS[idx] = Ceilings(4 * n / (copy_ms * 1e6), _bf16_flops(mm_ms), fp8_tflops)
+        del src, dst, a
+    return _CEILINGS[idx]
+
+
+def _bf16_flops(ms: float) -> float:
+    return 2 * 8192 ** 3 / (ms * 1e9)
+
+
+@dataclass
+class GraphTiming:
+    per_layer_us: list[list[float]]  # per repeat: per replay, graph time / layers
+
+    @property
+    def repeat_medians(self) -> list[float]:
+        return [percentiles(r)[1] for r in self.per_layer_us]
+
+    @property
+    def all(self) -> list[float]:
+        return [v for r in self.per_layer_us for v in r]
+
+
+@dataclass
+class NodeIsolated:
+    signature: Signature
+    kernel_us: list[float] = field(default_factory=list)  # per replay: sum of its kernel times
+
+
+def _capture(work, device: torch.device, what: str) -> torch.cuda.CUDAGraph:
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            work()
+    except torch.OutOfMemoryError:
+        raise Failure(f"out of GPU memory while capturing {what}") from None
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Failure(f"graph capture of {what} failed: {first}") from None
+    return graph
+
+
+def time_graph(graph: torch.cuda.CUDAGraph, layers: int, warmup: int, iters: int,
+               repeats: int) -> GraphTiming:
+    for _ in range(warmup):
+        graph.replay()
+    out = []
+    for _ in range(repeats):
+        marks = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
+        marks[0].record()
+        for i in range(iters):
+            graph.replay()
+            marks[i + 1].record()
+        marks[-1].synchronize()
+        out.append([marks[i].elapsed_time(marks[i + 1]) * 1e3 / layers for i in range(iters)])
+    return GraphTiming(out)
+
+
+def isolated(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: StreamSet,
+             replays: int) -> dict[str, NodeIsolated]:
+    """Each node alone in its own graph, L2 flushed before each replay, profiled."""
+    device = buffers.device
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    scratch = torch.empty(4 * l2, dtype=torch.uint8, device=device)
+    flush = _capture(lambda: scratch.fill_(1), device, "the L2 flush")
+    flush_ids = {e.identity for e in device_events(flush.replay, device)}
+    out: dict[str, NodeIsolated] = {}
+    for node in scen.layer.nodes:
+        program = Program([Launch(node.name, scen.program.main)])
+        graph = _capture(lambda: run_program(program, bound, buffers, streams), device,
+                         f"node {node.name}")
+
+        def work() -> None:
+            for _ in range(replays):
+                flush.replay()
+                graph.replay()
+
+        events = [e for e in device_events(work, device) if e.identity not in flush_ids]
+        per = len(events) // replays
+        if per == 0 or per * replays != len(events):
+            raise Failure(f"node {node.name}: {len(events)} device operations in {replays} replays "
+                          "of its own graph; expected the same number each replay")
+        out[node.name] = NodeIsolated([e.identity for e in events[:per]],
+                                      [sum(e.end - e.start for e in events[i * per:(i + 1) * per])
+                                       for i in range(replays)])
+        del graph
+    return out
+
+
+def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: StreamSet,
+            console: Console) -> tuple[GraphTiming, Timeline, Summary, dict[str, NodeIsolated], Ceilings]:
+    device = buffers.device
+    m = scen.measure
+    layers = buffers.layers
+    run_layers(scen.program, bound, buffers, streams)  # eager warm-up: JIT, workspaces
+    torch.cuda.synchronize(device)
+    with _status(console, "capturing and timing the layer graph"):
+        graph = _capture(lambda: run_layers(scen.program, bound, buffers, streams), device,
+                         f"{layers} layers of {scen.name}")
+        timing = time_graph(graph, layers, m.warmup, m.iters, m.repeats)
+    with _status(console, "profiling replays and nodes alone"):
+        events = device_events(lambda: [graph.replay() for _ in range(m.profile_replays)], device)
+        alone = isolated(scen, buffers, bound, streams, m.profile_replays)
+        collective = {n.name for n in scen.layer.nodes if n.is_collective}
+        intervals = attribute(events, capture(scen.program, layers),
+                              {k: v.signature for k, v in alone.items()}, m.profile_replays,
+                              layers, collective)
+        ceil = ceilings(device)
+    origin = min(iv.start for iv in intervals)
+    intervals = [iv.__class__(iv.name, iv.stream, iv.start - origin, iv.end - origin, iv.node,
+                              iv.layer, iv.kind) for iv in intervals]
+    timeline = Timeline(intervals, Source("measured", torch.cuda.get_device_name(device), {
+        "backend": ",".join(sorted({b.backend for b in bound.values()})),
+        "torch": torch.__version__, "scenario": scen.name}))
+    del graph
+    return timing, timeline, summarize(timeline), alone, ceil
+
+
+def _status(console: Console, text: str):
+    return console.status(text) if console.is_terminal else contextlib.nullcontext()
+
+
+def measure_and_report(scen: Scenario, buffers: Buffers, bound: dict[str, Bound],
+                       streams: StreamSet, console: Console, out: Path) -> dict:
+    from streamlab.report.measured import measured_result, print_measured
+    from streamlab.trace import write_chrome
+
+    timing, timeline, summary, alone, ceil = measure(scen, buffers, bound, streams, console)
+    s = scen.shape
+    trace_path = out / f"{scen.name}-b{s.batch}.trace.json.gz"
+    write_chrome(timeline, trace_path)
+    result = measured_result(scen, timing, summary, alone, ceil, bound)
+    result["trace"] = str(trace_path)
+    print_measured(console, scen, result)
+    console.print(f"trace (Perfetto / chrome://tracing): {trace_path}")
+    return result
+

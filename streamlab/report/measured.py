@@ -1,0 +1,115 @@
+"""The result of a measured run, as a JSON-ready dict and as rich tables."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from streamlab.analysis import Stat, Summary, percentiles, spread
+from streamlab.models.hardware import FP8_OPS
+from streamlab.scenario import Scenario
+
+LAUNCH_US = 2.0  # per-kernel allowance in the layer budget: decode is launch-latency heavy
+
+
+def _stat(values) -> dict:
+    p20, p50, p80 = percentiles(values)
+    return {"median": p50, "p20": p20, "p80": p80}
+
+
+def _stat_dict(s: Stat | None) -> dict | None:
+    return None if s is None else {"median": s.median, "p20": s.p20, "p80": s.p80, "n": s.n}
+
+
+def floor_us(node, ceil) -> float:
+    peak = ceil.fp8_tflops if node.op in FP8_OPS else ceil.bf16_tflops
+    return max(node.bytes / (ceil.copy_gbs * 1e3), node.flops / (peak * 1e6))
+
+
+def measured_result(scen: Scenario, timing, summary: Summary, alone, ceil, bound) -> dict:
+    nodes = {}
+    for node in scen.layer.nodes:
+        ns = summary.nodes.get(node.name)
+        iso = percentiles(alone[node.name].kernel_us)[1]
+        in_graph = ns.median if ns else float("nan")
+        nodes[node.name] = {
+            "in_graph_us": _stat_dict(Stat(ns.median, ns.p20, ns.p80, ns.occurrences)) if ns else None,
+            "isolated_us": iso, "slowdown": in_graph / iso if iso > 0 else float("nan"),
+            "floor_us": floor_us(node, ceil), "kernels": len(alone[node.name].signature),
+            "flops": node.flops, "bytes": node.bytes, "backend": bound[node.name].backend,
+        }
+    kernels = sum(v["kernels"] for v in nodes.values())
+    floors = sum(v["floor_us"] for v in nodes.values())
+    layer = _stat(timing.all)
+    return {
+        "measured": {
+            "per_layer_us": layer,
+            "repeat_medians_us": timing.repeat_medians,
+            "repeat_spread": spread(timing.repeat_medians),
+            "ceilings": vars(ceil),
+            "budget_us": floors + LAUNCH_US * kernels,
+            "floor_sum_us": floors,
+            "kernels_per_layer": kernels,
+            "profile": {
+                "wall_us": _stat_dict(summary.wall), "kernel_sum_us": _stat_dict(summary.kernel_sum),
+                "overlap": _stat_dict(summary.overlap), "bubble_us": _stat_dict(summary.bubble),
+                "bubble_by_class_us": {k: _stat_dict(v) for k, v in summary.bubble_by_class.items()},
+                "stalls_per_layer": _stat_dict(summary.stalls),
+                "allreduce_per_call_us": _stat_dict(summary.allreduce),
+                "allreduce": scen.collective.impl if scen.collective.impl != "auto" else "emulated",
+                "physical_streams": len(summary.streams),
+                "stall_sites": _stall_sites(summary),
+            },
+        },
+        "nodes": nodes,
+    }
+
+
+def _stall_sites(summary: Summary) -> list[dict]:
+    """Where >= 2 us all-stream-idle gaps happen, most frequent first."""
+    sites: dict[tuple[str, str], list[float]] = {}
+    for ls in summary.layers:
+        for g in ls.stalls:
+            key = (g.before.node or g.before.name if g.before else "(start)",
+                   g.after.node or g.after.name if g.after else "(end)")
+            sites.setdefault(key, []).append(g.duration)
+    ranked = sorted(sites.items(), key=lambda kv: -sum(kv[1]))
+    return [{"after": a, "before": b, "count": len(d), "median_us": percentiles(d)[1]}
+            for (a, b), d in ranked[:8]]
+
+
+def print_measured(console: Console, scen: Scenario, result: dict) -> None:
+    m = result["measured"]
+    p = m["profile"]
+    lay = m["per_layer_us"]
+    console.print(
+        f"[bold]per-layer latency[/] {lay['median']:.1f} us (p20 {lay['p20']:.1f}, p80 "
+        f"{lay['p80']:.1f}); repeat medians spread {100 * m['repeat_spread']:.2f}% over "
+        f"{len(m['repeat_medians_us'])} repeats")
+    bub = p["bubble_by_class_us"]
+    ar = p["allreduce_per_call_us"]
+    console.print(
+        f"profiled layer: wall {p['wall_us']['median']:.1f} us, kernel sum "
+        f"{p['kernel_sum_us']['median']:.1f} us, overlap x{p['overlap']['median']:.2f}, bubble "
+        f"{p['bubble_us']['median']:.1f} us (launch {bub['launch']['median']:.1f} / fence "
+        f"{bub['fence']['median']:.1f} / stall {bub['stall']['median']:.1f}), AR "
+        + (f"{ar['median']:.1f} us per call ({p['allreduce']})" if ar else "none")
+        + f", {p['physical_streams']} physical streams")
+    console.print(f"budget: sum of node floors {m['floor_sum_us']:.1f} us + {LAUNCH_US:.0f} us x "
+                  f"{m['kernels_per_layer']} kernels = {m['budget_us']:.1f} us; measured / budget "
+                  f"= {lay['median'] / m['budget_us']:.2f}")
+    for site in p["stall_sites"][:3]:
+        console.print(f"  stall {site['median_us']:.1f} us x{site['count']} between "
+                      f"{site['after']} and {site['before']}")
+    table = Table(title=f"{scen.name}: per node (us)", title_justify="left")
+    for col in ("node", "backend", "kernels", "in-graph", "p20-p80", "isolated", "slowdown",
+                "floor", "iso/floor"):
+        table.add_column(col, justify="left" if col in ("node", "backend") else "right")
+    for name, n in result["nodes"].items():
+        g = n["in_graph_us"]
+        far = n["isolated_us"] / n["floor_us"] if n["floor_us"] > 0 else float("inf")
+        table.add_row(name, n["backend"], str(n["kernels"]), f"{g['median']:.2f}" if g else "-",
+                      f"{g['p20']:.1f}-{g['p80']:.1f}" if g else "-", f"{n['isolated_us']:.2f}",
+                      f"{n['slowdown']:.2f}", f"{n['floor_us']:.2f}",
+                      f"[red]{far:.1f}[/]" if far > 10 else f"{far:.1f}")
+    console.print(table)
