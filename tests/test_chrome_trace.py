@@ -40,7 +40,8 @@ def test_event_layout():
     kernels = [e for e in xs if e["tid"] != 3]
     assert [(e["name"], e["tid"], e["ts"], e["cat"]) for e in kernels] == [
         ("q_b_proj", 1, 0.1, "kernel"), ("indexer_k", 2, 0.3, "kernel"),
-        ("q_a_norm", 2, 2.797, "kernel"), ("memset", 1, 5.3, "memset"), ("allreduce_attn", 1, 1e6 + 0.1, "allreduce")]
+        ("q_a_norm", 2, 2.797, "kernel"), ("memset", 1, 5.3, "memset"),
+        ("allreduce_attn", 1, 1e6 + 0.1, "allreduce")]
     assert kernels[0]["dur"] == 5.3 - 0.1
     assert kernels[0]["args"] == {"kernel": "Cijk_gemm", "node": "q_b_proj", "layer": 0,
                                   "kind": "kernel", "stream": "0", "end": 5.3}

@@ -41,11 +41,11 @@ def pick_target(scen: Scenario, device: str, backend: str | None) -> Target:
     choice = backend or scen.backend
     if choice == "auto":
         choice = auto_backend() if dev.type == "cuda" else "reference"
-    if choice != "reference" and dev.type != "cuda":
-        raise Failure(f"backend {choice!r} needs a GPU; on the CPU use --backend reference")
     if choice == "aiter":
         from streamlab.kernels.aiter import require_aiter
         require_aiter()
+    if choice != "reference" and dev.type != "cuda":
+        raise Failure(f"backend {choice!r} needs a GPU; on the CPU use --backend reference")
     return Target(dev, choice)
 
 

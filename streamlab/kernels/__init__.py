@@ -42,8 +42,8 @@ def ops_of(backend: str) -> dict[str, Callable]:
         from streamlab.kernels.triton import OPS
         return OPS
     if backend == "aiter":
-        from streamlab.kernels.aiter import OPS
-        return OPS
+        from streamlab.kernels.aiter import require_aiter
+        require_aiter()
     raise BackendError(f"unknown backend {backend!r}; choose from {', '.join(FALLBACK)}")
 
 

@@ -28,9 +28,10 @@ def to_chrome(timeline: Timeline) -> dict:
     layer_tid = len(streams) + 1
     meta = [{"ph": "M", "name": "process_name", "pid": PID, "tid": 0,
              "args": {"name": timeline.source.describe()}}]
-    for name, t, sort in [(f"stream {s}", tid[s], tid[s]) for s in streams] + [
-            ("layers", layer_tid, 0)]:
-        meta.append({"ph": "M", "name": "thread_name", "pid": PID, "tid": t, "args": {"name": name}})
+    tracks = [("layers", layer_tid, 0)] + [(f"stream {s}", tid[s], tid[s]) for s in streams]
+    for name, t, sort in tracks:  # the layers track sorts first, above the streams
+        meta.append({"ph": "M", "name": "thread_name", "pid": PID, "tid": t,
+                     "args": {"name": name}})
         meta.append({"ph": "M", "name": "thread_sort_index", "pid": PID, "tid": t,
                      "args": {"sort_index": sort}})
     layers = [{"ph": "X", "name": f"layer {i}", "cat": "layer", "pid": PID, "tid": layer_tid,
@@ -54,7 +55,7 @@ def from_chrome(obj: dict) -> Timeline:
         args = ev["args"]
         if "kernel" in args:
             intervals.append(Interval(name=args["kernel"], stream=args["stream"], start=ev["ts"],
-                                      end=ev["ts"] + ev["dur"], node=args["node"], layer=args["layer"],
+                                      end=args["end"], node=args["node"], layer=args["layer"],
                                       kind=args["kind"]))
         else:
             layers[args["layer"]] = (ev["ts"], args["end"])
@@ -63,7 +64,7 @@ def from_chrome(obj: dict) -> Timeline:
 
 
 def write_chrome(timeline: Timeline, path: str | os.PathLike) -> Path:
-    """Write atomically; gzip when the name ends in .gz (mtime 0, so equal runs give equal files)."""
+    """Write atomically; gzip when the name ends in .gz (mtime 0: equal runs give equal files)."""
     data = json.dumps(to_chrome(timeline)).encode()
     if str(path).endswith(".gz"):
         data = gzip.compress(data, mtime=0)
