@@ -33,11 +33,13 @@ def _queues(program: Program):
 
 
 def execute(layer: Layer, program: Program, choose: Callable[[list[str]], str]) -> dict:
-    """Run `program`; returns {(layer, node): {tensor: (layer, writer) or None}} of what each read."""
+    """Run `program`; returns {(layer, node): {tensor: (layer, writer) or None}} of what each
+    read, and under "history" the order of writers of every tensor."""
     queues = _queues(program)
     done = {s: 0 for s in queues}
     last_writer: dict[str, tuple[int, str]] = {}
-    seen: dict[tuple[int, str], dict[str, tuple[int, str] | None]] = {}
+    seen: dict = {}
+    history: dict[str, list[tuple[int, str]]] = {}
     while any(done[s] < len(q) for s, q in queues.items()):
         runnable = []
         for s, q in queues.items():
@@ -63,5 +65,6 @@ def execute(layer: Layer, program: Program, choose: Callable[[list[str]], str]) 
         seen[key] = {tname(t): last_writer.get(tname(t)) for t in node.reads}
         for t in node.writes:
             last_writer[tname(t)] = key
-    seen["final"] = dict(last_writer)
+            history.setdefault(tname(t), []).append(key)
+    seen["history"] = history
     return seen
