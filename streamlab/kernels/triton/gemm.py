@@ -31,6 +31,11 @@ _MAX_BLOCK_M = 64
 _MAX_BLOCK_N = 64  # divides the 128-row weight block, so one weight scale covers a whole tile
 
 
+def _tile(size: int, cap: int) -> int:
+    """Power-of-two tile side for `size`, at least 16 (the smallest tl.dot side) and <= cap."""
+    return min(cap, max(16, triton.next_power_of_2(size)))
+
+
 @triton.jit
 def _fp8_rne(v):
     """Round fp32 to the e4m3fn grid (round to nearest even), staying in fp32.
@@ -94,8 +99,10 @@ def _gemm_kernel(x, w, w_scale, dst, M, N, K, k_blocks_per_split,
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kb in range(kb_start, kb_end):
         k = kb * BLOCK_K + rk
-        a = tl.load(x_ptrs + kb * BLOCK_K * sxk, mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
-        b = tl.load(w_ptrs + kb * BLOCK_K * swk, mask=(rn[None, :] < N) & (k[:, None] < K), other=0.0)
+        a = tl.load(x_ptrs + kb * BLOCK_K * sxk, mask=(rm[:, None] < M) & (k[None, :] < K),
+                    other=0.0)
+        b = tl.load(w_ptrs + kb * BLOCK_K * swk, mask=(rn[None, :] < N) & (k[:, None] < K),
+                    other=0.0)
         if QUANT_X:
             a, a_scale = _quant_group(a)
             part = _mma(a, b) * a_scale[:, None]
@@ -146,8 +153,7 @@ def _gemm(x, w, out, w_scale=None, scale_strides=(0, 0, 0), quant_x=False) -> No
     """out[b] = x[b] @ w[b]^T for x [B, M, K], w [B, >=N, K], out [B, M, N] (any strides)."""
     batch, m, k = x.shape
     n = out.shape[-1]
-    block_m = min(_MAX_BLOCK_M, max(16, triton.next_power_of_2(m)))
-    block_n = min(_MAX_BLOCK_N, max(16, triton.next_power_of_2(n)))
+    block_m, block_n = _tile(m, _MAX_BLOCK_M), _tile(n, _MAX_BLOCK_N)
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     k_blocks = triton.cdiv(k, GROUP)
     # aim for ~2 CTAs per SM: split K only as far as the output tiles leave SMs idle
@@ -188,7 +194,7 @@ def bmm_fp8(*, x, weight, weight_scale, out):
           (weight_scale.stride(0), 0, 0))
 
 
-# -- optional cuBLAS path ---------------------------------------------------------------------
+# -- standalone activation quantisation and the optional cuBLAS path -------------------------
 
 @triton.jit
 def _act_quant_kernel(x, xq, xs, M, sxm, sxk, sqm, sqk, ssm, ssk, BLOCK_M: tl.constexpr):
@@ -217,17 +223,24 @@ def _scaled_mm_buffers(out: torch.Tensor, m: int, k: int) -> tuple[torch.Tensor,
     return _SCALED_MM_BUFFERS[key]
 
 
+def quant_groups_into(x: torch.Tensor, xq: torch.Tensor, xs: torch.Tensor) -> None:
+    """xq, xs <- quant.quant_groups(x) for x [M, K]: fp8 values and fp32 scales [M, K/128], any
+    strides (cuBLAS wants the scales column-major)."""
+    m, k = x.shape
+    block_m = _tile(m, _MAX_BLOCK_M)
+    _act_quant_kernel[(triton.cdiv(m, block_m), k // GROUP)](
+        x, xq, xs, m, *x.stride(), *xq.stride(), *xs.stride(), BLOCK_M=block_m, num_warps=4)
+
+
 def fp8_linear_scaled_mm(*, x, weight, weight_scale, out):
-    """fp8_linear through cuBLAS block-scaled FP8 (torch._scaled_mm); the activation is quantised
-    by a Triton kernel. Shapes cuBLAS rejects (its scale strides must be 16-byte aligned, so K/128
-    a multiple of 4) fall back to the Triton GEMM; the check happens on the first, eager call."""
+    """fp8_linear through cuBLAS block-scaled FP8 (torch._scaled_mm). A weight shape cuBLAS
+    rejects (it checks scale layouts and alignment on the host) falls back to the Triton GEMM
+    from its first, eager call on."""
     m, k = x.shape
     key = (out.device, weight.shape)
     if key not in _SCALED_MM_REJECTED:
         xq, xs = _scaled_mm_buffers(out, m, k)
-        block_m = min(_MAX_BLOCK_M, max(16, triton.next_power_of_2(m)))
-        _act_quant_kernel[(triton.cdiv(m, block_m), k // GROUP)](
-            x, xq, xs, m, *x.stride(), *xq.stride(), *xs.stride(), BLOCK_M=block_m, num_warps=4)
+        quant_groups_into(x, xq[:m], xs[:m])
         try:
             y = torch._scaled_mm(xq, weight.t(), xs, weight_scale.t(), out_dtype=torch.bfloat16)
         except (RuntimeError, NotImplementedError):
