@@ -24,6 +24,7 @@ LOG2E = 1.4426950408889634
 # and several steps per split.
 BLOCK_N = 16 if INTERPRET else 64
 NUM_WARPS = 8
+NUM_STAGES = 2  # a stage holds BLOCK_N gathered rows: keeps shared memory within MI355X's LDS
 INTERPRETER_PROGRAMS = 8  # stands in for the SM count when running on the CPU
 
 
@@ -99,9 +100,7 @@ def _mla_split_kernel(q_ptr, kv_ptr, slots_ptr, kv_scale_ptr, m_ptr, l_ptr, acc_
 def _mla_combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, stride_ot, stride_oh, stride_od, heads,
                         d_v, num_splits, BLOCK_S: tl.constexpr,
                         BLOCK_V: tl.constexpr):
-    """One (token, head): rescale the split partials to their common max and normalise.
-
-    A token with no valid slot at all gets zeros."""
+    """One (token, head): rescale the split partials to their common max and normalise."""
     t = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.arange(0, BLOCK_S)
@@ -118,7 +117,9 @@ def _mla_combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, stride_ot, stride_oh, st
         part = (t * num_splits + s) * heads + h
         w_s = tl.exp2(tl.load(m_ptr + part) - m_max)
         acc += w_s * tl.load(acc_ptr + part * d_v + dv, mask=v_ok, other=0.0)
-    out = tl.where(total > 0, acc / total, 0.0)
+    # total >= 1 if any slot is valid (the largest score contributes exp2(0)); with none,
+    # acc is 0 and so is the output
+    out = acc / tl.maximum(total, 1.0)
     tl.store(out_ptr + t * stride_ot + h * stride_oh + dv * stride_od,
              out.to(out_ptr.dtype.element_ty), mask=v_ok)
 
@@ -163,7 +164,7 @@ def sparse_mla_decode(*, q, kv_cache, topk_slots, kv_scale, out, softmax_scale):
         q, kv_cache, topk_slots, kv_scale, m_ws, l_ws, acc_ws,
         *q.stride(), *kv_cache.stride(), *topk_slots.stride(), heads, topk, d_v, d_qk, chunk,
         splits, softmax_scale * LOG2E, BLOCK_H=block_h, BLOCK_N=BLOCK_N, BLOCK_V=block_v,
-        BLOCK_R=block_r, INTERPRET=INTERPRET, num_warps=NUM_WARPS)
+        BLOCK_R=block_r, INTERPRET=INTERPRET, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     _mla_combine_kernel[(tokens, heads)](
         m_ws, l_ws, acc_ws, out, *out.stride(), heads, d_v, splits,
         BLOCK_S=triton.next_power_of_2(splits), BLOCK_V=block_v, num_warps=4)

@@ -81,8 +81,8 @@ def _moe_align_kernel(ids_ptr, stride_it, stride_is, sorted_ptr, block_expert_pt
     block_start = tl.cumsum(blocks, 0) - blocks
     pair_start = tl.cumsum(count, 0) - count
 
-    # stable sort by expert; the position in the sorted list minus the expert's first position
-    # is the pair's row inside the expert's blocks
+    # sorted by (expert, pair): a pair's sorted position minus its expert's first sorted
+    # position is its row inside the expert's blocks
     key = tl.sort(e * BLOCK_P + p)
     se = key // BLOCK_P
     row = tl.gather(block_start, se, 0) * BLOCK_M + p - tl.gather(pair_start, se, 0)
@@ -94,7 +94,7 @@ def _moe_align_kernel(ids_ptr, stride_it, stride_is, sorted_ptr, block_expert_pt
         tl.store(block_rows_ptr + block_start + j, tl.minimum(count - j * BLOCK_M, BLOCK_M),
                  mask=owned)
     used = tl.sum(blocks, 0)
-    for b0 in range(0, max_blocks, BLOCK_E):
+    for b0 in range(0, max_blocks, BLOCK_E):  # `bins` doubles as a chunk of block indices
         b = b0 + bins
         tl.store(block_expert_ptr + b, -1, mask=(b >= used) & (b < max_blocks))
 
@@ -114,12 +114,17 @@ def _to_fp8(x, INTERPRET: tl.constexpr):
     """fp32 (within +-448) -> fp8 e4m3, as a dot operand.
 
     The interpreter's fp8 conversion drops the carry when rounding up across a power of two
-    (31.6 -> 16), so there the value is rounded to the e4m3 grid by hand and stays fp32.
+    (31.6 -> 16) and rounds ties up, so there the value is rounded to nearest even on the e4m3
+    grid by hand and stays fp32. Ties are common: bf16 inputs over a scale of amax / 448.
     """
     if INTERPRET:
         mag = tl.abs(x)
-        ulp = tl.exp2(tl.maximum(tl.floor(tl.log2(mag)), -6.0) - 3.0)  # 3 mantissa bits
-        mag = tl.floor(mag / ulp + 0.5) * ulp
+        # 3 mantissa bits; below the smallest normal (2^-6) the step stays 2^-9
+        ulp = tl.exp2(tl.floor(tl.log2(tl.maximum(mag, 2.0 ** -6))) - 3.0)
+        steps = mag / ulp  # exact: ulp is a power of two
+        near = tl.floor(steps + 0.5)
+        tie_odd = (near - steps == 0.5) & (near % 2 == 1)
+        mag = tl.where(tie_odd, near - 1, near) * ulp
         return tl.where(x < 0, -mag, mag)
     return x.to(tl.float8e4nv)
 
@@ -133,13 +138,24 @@ def _quant_fp8(x, FP8_MAX: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def _fp8_step(a, a_scale, w_ptrs, w_scale_ptrs, n_ok, INTERPRET: tl.constexpr):
+    """One group-wide K step of a block-scaled FP8 GEMM: (a @ w^T) * row scale * column scale.
+
+    The product is scaled in fp32 every step (as DeepGEMM promotes), so the fp8 MMA only ever
+    accumulates one group."""
+    w = dot_operand(tl.load(w_ptrs, mask=n_ok[:, None], other=0.0), tl.float8e4nv, INTERPRET)
+    w_scale = tl.load(w_scale_ptrs, mask=n_ok, other=0.0)
+    return tl.dot(a, tl.trans(w)) * a_scale[:, None] * w_scale[None, :]
+
+
+@triton.jit
 def _gate_up_kernel(x_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, ws_ptr, act_ptr,
                     stride_xt, stride_xh, stride_we, stride_wn, stride_wk, stride_se, stride_sn,
                     stride_sk, hidden, inter, SLOTS: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, GROUP: tl.constexpr, FP8_MAX: tl.constexpr,
                     INTERPRET: tl.constexpr):
-    """act[row, n] = silu(x q w13[e, n]) * (x q w13[e, inter + n]) in fp32, for BLOCK_N columns
-    of the gate and the matching columns of the up half."""
+    """act[row, n] = silu(gate) * up in fp32 with [gate | up] = quant(x[token]) @ w13[e]^T, for
+    BLOCK_N gate columns and the matching up columns (so the activation fuses in)."""
     expert = tl.load(block_expert_ptr + tl.program_id(0)).to(tl.int64)
     if expert < 0:
         return
@@ -158,14 +174,9 @@ def _gate_up_kernel(x_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, 
         a, xs = _quant_fp8(tl.load(x_rows + (k0 + k)[None, :] * stride_xh,
                                    mask=row_ok[:, None], other=0.0), FP8_MAX, INTERPRET)
         kk = (k0 + k)[None, :] * stride_wk
-        g = dot_operand(tl.load(w_gate + kk, mask=n_ok[:, None], other=0.0), tl.float8e4nv,
-                        INTERPRET)
-        u = dot_operand(tl.load(w_up + kk, mask=n_ok[:, None], other=0.0), tl.float8e4nv,
-                        INTERPRET)
         kb = (k0 // GROUP) * stride_sk
-        gate += (tl.dot(a, tl.trans(g)) * xs[:, None]
-                 * tl.load(s_gate + kb, mask=n_ok, other=0.0)[None, :])
-        up += tl.dot(a, tl.trans(u)) * xs[:, None] * tl.load(s_up + kb, mask=n_ok, other=0.0)[None, :]
+        gate += _fp8_step(a, xs, w_gate + kk, s_gate + kb, n_ok, INTERPRET)
+        up += _fp8_step(a, xs, w_up + kk, s_up + kb, n_ok, INTERPRET)
     act = gate * tl.sigmoid(gate) * up
     tl.store(act_ptr + rows[:, None].to(tl.int64) * inter + n[None, :], act,
              mask=row_ok[:, None] & n_ok[None, :])
@@ -177,7 +188,7 @@ def _down_kernel(act_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, w
                  stride_sk, stride_rt, stride_rs, hidden, inter, SLOTS: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr,
                  FP8_MAX: tl.constexpr, INTERPRET: tl.constexpr):
-    """y[pair, n] = routing weight * (quant(act) q w2[e, n]) for BLOCK_N output columns."""
+    """y[pair, n] = routing weight * (quant(act[row]) @ w2[e]^T)[n] for BLOCK_N columns."""
     expert = tl.load(block_expert_ptr + tl.program_id(0)).to(tl.int64)
     if expert < 0:
         return
@@ -192,10 +203,8 @@ def _down_kernel(act_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, w
     for k0 in range(0, inter, GROUP):
         a, a_scale = _quant_fp8(tl.load(a_rows + (k0 + k)[None, :], mask=row_ok[:, None],
                                         other=0.0), FP8_MAX, INTERPRET)
-        w = dot_operand(tl.load(w_rows + (k0 + k)[None, :] * stride_wk, mask=n_ok[:, None],
-                                other=0.0), tl.float8e4nv, INTERPRET)
-        w_scale = tl.load(s_rows + (k0 // GROUP) * stride_sk, mask=n_ok, other=0.0)
-        acc += tl.dot(a, tl.trans(w)) * a_scale[:, None] * w_scale[None, :]
+        acc += _fp8_step(a, a_scale, w_rows + (k0 + k)[None, :] * stride_wk,
+                         s_rows + (k0 // GROUP) * stride_sk, n_ok, INTERPRET)
     route = tl.load(weights_ptr + (pair // SLOTS) * stride_rt + (pair % SLOTS) * stride_rs,
                     mask=row_ok, other=0.0)
     tl.store(y_ptr + pair[:, None].to(tl.int64) * hidden + n[None, :], acc * route[:, None],
