@@ -14,19 +14,20 @@ import torch
 import triton
 import triton.language as tl
 
-from streamlab.kernels.quant import FP8, FP8_MAX, GROUP, SHUFFLE_TILE
+from streamlab.kernels.quant import FP8, GROUP, SHUFFLE_TILE
 
-# The interpreter computes tl.dot on bf16/fp8 operands wrongly (numpy has no such types) and
-# drops the carry when it rounds fp32 to fp8; under it, dots run in fp32 and fp8 values are
-# rounded by `_to_fp8` before the cast. On a GPU both use the native instructions.
+# The interpreter computes tl.dot on bf16/fp8 operands wrongly (numpy has no such types), rounds
+# fp32 -> bf16 toward zero and drops the carry when it rounds fp32 -> fp8. Under it, dots run in
+# fp32 and `_cast` rounds exactly before converting; on a GPU both use the native instructions.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRETER_SMS = 4  # stands in for the SM count on the CPU: small grids, several chunks a row
 
 
 # -- shared helpers -----------------------------------------------------------------------------
 
 @triton.jit
 def _round_e4m3(x):
-    """x rounded to the nearest e4m3 value (ties to even), still fp32, so the cast is exact."""
+    """x rounded to the nearest e4m3 value (ties to even), still fp32."""
     bits = x.to(tl.uint32, bitcast=True)
     sign = bits & 0x80000000
     mag = bits ^ sign
@@ -37,12 +38,18 @@ def _round_e4m3(x):
 
 
 @triton.jit
-def _to_fp8(x, INTERPRET: tl.constexpr):
-    """Saturating fp32 -> e4m3fn cast, as `quant.to_fp8`."""
-    x = tl.clamp(x, -448.0, 448.0)
-    if INTERPRET:
-        x = _round_e4m3(x)
-    return x.to(tl.float8e4nv)
+def _cast(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+    """fp32 -> dtype as torch does it: round to nearest even, saturating for e4m3fn (`to_fp8`)."""
+    if dtype == tl.float8e4nv:
+        x = tl.clamp(x, -448.0, 448.0)
+        if INTERPRET:
+            x = _round_e4m3(x)
+    elif dtype == tl.bfloat16:
+        if INTERPRET:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
 
 
 @triton.jit
@@ -55,7 +62,7 @@ def _ue8m0_quant(x, INTERPRET: tl.constexpr):
     amax = tl.max(tl.abs(x), axis=1)
     raw = tl.math.div_rn(tl.maximum(amax, 1e-4), 448.0).to(tl.uint32, bitcast=True)
     scale = ((raw + 0x7FFFFF) & 0x7F800000).to(tl.float32, bitcast=True)
-    return _to_fp8(tl.math.div_rn(x, scale[:, None]), INTERPRET), scale
+    return _cast(tl.math.div_rn(x, scale[:, None]), tl.float8e4nv, INTERPRET), scale
 
 
 @triton.jit
@@ -98,12 +105,12 @@ def _hadamard_kernel(x, out, n_rows, x_heads, x_st, x_sh, x_sd, o_heads, o_st, o
     parity = ij & 1
     for b in tl.static_range(1, LOG_D):
         parity ^= (ij >> b) & 1
-    h = (1 - 2 * parity).to(v.dtype)
+    h = tl.where(parity == 0, 1.0, -1.0).to(v.dtype)
     if INTERPRET:
         v, h = v.to(tl.float32), h.to(tl.float32)
     y = tl.dot(v, h) * (D ** -0.5)
     tl.store(out + _row_offsets(r, o_heads, o_st, o_sh)[:, None] + d[None, :] * o_sd,
-             y.to(out.dtype.element_ty), mask=m)
+             _cast(y, out.dtype.element_ty, INTERPRET), mask=m)
 
 
 def hadamard(*, x, out):
@@ -171,8 +178,10 @@ def index_k_cache_store(*, k, slot_mapping, cache, preshuffle):
     """Quantise K rows [T, 128] (ue8m0) into the paged index cache; negative slots are skipped."""
     pages, page, row = cache.shape
     head_dim = row - 4
-    if head_dim != GROUP or k.shape[-1] != head_dim or k.stride(-1) != 1 or not cache.is_contiguous():
-        raise ValueError("index cache needs K rows of 128 and a contiguous [pages, page, 132] cache")
+    if head_dim != GROUP or k.shape[-1] != head_dim or k.stride(-1) != 1 or (
+            not cache.is_contiguous()):
+        raise ValueError("index cache needs unit-stride K rows of 128 and a contiguous "
+                         "[pages, page, 132] cache")
     if preshuffle and page % SHUFFLE_TILE:
         raise ValueError(f"preshuffled index cache needs a page size multiple of 16, got {page}")
     _index_k_store_kernel[(k.shape[0],)](
@@ -229,8 +238,9 @@ def _paged_mqa_logits_kernel(q, weights, cache_k, cache_s, block_table, seq_lens
         ks = tl.load(cache_s + (page * s_page + PAGE * HEAD_DIM) // 4 + s, mask=valid, other=0.0)
         if INTERPRET:
             kv = kv.to(tl.float32)
-        score = tl.dot(qv, tl.trans(kv)) * ks[None, :]  # [heads, page]
-        logit = tl.sum(tl.maximum(score, 0.0) * w[:, None], axis=0)
+        # [page, heads]: the page is the MMA's M (64 fills a Hopper warpgroup MMA), heads its N
+        score = tl.dot(kv, tl.trans(qv)) * ks[:, None]
+        logit = tl.sum(tl.maximum(score, 0.0) * w[None, :], axis=1)
         tl.store(out + b * s_ot + t, tl.where(valid, logit, float("-inf")))
 
 
@@ -238,7 +248,7 @@ def _paged_mqa_logits_kernel(q, weights, cache_k, cache_s, block_table, seq_lens
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
+    return INTERPRETER_SMS
 
 
 def paged_mqa_logits(*, q, weights, cache, block_table, seq_lens, out, preshuffle):
@@ -246,7 +256,7 @@ def paged_mqa_logits(*, q, weights, cache, block_table, seq_lens, out, preshuffl
 
     Grid (token, chunk of pages): chunks are sized from the shape alone so that about four
     programs per SM are in flight at any batch; each program keeps its token's fp8 q [heads, 128]
-    in registers and walks its pages through the block table, one tensor-core dot per page.
+    in registers and walks its pages through the block table, one fp8 tensor-core dot per page.
     """
     t, heads, head_dim = q.shape
     _, page, row = cache.shape
@@ -268,40 +278,42 @@ def paged_mqa_logits(*, q, weights, cache, block_table, seq_lens, out, preshuffl
 # -- top-k slots --------------------------------------------------------------------------------
 
 @triton.jit
-def _keys(row, offs, n):
-    """Order-preserving uint32 keys of fp32 logits at offs; 0, below every real key, past n."""
-    valid = offs < n
-    bits = tl.load(row + offs, mask=valid, other=0.0).to(tl.uint32, bitcast=True)
+def _keys(row, offs, n, row_len):
+    """Order-preserving uint32 keys of fp32 logits at offs; 0, below every real key, past n.
+    The load is masked by the row's padded length (a multiple of the page, so loads vectorise);
+    positions past the context are zeroed afterwards."""
+    bits = tl.load(row + offs, mask=offs < row_len, other=0.0).to(tl.uint32, bitcast=True)
     key = bits ^ tl.where((bits >> 31) != 0, 0xFFFFFFFF, 0x80000000)
-    return tl.where(valid, key, tl.zeros_like(key))
+    return tl.where(offs < n, key, tl.zeros_like(key))
 
 
 @triton.jit
-def _count_at_least(row, n, cand, BLOCK: tl.constexpr):
+def _count_at_least(row, n, row_len, cand, BLOCK: tl.constexpr):
     cnt = tl.zeros((), tl.int32)
     for start in range(0, n, BLOCK):
-        cnt += tl.sum((_keys(row, start + tl.arange(0, BLOCK), n) >= cand).to(tl.int32))
+        keys = _keys(row, start + tl.arange(0, BLOCK), n, row_len)
+        cnt += tl.sum((keys >= cand).to(tl.int32))
     return cnt
 
 
 @triton.jit
-def _topk_slots_kernel(logits, block_table, seq_lens, out, k, s_l, s_bt, s_o,
+def _topk_slots_kernel(logits, block_table, seq_lens, out, k, row_len, s_l, s_bt, s_o,
                        PAGE: tl.constexpr, BLOCK: tl.constexpr):
     b = tl.program_id(0)
     row = logits + b * s_l
     n = tl.load(seq_lens + b)
     # threshold = the k-th largest key, built bit by bit (0 when fewer than k are valid)
     thr = tl.zeros((), tl.uint32)
-    for bit in range(31, -1, -1):
-        cand = thr | (tl.full((), 1, tl.uint32) << bit)
-        thr = tl.where(_count_at_least(row, n, cand, BLOCK) >= k, cand, thr)
-    n_above = _count_at_least(row, n, thr + 1, BLOCK)
+    for i in range(32):
+        cand = thr | (tl.full((), 1, tl.uint32) << (31 - i))
+        thr = tl.where(_count_at_least(row, n, row_len, cand, BLOCK) >= k, cand, thr)
+    n_above = _count_at_least(row, n, row_len, thr + 1, BLOCK)
     # keys above the threshold fill [0, n_above); ties fill the rest in position order
     seen_above = tl.zeros((), tl.int32)
     seen_tied = tl.zeros((), tl.int32)
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        key = _keys(row, offs, n)
+        key = _keys(row, offs, n, row_len)
         above = key > thr
         tied = (key == thr) & (offs < n)
         dst_above = seen_above + tl.cumsum(above.to(tl.int32), 0) - 1
@@ -331,7 +343,7 @@ def topk_slots(*, logits, block_table, seq_lens, out):
         raise ValueError("topk_slots needs unit-stride rows and int32 slots")
     block = min(4096, triton.next_power_of_2(logits.shape[1]))
     _topk_slots_kernel[(logits.shape[0],)](
-        logits, block_table, seq_lens, out, out.shape[1], logits.stride(0),
+        logits, block_table, seq_lens, out, out.shape[1], logits.shape[1], logits.stride(0),
         block_table.stride(0), out.stride(0), PAGE=page, BLOCK=block,
         num_warps=8 if block >= 2048 else 4)
 

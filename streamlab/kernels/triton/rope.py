@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from streamlab.kernels.quant import FP8
-from streamlab.kernels.triton.indexer import INTERPRET, _to_fp8
+from streamlab.kernels.triton.indexer import INTERPRET, _cast
 
 TILE = 4096  # elements per program: a few KiB of bf16, enough to keep loads in flight
 
@@ -45,28 +45,29 @@ def _rotate(x_ptrs, d, s_d, mask, cs_row, ROPE_DIM: tl.constexpr, CS_HALF: tl.co
 @triton.jit
 def _rope_rows(src, s_h, s_d, dst, o_h, o_d, rows, h0, head_dim, cs_row,
                ROPE_DIM: tl.constexpr, CS_HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
-               BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+               BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRET: tl.constexpr):
     h = h0 + tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
     m = (h < rows) & (d < head_dim)
     y = _rotate(src + h * s_h + d * s_d, d, s_d, m, cs_row, ROPE_DIM, CS_HALF, INTERLEAVED)
-    tl.store(dst + h * o_h + d * o_d, y.to(dst.dtype.element_ty), mask=m)
+    tl.store(dst + h * o_h + d * o_d, _cast(y, dst.dtype.element_ty, INTERPRET), mask=m)
 
 
 @triton.jit
 def _rope_kernel(q, k, q_out, k_out, positions, cos_sin, n_heads, head_dim,
                  s_qt, s_qh, s_qd, s_kt, s_kd, s_ot, s_oh, s_od, s_kot, s_kod, s_cs,
                  ROPE_DIM: tl.constexpr, CS_HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
-                 BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+                 BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRET: tl.constexpr):
     t = tl.program_id(0)
     blk = tl.program_id(1)
     cs_row = cos_sin + tl.load(positions + t) * s_cs
     if blk < tl.num_programs(1) - 1:  # a block of q heads
         _rope_rows(q + t * s_qt, s_qh, s_qd, q_out + t * s_ot, s_oh, s_od, n_heads,
-                   blk * BLOCK_H, head_dim, cs_row, ROPE_DIM, CS_HALF, INTERLEAVED, BLOCK_H, BLOCK_D)
+                   blk * BLOCK_H, head_dim, cs_row, ROPE_DIM, CS_HALF, INTERLEAVED, BLOCK_H,
+                   BLOCK_D, INTERPRET)
     else:  # the last program of a token rotates k, a single row
         _rope_rows(k + t * s_kt, 0, s_kd, k_out + t * s_kot, 0, s_kod, 1, 0, head_dim, cs_row,
-                   ROPE_DIM, CS_HALF, INTERLEAVED, BLOCK_H, BLOCK_D)
+                   ROPE_DIM, CS_HALF, INTERLEAVED, BLOCK_H, BLOCK_D, INTERPRET)
 
 
 def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -86,38 +87,35 @@ def rope(*, q, k, positions, cos_sin, q_out, k_out, rope_dim, interleaved):
         q3, k, o3, k_out, positions, cos_sin, heads, d,
         *q3.stride(), *k.stride(), *o3.stride(), *k_out.stride(), cos_sin.stride(0),
         ROPE_DIM=rope_dim, CS_HALF=cos_sin.shape[1] // 2, INTERLEAVED=bool(interleaved),
-        BLOCK_H=block_h, BLOCK_D=block_d)
+        BLOCK_H=block_h, BLOCK_D=block_d, INTERPRET=INTERPRET)
 
 
 @triton.jit
-def _store_scaled(ptrs, v, mask, scale, FP8: tl.constexpr, INTERPRET: tl.constexpr):
+def _store_scaled(ptrs, v, mask, scale, INTERPRET: tl.constexpr):
     """Store v / scale cast to the destination type (saturating for fp8)."""
-    v = tl.math.div_rn(v, scale)
-    if FP8:
-        v = _to_fp8(v, INTERPRET)
-    tl.store(ptrs, v.to(ptrs.dtype.element_ty), mask=mask)
+    tl.store(ptrs, _cast(tl.math.div_rn(v, scale), ptrs.dtype.element_ty, INTERPRET), mask=mask)
 
 
 @triton.jit
 def _store_cat(dst, o_h, o_d, h, hm, nope, pe, scale, NOPE: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, ROPE: tl.constexpr,
-               FP8: tl.constexpr, INTERPRET: tl.constexpr):
+               INTERPRET: tl.constexpr):
     """dst[h, :] = cast(cat(nope, pe) / scale) for rows h of a [rows, NOPE + ROPE] output."""
     dn = tl.arange(0, BLOCK_N)[None, :]
     dr = tl.arange(0, BLOCK_R)[None, :]
-    _store_scaled(dst + h * o_h + dn * o_d, nope, hm & (dn < NOPE), scale, FP8, INTERPRET)
-    _store_scaled(dst + h * o_h + (NOPE + dr) * o_d, pe, hm & (dr < ROPE), scale, FP8, INTERPRET)
+    _store_scaled(dst + h * o_h + dn * o_d, nope, hm & (dn < NOPE), scale, INTERPRET)
+    _store_scaled(dst + h * o_h + (NOPE + dr) * o_d, pe, hm & (dr < ROPE), scale, INTERPRET)
 
 
 @triton.jit
 def _cache_entry(t, slot, k_nope, s_knt, s_knd, pe, kv_scale, cache, s_slot, s_cd,
                  NOPE: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_R: tl.constexpr, FP8: tl.constexpr, INTERPRET: tl.constexpr):
-    """cache[slot] = cast(cat(k_nope[t], pe) / kv_scale), pe first rounded to k_pe's dtype."""
+                 BLOCK_R: tl.constexpr, INTERPRET: tl.constexpr):
+    """cache[slot] = cast(cat(k_nope[t], pe) / kv_scale)."""
     dn = tl.arange(0, BLOCK_N)[None, :]
     nope = tl.load(k_nope + t * s_knt + dn * s_knd, mask=dn < NOPE).to(tl.float32)
     _store_cat(cache + slot * s_slot, 0, s_cd, 0, True, nope, pe.to(tl.float32),
-               tl.load(kv_scale), NOPE, BLOCK_N, BLOCK_R, ROPE, FP8, INTERPRET)
+               tl.load(kv_scale), NOPE, BLOCK_N, BLOCK_R, ROPE, INTERPRET)
 
 
 @triton.jit
@@ -127,7 +125,7 @@ def _rope_cat_cache_kernel(q_nope, q_pe, k_nope, k_pe, positions, slot_mapping, 
                            s_ot, s_oh, s_od, s_slot, s_cd, s_cs,
                            NOPE: tl.constexpr, ROPE: tl.constexpr, CS_HALF: tl.constexpr,
                            BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-                           FP8: tl.constexpr, INTERPRET: tl.constexpr):
+                           INTERPRET: tl.constexpr):
     t = tl.program_id(0)
     blk = tl.program_id(1)
     dr = tl.arange(0, BLOCK_R)[None, :]
@@ -140,28 +138,29 @@ def _rope_cat_cache_kernel(q_nope, q_pe, k_nope, k_pe, positions, slot_mapping, 
         pe = _rotate(q_pe + t * s_qpt + h * s_qph + dr * s_qpd, dr, s_qpd, hm & (dr < ROPE),
                      cs_row, ROPE, CS_HALF, True)
         _store_cat(q_out + t * s_ot, s_oh, s_od, h, hm, nope.to(tl.float32), pe, 1.0,
-                   NOPE, BLOCK_N, BLOCK_R, ROPE, False, INTERPRET)
+                   NOPE, BLOCK_N, BLOCK_R, ROPE, INTERPRET)
     else:  # the last program of a token writes its cache entry
         slot = tl.load(slot_mapping + t).to(tl.int64)
         if slot >= 0:
             pe = _rotate(k_pe + t * s_kpt + dr * s_kpd, dr, s_kpd, dr < ROPE, cs_row, ROPE,
                          CS_HALF, True)
-            _cache_entry(t, slot, k_nope, s_knt, s_knd, pe.to(k_pe.dtype.element_ty), kv_scale,
-                         cache, s_slot, s_cd, NOPE, ROPE, BLOCK_N, BLOCK_R, FP8, INTERPRET)
+            pe = _cast(pe, k_pe.dtype.element_ty, INTERPRET)  # the reference rounds rope(k_pe)
+            _cache_entry(t, slot, k_nope, s_knt, s_knd, pe, kv_scale, cache, s_slot, s_cd,
+                         NOPE, ROPE, BLOCK_N, BLOCK_R, INTERPRET)
 
 
 @triton.jit
 def _kv_cache_store_kernel(k_nope, k_pe, slot_mapping, kv_scale, cache,
                            s_knt, s_knd, s_kpt, s_kpd, s_slot, s_cd,
                            NOPE: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_R: tl.constexpr, FP8: tl.constexpr, INTERPRET: tl.constexpr):
+                           BLOCK_R: tl.constexpr, INTERPRET: tl.constexpr):
     t = tl.program_id(0)
     slot = tl.load(slot_mapping + t).to(tl.int64)
     if slot >= 0:
         dr = tl.arange(0, BLOCK_R)[None, :]
         pe = tl.load(k_pe + t * s_kpt + dr * s_kpd, mask=dr < ROPE)
         _cache_entry(t, slot, k_nope, s_knt, s_knd, pe, kv_scale, cache, s_slot, s_cd,
-                     NOPE, ROPE, BLOCK_N, BLOCK_R, FP8, INTERPRET)
+                     NOPE, ROPE, BLOCK_N, BLOCK_R, INTERPRET)
 
 
 def _cache_meta(k_nope, k_pe, kv_cache) -> dict:
@@ -169,7 +168,7 @@ def _cache_meta(k_nope, k_pe, kv_cache) -> dict:
         raise ValueError(f"kv cache must be fp8 e4m3fn or bf16, got {kv_cache.dtype}")
     nope, pe = k_nope.shape[-1], k_pe.shape[-1]
     return dict(NOPE=nope, ROPE=pe, BLOCK_N=triton.next_power_of_2(nope),
-                BLOCK_R=triton.next_power_of_2(pe), FP8=kv_cache.dtype == FP8, INTERPRET=INTERPRET)
+                BLOCK_R=triton.next_power_of_2(pe), INTERPRET=INTERPRET)
 
 
 def rope_cat_cache(*, q_nope, q_pe, k_nope, k_pe, positions, slot_mapping, cos_sin, kv_scale,

@@ -1,0 +1,398 @@
+"""Triton indexer and rope kernels against the reference backend.
+
+CPU tests run the kernels in the Triton interpreter at TINY shapes; `gpu` tests run the real
+GLM-5 tp=8 shapes (batch 4 and 64, context 8192, page 64) and check graph capture.
+
+Tolerances: fp32 logits 1e-4 relative to the row's largest |logit| (summation order differs;
+1e-3 on a GPU, whose fp8 MMA accumulates with fewer bits); bf16 outputs 1e-2; fp8 bytes:
+scales (powers of two) exact, values >= 99.9% identical bytes (fp32 -> fp8 rounds to nearest
+even on both sides, so only differently-rounded inputs differ) and dequantised values within
+one e4m3 step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamlab.exec.buffers import Buffers
+from streamlab.kernels import reference as ref
+from streamlab.kernels.quant import FP8, index_cache_read, index_cache_write, quant_groups
+from streamlab.kernels.triton import indexer, rope
+from streamlab.layer import Variant, build_layer
+from streamlab.models import GLM5, TINY, RankDims, Shape
+
+TRITON = {**indexer.OPS, **rope.OPS}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _gen(seed: int) -> torch.Generator:
+    g = torch.Generator(device=DEVICE)
+    g.manual_seed(seed)
+    return g
+
+
+def _randn(shape, g, dtype=torch.bfloat16, std=1.0):
+    return (torch.randn(shape, generator=g, device=DEVICE) * std).to(dtype)
+
+
+# -- comparisons ------------------------------------------------------------------------------
+
+def _close_bf16(got, want):
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+
+
+def _close_fp8(got, want):
+    """>= 99.9% identical bytes; every value within one e4m3 step (2^-3 relative) of the other."""
+    g8, w8 = got.contiguous().view(torch.uint8), want.contiguous().view(torch.uint8)
+    assert (g8 == w8).float().mean() >= 0.999
+    torch.testing.assert_close(got.float(), want.float(), rtol=0.125, atol=2.0 ** -9)
+
+
+def _close_logits(got, want):
+    """Relative to each row's largest |logit|: heads' terms of both signs cancel, so an error
+    relative to each element means nothing near zero. Hopper's fp8 MMA aligns its fp32
+    accumulator to ~14 bits, hence the looser GPU bound."""
+    finite = torch.isfinite(want)
+    assert torch.equal(finite, torch.isfinite(got)), "-inf outside the rows' contexts differ"
+    assert torch.all(got[~finite] == float("-inf"))
+    rtol = 1e-4 if DEVICE == "cpu" else 1e-3
+    tol = rtol * want.masked_fill(~finite, 0).abs().amax(1, keepdim=True)
+    err = (got - want).masked_fill(~finite, 0).abs()
+    assert torch.all(err <= tol), f"max error {err.max()} vs row scale {tol.max()}"
+
+
+def _same_sets(got, want):
+    for g_row, w_row in zip(got.tolist(), want.tolist()):
+        assert sorted(g_row) == sorted(w_row)
+
+
+def _close_cache(got, want):
+    (_close_fp8 if got.dtype == FP8 else _close_bf16)(got, want)
+
+
+def _equal(got, want):
+    assert torch.equal(got, want)
+
+
+def _close_index_cache(got, want):
+    """Whole caches, whatever the layout: scale bytes exact, K bytes by the fp8 rule."""
+    pages, page, row = got.shape
+    split = page * (row - 4)
+    g, w = got.view(pages, -1), want.view(pages, -1)
+    assert torch.equal(g[:, split:], w[:, split:])
+    _close_fp8(g[:, :split].contiguous().view(FP8), w[:, :split].contiguous().view(FP8))
+
+
+COMPARE = {
+    "rope": {"q_out": _close_bf16, "k_out": _close_bf16},
+    "hadamard": {"out": _close_bf16},
+    "act_quant": {"out": _close_fp8, "scale": _equal},
+    "index_k_cache_store": {"cache": _close_index_cache},
+    "index_weights_scale": {"out": _equal},
+    "paged_mqa_logits": {"out": _close_logits},
+    "topk_slots": {"out": _same_sets},
+    "rope_cat_cache": {"q_out": _close_bf16, "kv_cache": _close_cache},
+    "kv_cache_store": {"kv_cache": _close_cache},
+}
+
+
+# -- whole-layer replay: every op of ours at the layer's shapes, on realistic inputs ------------
+
+def _replay(dims: RankDims, variant: Variant):
+    """Run the layer with the reference backend; at each of our nodes also run the Triton op on
+    copies of its (poisoned or pre-filled) outputs and compare. Returns the layer, its tensors
+    (every input of our nodes computed) and our nodes."""
+    layer = build_layer(dims, variant)
+    t = Buffers(layer, device=DEVICE, seed=3).tensors(0)
+    mine = [n for n in layer.nodes if n.op in TRITON]
+    last = layer.index[mine[-1].name]
+    for node in layer.nodes[: last + 1]:
+        args = {role: t[name] for role, name in node.inputs.items()}
+        outs = {role: t[name] for role, name in node.outputs.items()}
+        if node.op in TRITON:
+            copies = {role: x.clone() for role, x in outs.items()}
+            TRITON[node.op](**{**args, **copies}, **node.attrs)
+        ref.OPS[node.op](**{**args, **outs}, **node.attrs)
+        if node.op in TRITON:
+            for role, check in COMPARE[node.op].items():
+                check(copies[role], outs[role])
+    return layer, t, mine
+
+
+@pytest.mark.parametrize("page,preshuffle,fused,kv", [
+    (64, True, True, "fp8"),
+    (16, False, False, "bf16"),
+    (16, True, False, "fp8"),
+])
+def test_layer_replay_tiny(page, preshuffle, fused, kv):
+    dims = RankDims(TINY, Shape(batch=3, context=200, tp=1, page_size=page, kv_cache=kv))
+    variant = Variant(fused_rope_cat_cache=fused, preshuffle_index_cache=preshuffle)
+    checked = [n.name for n in _replay(dims, variant)[2]]
+    assert {"idx_rope", "idx_logits", "idx_topk", "idx_k_cache"} <= set(checked)
+    assert ("rope_cat_cache" in checked) == fused
+
+
+# -- rope ---------------------------------------------------------------------------------------
+
+def _cos_sin(context: int, rot: int) -> torch.Tensor:
+    inv = 10000.0 ** (-torch.arange(0, rot, 2, dtype=torch.float64) / rot)
+    ang = torch.arange(context, dtype=torch.float64)[:, None] * inv[None, :]
+    return torch.cat((ang.cos(), ang.sin()), 1).float().to(DEVICE)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rope_strided_views(interleaved):
+    """q a [T, h, rope] head slice of q [T, h*96] and k a column slice, as in the MLA layer; and
+    q [T, h*128] with only the first 32 dims rotated, as in the indexer."""
+    g = _gen(1)
+    T, h, ctx = 5, 4, 300
+    pos = torch.randint(0, ctx, (T,), generator=g, device=DEVICE)
+    cs = _cos_sin(ctx, 32)
+    q_full = _randn((T, h * 96), g)
+    k_full = _randn((T, 200), g)
+    cases = [(q_full.view(T, h, 96)[..., 64:], k_full[:, 100:132], 32),  # MLA: rope dims only
+             (_randn((T, h * 128), g), k_full[:, 10:138], 32)]  # indexer: 128-dim heads
+    for q, k, rope_dim in cases:
+        d = k.shape[-1]
+        outs = [(torch.full((T, h, d), float("nan"), dtype=torch.bfloat16, device=DEVICE),
+                 torch.full((T, d), float("nan"), dtype=torch.bfloat16, device=DEVICE))
+                for _ in range(2)]
+        for fn, (qo, ko) in zip((ref.rope, rope.rope), outs):
+            fn(q=q, k=k, positions=pos, cos_sin=cs, q_out=qo, k_out=ko, rope_dim=rope_dim,
+               interleaved=interleaved)
+        _close_bf16(outs[1][0], outs[0][0])
+        _close_bf16(outs[1][1], outs[0][1])
+
+
+def _mla_inputs(g, T=5, h=4, nope=128, rot=32, slots=40):
+    q = _randn((T, h, 96), g)  # q_pe is a strided slice of it
+    qkv = _randn((T, 400), g)  # k_nope, k_pe are column slices of it
+    slot = torch.randperm(slots, generator=g, device=DEVICE)[:T]
+    slot[1] = -1
+    return dict(q_nope=_randn((T, h, nope), g), q_pe=q[..., 64:], k_nope=qkv[:, 8:8 + nope],
+                k_pe=qkv[:, 200:200 + rot], slot_mapping=slot,
+                kv_scale=torch.tensor([0.75], device=DEVICE)), slots
+
+
+@pytest.mark.parametrize("dtype", [FP8, torch.bfloat16])
+def test_rope_cat_cache_and_kv_cache_store(dtype):
+    g = _gen(2)
+    args, slots = _mla_inputs(g)
+    T, h, nope = args["q_nope"].shape
+    rot = args["k_pe"].shape[1]
+    cache0 = _randn((slots, nope + rot), g, torch.float32).to(dtype)
+    pos = torch.randint(0, 300, (T,), generator=g, device=DEVICE)
+    cs = _cos_sin(300, rot)
+    results = []
+    for fn in (ref.rope_cat_cache, rope.rope_cat_cache):
+        q_out = torch.full((T, h, nope + rot), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+        cache = cache0.clone()
+        fn(**args, positions=pos, cos_sin=cs, q_out=q_out, kv_cache=cache)
+        results.append((q_out, cache))
+    _close_bf16(results[1][0], results[0][0])
+    _check_cache_rows(results[1][1], results[0][1], cache0, args["slot_mapping"])
+    store = {k: v for k, v in args.items() if not k.startswith("q_")}
+    caches = [cache0.clone(), cache0.clone()]
+    ref.kv_cache_store(**store, kv_cache=caches[0])
+    rope.kv_cache_store(**store, kv_cache=caches[1])
+    _check_cache_rows(caches[1], caches[0], cache0, args["slot_mapping"])
+
+
+def _check_cache_rows(got, want, before, slots):
+    """Written rows close to the reference's; every other row (negative slot) untouched."""
+    written = torch.zeros(got.shape[0], dtype=torch.bool, device=got.device)
+    written[slots[slots >= 0]] = True
+    _close_cache(got[written], want[written])
+    assert torch.equal(got[~written].view(torch.uint8), before[~written].view(torch.uint8))
+
+
+# -- hadamard, act_quant, weights ----------------------------------------------------------------
+
+def test_hadamard_rows_and_heads():
+    g = _gen(3)
+    for x in (_randn((5, 4, 128), g), _randn((7, 300), g)[:, 100:228]):
+        outs = [torch.full(x.shape, float("nan"), dtype=torch.bfloat16, device=DEVICE)
+                for _ in range(2)]
+        ref.hadamard(x=x, out=outs[0])
+        indexer.hadamard(x=x, out=outs[1])
+        _close_bf16(outs[1], outs[0])
+
+
+def test_act_quant_bytes_and_ties():
+    """Random rows, plus a row whose values are exact midpoints between e4m3 values after
+    scaling: ties must round to even as torch's cast does."""
+    g = _gen(4)
+    x = _randn((6, 4, 256), g, std=3.0)
+    codes = torch.arange(0, 0x7E, device=DEVICE, dtype=torch.uint8).view(FP8).float()
+    mids = torch.cat(((codes[1:] + codes[:-1]) / 2, codes[-1:], -codes[:2] - 2.0 ** -10))
+    assert torch.equal(mids.to(torch.bfloat16).float(), mids)  # ties survive the bf16 input
+    x[0, 0, :128] = mids.to(torch.bfloat16) * 2.0 ** -5  # amax 416 * 2^-5: scale 2^-5
+    res = []
+    for fn in (ref.act_quant, indexer.act_quant):
+        out = torch.full(x.shape, 0x7F, dtype=torch.uint8, device=DEVICE).view(FP8)
+        scale = torch.full((6, 4, 2), float("nan"), device=DEVICE)
+        fn(x=x, out=out, scale=scale)
+        res.append((out, scale))
+    assert torch.equal(res[1][1], res[0][1])
+    assert torch.equal(res[1][0][0, 0].view(torch.uint8), res[0][0][0, 0].view(torch.uint8))
+    _close_fp8(res[1][0], res[0][0])
+
+
+def test_index_weights_scale():
+    g = _gen(5)
+    w, s = _randn((5, 4), g, torch.float32), _randn((5, 4), g, torch.float32).abs()
+    outs = [torch.full((5, 4), float("nan"), device=DEVICE) for _ in range(2)]
+    for fn, out in zip((ref.index_weights_scale, indexer.index_weights_scale), outs):
+        fn(w=w, q_scale=s, out=out, factor=0.125)
+    assert torch.equal(outs[1], outs[0])
+
+
+# -- index K cache ------------------------------------------------------------------------------
+
+def _index_cache(g, pages, page, preshuffle):
+    """A cache filled by the reference store: random K rows, ue8m0 scales, in the layout."""
+    cache = torch.zeros(pages, page, 132, dtype=torch.uint8, device=DEVICE)
+    q, s = quant_groups(_randn((pages * page, 128), g), ue8m0=True)
+    slots = torch.arange(pages * page, device=DEVICE)
+    index_cache_write(cache, slots, q, s.reshape(-1), preshuffle)
+    return cache
+
+
+@pytest.mark.parametrize("page", [16, 64])
+@pytest.mark.parametrize("preshuffle", [False, True])
+def test_index_k_cache_store_layout(page, preshuffle):
+    """Triton store vs reference store over the whole cache, and the written rows read back
+    through `quant.index_cache_read`: both layouts are the reference's."""
+    g = _gen(6)
+    pages, T = 5, 9
+    k = _randn((T, 200), g, std=2.0)[:, 50:178]  # a strided column view
+    slots = torch.randperm(pages * page, generator=g, device=DEVICE)[:T]
+    slots[3] = -1
+    cache0 = _index_cache(g, pages, page, preshuffle)
+    caches = [cache0.clone(), cache0.clone()]
+    ref.index_k_cache_store(k=k, slot_mapping=slots, cache=caches[0], preshuffle=preshuffle)
+    indexer.index_k_cache_store(k=k, slot_mapping=slots, cache=caches[1], preshuffle=preshuffle)
+    _close_index_cache(caches[1], caches[0])
+    assert (caches[1] == caches[0]).float().mean() >= 0.999
+    kq, ks = quant_groups(k, ue8m0=True)
+    keep = slots >= 0
+    pos = slots[keep]
+    got_k, got_s = index_cache_read(caches[1], pos // page, preshuffle)
+    rows = torch.arange(pos.numel(), device=DEVICE)
+    assert torch.equal(got_s[rows, pos % page], ks.reshape(-1)[keep])
+    _close_fp8(got_k[rows, pos % page], kq[keep])
+
+
+# -- logits and top-k ---------------------------------------------------------------------------
+
+def _block_table(g, batch, pages_per_seq):
+    return torch.randperm(batch * pages_per_seq, generator=g, device=DEVICE).reshape(
+        batch, pages_per_seq).to(torch.int32)
+
+
+@pytest.mark.parametrize("page,preshuffle,heads", [(16, True, 4), (64, False, 4), (64, True, 32)])
+def test_paged_mqa_logits(page, preshuffle, heads):
+    g = _gen(7)
+    seq_lens = torch.tensor([300, 129, 1, page], dtype=torch.int32, device=DEVICE)
+    batch, pps = seq_lens.numel(), -(-300 // page)
+    table = _block_table(g, batch, pps)
+    cache = _index_cache(g, batch * pps, page, preshuffle)
+    q, qs = quant_groups(_randn((batch, heads, 128), g), ue8m0=True)
+    w = _randn((batch, heads), g, torch.float32) * qs.reshape(batch, heads)
+    outs = [torch.full((batch, pps * page), float("nan"), device=DEVICE) for _ in range(2)]
+    for fn, out in zip((ref.paged_mqa_logits, indexer.paged_mqa_logits), outs):
+        fn(q=q, weights=w, cache=cache, block_table=table, seq_lens=seq_lens, out=out,
+           preshuffle=preshuffle)
+    _close_logits(outs[1], outs[0])
+
+
+def _topk_pair(logits, table, seq_lens, k):
+    """Both backends' slots; outputs are column views of wider poisoned buffers, whose extra
+    columns must stay untouched."""
+    bufs = [torch.full((logits.shape[0], k + 8), 12345, dtype=torch.int32, device=DEVICE)
+            for _ in range(2)]
+    for fn, buf in zip((ref.topk_slots, indexer.topk_slots), bufs):
+        fn(logits=logits, block_table=table, seq_lens=seq_lens, out=buf[:, :k])
+        assert torch.all(buf[:, k:] == 12345)
+    return [buf[:, :k] for buf in bufs]
+
+
+def test_topk_slots_sets_and_padding():
+    g = _gen(8)
+    page, pps, k = 16, 19, 64
+    seq_lens = torch.tensor([300, 65, 64, 20, 0], dtype=torch.int32, device=DEVICE)
+    table = _block_table(g, seq_lens.numel(), pps)
+    logits = torch.randn(seq_lens.numel(), pps * page, generator=g, device=DEVICE)
+    logits[0, :50] = -logits[0, :50].abs() - 1e30  # very negative, and -inf, are valid logits
+    logits[0, 50] = float("-inf")
+    got, want = _topk_pair(logits, table, seq_lens, k)
+    _same_sets(got, want)
+    assert torch.equal((got == -1).sum(1), (want == -1).sum(1))
+
+
+def test_topk_slots_ties_at_the_threshold():
+    """With many equal logits the chosen set may differ, but not its size or its values."""
+    g = _gen(9)
+    page, pps, k = 16, 16, 64
+    seq_lens = torch.tensor([256, 200], dtype=torch.int32, device=DEVICE)
+    table = _block_table(g, 2, pps)
+    logits = torch.randint(-3, 4, (2, pps * page), generator=g, device=DEVICE).float()
+    got, want = _topk_pair(logits, table, seq_lens, k)
+    assert all(len(set(row)) == k for row in got.tolist())
+    inv = torch.full((2, 2 * pps * page), -1, dtype=torch.long, device=DEVICE)
+    for b in range(2):  # slot -> logit through the block table
+        pos = torch.arange(pps * page, device=DEVICE)
+        inv[b, (table[b, pos // page].long() * page + pos % page)] = pos
+        vals = [logits[b, inv[b, s.long()]].sort().values for s in (got[b], want[b])]
+        assert torch.equal(vals[0], vals[1])
+
+
+# -- GPU: the real GLM-5 tp=8 shapes ------------------------------------------------------------
+
+def _glm5(batch: int, kv: str = "fp8") -> RankDims:
+    return RankDims(GLM5, Shape(batch=batch, context=8192, tp=8, page_size=64, kv_cache=kv))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [4, 64])
+@pytest.mark.parametrize("preshuffle,fused,kv", [(True, True, "fp8"), (False, False, "bf16")])
+def test_layer_replay_glm5(batch, preshuffle, fused, kv):
+    """32 indexer heads, top-2048 of 8192, 8 MLA heads, kv_dim 576, page 64."""
+    variant = Variant(fused_rope_cat_cache=fused, preshuffle_index_cache=preshuffle)
+    _replay(_glm5(batch, kv), variant)
+
+
+def _poison(x: torch.Tensor) -> None:
+    if x.dtype == FP8:
+        x.view(torch.uint8).fill_(0x7F)
+    else:
+        x.fill_(float("nan") if x.is_floating_point() else -1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [True, False])
+def test_graph_capture_glm5(fused):
+    """Each op captured into a CUDA/HIP graph replays to the eager result (bit for bit: the
+    kernels are deterministic); prints the replay time of each at batch 64."""
+    layer, t, mine = _replay(_glm5(64), Variant(fused_rope_cat_cache=fused))
+    for node in mine:
+        kwargs = {role: t[name] for role, name in {**node.inputs, **node.outputs}.items()}
+        TRITON[node.op](**kwargs, **node.attrs)
+        eager = {name: t[name].clone() for name in node.outputs.values()}
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            TRITON[node.op](**kwargs, **node.attrs)
+        for name in node.outputs.values():
+            if layer.tensors[name].kind == "act":
+                _poison(t[name])
+        graph.replay()
+        for name, want in eager.items():
+            assert torch.equal(t[name].view(torch.uint8), want.view(torch.uint8)), node.name
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        print(f"{node.name:20s} {node.op:20s} {start.elapsed_time(end) / 20 * 1e3:8.1f} us")
