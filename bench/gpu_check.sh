@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 } 2>&1 | tee "$OUT/versions.txt"
 status=0
 if [[ $what == tests || $what == all ]]; then
-  python3 -m pytest -q -x -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -30
+  python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -30
   status=${PIPESTATUS[0]}
 fi
 if [[ $what == bench || $what == all ]]; then
