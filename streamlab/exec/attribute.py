@@ -57,10 +57,9 @@ def _match(events: list[DeviceEvent], graph: CaptureGraph, signatures: dict[str,
             enter(key)
     out = []
     for ev in events:
-        key = _pick(ev, ready, remaining, order, by_grid=True) or _pick(ev, ready, remaining, order,
-                                                                         by_grid=False)
+        key = _pick(ev, ready, remaining, by_grid=True) or _pick(ev, ready, remaining, by_grid=False)
         if key is None:
-            raise Failure(f"kernel attribution: {ev.name} (grid {ev.grid}) at {ev.start:.1f} us "
+            raise Failure(f"kernel attribution: {ev.name} (grid {ev.grid}), profiled kernel {len(out)} of the replay, "
                           f"matches no node that can run then; ready: "
                           + ", ".join(f"{k[1]}@{k[0]}" for k in ready[:6]))
         remaining[key].popleft()
@@ -73,10 +72,11 @@ def _match(events: list[DeviceEvent], graph: CaptureGraph, signatures: dict[str,
     return out
 
 
-def _pick(ev: DeviceEvent, ready, remaining, order, by_grid: bool):
+def _pick(ev: DeviceEvent, ready, remaining, by_grid: bool):
+    name, grid = ev.identity
     for key in ready:
         if remaining[key]:
-            name, grid = remaining[key][0]
-            if name == ev.name and (grid == ev.grid or not by_grid):
+            want_name, want_grid = remaining[key][0]
+            if want_name == name and (want_grid == grid or not by_grid):
                 return key
     return None
