@@ -1,0 +1,130 @@
+"""Discrete-event simulation of a captured multi-layer graph on a device profile.
+
+Lanes are physical streams (HIP: the depth-first queue rule; CUDA: one lane per capture stream).
+A lane runs its nodes in dispatch order; a node starts when its lane is free (after the launch
+gap) and every graph parent has finished (plus the fence cost for a parent on another lane).
+Running kernels share HBM as a fluid: each progresses at 1 / max(1, total bandwidth demand);
+an all-reduce runs `ar_concurrency_factor` times slower while another lane is busy, or, with
+`ar_scope: graph` (what MI355X shows), in any graph that uses more than one lane. A graph of
+several lanes also pays `multi_stream_entry_us` at its start (HIP: no packet fast path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from functools import lru_cache
+
+from streamlab.layer import Layer, Variant, build_layer
+from streamlab.models import RankDims
+from streamlab.schedule.graph import capture, hip_streams
+from streamlab.schedule.program import Program
+from streamlab.sim.profile import Profile
+from streamlab.timeline import Interval, Source, Timeline
+
+EPS = 1e-9
+
+
+@dataclass
+class _Run:
+    key: tuple[int, str]
+    lane: str
+    start: float
+    remaining: float  # us of standalone work left
+    demand: float
+    collective: bool
+
+
+def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) -> Timeline:
+    graph = capture(program, layers)
+    if profile.streams == "hip":
+        phys = hip_streams(graph, profile.hip_queues)
+        lane_of = {k: str(v) for k, v in phys.items()}
+    else:
+        lane_of = dict(graph.stream_of)
+    nodes = {n.name: n for n in layer.nodes}
+    gap = profile.launch_gap_us.value
+    alone = {n.name: isolated_us(layer, profile, n.name) for n in layer.nodes}
+    work = {key: alone[key[1]] + (nodes[key[1]].launches - 1) * gap for key in graph.nodes}
+    demand = {k: profile.bandwidth_demand(nodes[k[1]], work[k]) for k in graph.nodes}
+    lanes: dict[str, list[tuple[int, str]]] = {}
+    for key in graph.nodes:
+        lanes.setdefault(lane_of[key], []).append(key)
+    multi = len(lanes) > 1
+    entry = profile.graph_entry_us.value + (profile.multi_stream_entry_us.value if multi else 0.0)
+    head = {lane: 0 for lane in lanes}
+    lane_free = {lane: entry for lane in lanes}
+    running: dict[str, _Run] = {}
+    ended: dict[tuple[int, str], float] = {}
+    out: list[Interval] = []
+    t = entry
+
+    def ready_at(lane: str) -> float | None:
+        """When the lane's next node may start, or None while a parent is unfinished."""
+        key = lanes[lane][head[lane]]
+        at = lane_free[lane]
+        for p in graph.parents[key]:
+            if p not in ended:
+                return None
+            if lane_of[p] != lane:
+                at = max(at, ended[p] + profile.fence_us.value)
+        return at
+
+    while len(ended) < len(graph.nodes):
+        for lane in lanes:
+            if lane in running or head[lane] >= len(lanes[lane]):
+                continue
+            at = ready_at(lane)
+            if at is not None and at <= t + EPS:
+                key = lanes[lane][head[lane]]
+                running[lane] = _Run(key, lane, t, work[key], demand[key], nodes[key[1]].is_collective)
+                head[lane] += 1
+        rates = _rates(running, profile, multi)
+        finish = min((r.remaining / rates[lane] for lane, r in running.items()), default=float("inf"))
+        starts = [at for lane in lanes if lane not in running and head[lane] < len(lanes[lane])
+                  for at in [ready_at(lane)] if at is not None and at > t + EPS]
+        step = min([finish] + [s - t for s in starts])
+        if step == float("inf"):
+            raise RuntimeError("simulation deadlock: no node can start (a cycle in the graph?)")
+        t += step
+        for lane in list(running):
+            r = running[lane]
+            r.remaining -= rates[lane] * step
+            if r.remaining <= EPS * max(1.0, work[r.key]):
+                del running[lane]
+                ended[r.key] = t
+                lane_free[lane] = t + gap
+                node = nodes[r.key[1]]
+                out.append(Interval(node.op, lane, r.start, t, node.name, r.key[0],
+                                    "allreduce" if r.collective else "kernel"))
+    return Timeline(out, Source("simulated", profile.name, {"profile": profile.name}))
+
+
+def isolated_us(layer: Layer, profile: Profile, name: str) -> float:
+    """The profile's latency of a node alone at the layer's batch size."""
+    def fit_at(batch: int) -> float:
+        return profile.fit_us(_layer_at(layer.dims, layer.variant, batch).node(name))
+    return profile.isolated_us(layer.node(name), layer.dims.tokens, fit_at)
+
+
+@lru_cache(maxsize=64)
+def _layer_at(dims: RankDims, variant: Variant, batch: int) -> Layer:
+    return build_layer(RankDims(dims.model, dims.shape.with_(batch=batch)), variant)
+
+
+def _rates(running: dict[str, _Run], profile: Profile, multi_lane: bool) -> dict[str, float]:
+    total = sum(r.demand for r in running.values() if not r.collective)
+    share = 1.0 / max(1.0, total)
+    rates = {}
+    for lane, r in running.items():
+        if r.collective:
+            slowed = multi_lane if profile.ar_scope == "graph" else len(running) > 1
+            rates[lane] = 1.0 / profile.ar_concurrency_factor.value if slowed else 1.0
+        else:
+            rates[lane] = share
+    return rates
+
+
+def per_layer_us(timeline: Timeline, layers: int) -> float:
+    """Graph time / layers, as a replay timed with events reports it (entry gap included)."""
+    return max(iv.end for iv in timeline.intervals) / layers
