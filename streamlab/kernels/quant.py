@@ -21,7 +21,9 @@ def quant_groups(x: torch.Tensor, group: int = GROUP, ue8m0: bool = False,
     if k % group:
         raise ValueError(f"last dim {k} is not a multiple of the quantisation group {group}")
     g = x.float().reshape(*lead, k // group, group)
-    scale = g.abs().amax(-1).clamp_min(1e-4) / FP8_MAX
+    # divide by a tensor: on CUDA, torch divides by a Python number through its reciprocal,
+    # which is not the correctly rounded quotient the kernels compute
+    scale = g.abs().amax(-1).clamp_min(1e-4) / torch.tensor(FP8_MAX, device=x.device)
     if ue8m0:
         scale = torch.exp2(torch.ceil(torch.log2(scale)))
     q = (g / scale.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8)

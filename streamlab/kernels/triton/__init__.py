@@ -3,26 +3,12 @@
 Each module owns one family of ops and exports `OPS` (op name -> function with the same keyword
 signature as `streamlab.kernels.reference`). Functions write their outputs in place, allocate
 nothing that depends on data, never synchronise with the host, and so capture into graphs.
+`common` holds what the modules share: the interpreter flag, dot operands and exact casts.
 """
 
 from __future__ import annotations
 
-import importlib
+from streamlab.kernels.triton import attention, gemm, indexer, moe, norm, rope
 
-MODULES = ("gemm", "norm", "indexer", "rope", "attention", "moe")
-
-
-def _collect() -> dict:
-    ops: dict = {}
-    for name in MODULES:
-        try:
-            mod = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-            continue
-        ops.update(mod.OPS)
-    return ops
-
-
-OPS = _collect()
+MODULES = (gemm, norm, indexer, rope, attention, moe)
+OPS = {name: fn for mod in MODULES for name, fn in mod.OPS.items()}

@@ -10,15 +10,12 @@ device, so the workspace is fixed and the pair of launches captures into a graph
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-# The CPU interpreter (TRITON_INTERPRET=1) cannot run tl.dot on bf16/fp8 operands (numpy has no
-# such types): there, dot operands are upcast to fp32, which holds the same values exactly.
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from streamlab.kernels.triton.common import INTERPRET, dot_operand
+
 LOG2E = 1.4426950408889634
 # Slots per inner step. Small in the interpreter so CPU tests at topk 64 cover several splits
 # and several steps per split.
@@ -26,14 +23,6 @@ BLOCK_N = 16 if INTERPRET else 64
 NUM_WARPS = 8
 NUM_STAGES = 2  # a stage holds BLOCK_N gathered rows: keeps shared memory within MI355X's LDS
 INTERPRETER_PROGRAMS = 8  # stands in for the SM count when running on the CPU
-
-
-@triton.jit
-def dot_operand(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
-    """`x` as a tl.dot operand of `dtype` on the GPU, fp32 in the interpreter."""
-    if INTERPRET:
-        return x.to(tl.float32)
-    return x.to(dtype)
 
 
 @triton.jit

@@ -7,24 +7,22 @@ pass sums in a fixed order: deterministic, no atomics, no host synchronisation, 
 capture into a CUDA/HIP graph. fp8_linear quantises its activation inside the GEMM (1x128 groups,
 as `quant.quant_groups`), so it needs no separate quantisation launch.
 
-`fp8_linear_scaled_mm` is an optional cuBLAS path (torch._scaled_mm with 1x128 x 128x128 block
-scales, Hopper only) for comparison; the Triton kernel stays the default so the same code runs
-on AMD.
+Triton is the only path: measured on an H200 with torch 2.11, torch._scaled_mm with 1x128 x
+128x128 block scales returned zeros in the last columns for (N, K) = (6144, 256) without raising,
+so cuBLAS block-scaled FP8 is not offered.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from streamlab.kernels import reference
-from streamlab.kernels.quant import FP8, FP8_MAX, GROUP
+from streamlab.kernels.quant import FP8_MAX, GROUP
+from streamlab.kernels.triton.common import INTERPRET, dot_operand, exact_cast
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _INTERPRET = tl.constexpr(INTERPRET)
 _FP8_MAX = tl.constexpr(FP8_MAX)
 _MAX_BLOCK_M = 64
@@ -37,40 +35,18 @@ def _tile(size: int, cap: int) -> int:
 
 
 @triton.jit
-def _fp8_rne(v):
-    """Round fp32 to the e4m3fn grid (round to nearest even), staying in fp32.
-
-    Interpreter only: its own fp32 -> fp8 cast loses the rounding carry into the exponent
-    (7.9 -> 4.0); on values already on the grid that cast is exact.
-    """
-    bits = v.to(tl.int32, bitcast=True)
-    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576).to(tl.float32, bitcast=True)
-    subnormal = (v + 24576.0) - 24576.0  # 1.5 * 2^14: fp32 addition rounds to multiples of 2^-9
-    return tl.where(tl.abs(v) < 0.015625, subnormal, normal)
-
-
-@triton.jit
 def _quant_group(a):
     """fp8 values and fp32 scales [rows] of a [rows, 128] tile, exactly as quant.quant_groups."""
     a = a.to(tl.float32)
     scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(a), axis=1), 1e-4), _FP8_MAX)
-    q = tl.math.div_rn(a, scale[:, None])
-    q = tl.minimum(tl.maximum(q, -_FP8_MAX), _FP8_MAX)
-    if _INTERPRET:
-        q = _fp8_rne(q)
-    return q.to(tl.float8e4nv), scale
+    return exact_cast(tl.math.div_rn(a, scale[:, None]), tl.float8e4nv, _INTERPRET), scale
 
 
 @triton.jit
 def _mma(a, b):
     """a @ b with fp32 accumulation; b takes a's type (fp8 x fp8, bf16 x bf16, or an exact fp8 ->
-    bf16 upcast for bmm_fp8). numpy has no bf16/fp8, so the interpreter gets fp32 operands."""
-    if _INTERPRET:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    else:
-        b = b.to(a.dtype)
-    return tl.dot(a, b)
+    bf16 upcast for bmm_fp8); the interpreter gets fp32 operands."""
+    return tl.dot(dot_operand(a, a.dtype, _INTERPRET), dot_operand(b, a.dtype, _INTERPRET))
 
 
 @triton.jit
@@ -194,7 +170,7 @@ def bmm_fp8(*, x, weight, weight_scale, out):
           (weight_scale.stride(0), 0, 0))
 
 
-# -- standalone activation quantisation and the optional cuBLAS path -------------------------
+# -- standalone activation quantisation ------------------------------------------------------
 
 @triton.jit
 def _act_quant_kernel(x, xq, xs, M, sxm, sxk, sqm, sqk, ssm, ssk, BLOCK_M: tl.constexpr):
@@ -207,70 +183,13 @@ def _act_quant_kernel(x, xq, xs, M, sxm, sxk, sqm, sqk, ssm, ssk, BLOCK_M: tl.co
     tl.store(xs + rm * ssm + tl.program_id(1) * ssk, s, mask=rm < M)
 
 
-_SCALED_MM_BUFFERS: dict = {}
-_SCALED_MM_REJECTED: set = set()
-
-
-def _scaled_mm_buffers(out: torch.Tensor, m: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantised activation [M4, K] and column-major scales [M4, K/128] for cuBLASLt, which wants
-    M a multiple of 4: the padding rows stay zero with scale one."""
-    m4 = -(-m // 4) * 4
-    key = (out.device, out.data_ptr(), m4, k)
-    if key not in _SCALED_MM_BUFFERS:
-        xq = torch.zeros(m4, k, dtype=torch.uint8, device=out.device).view(FP8)
-        xs = torch.ones(k // GROUP, m4, dtype=torch.float32, device=out.device).t()
-        _SCALED_MM_BUFFERS[key] = (xq, xs)
-    return _SCALED_MM_BUFFERS[key]
-
-
 def quant_groups_into(x: torch.Tensor, xq: torch.Tensor, xs: torch.Tensor) -> None:
     """xq, xs <- quant.quant_groups(x) for x [M, K]: fp8 values and fp32 scales [M, K/128], any
-    strides (cuBLAS wants the scales column-major)."""
+    strides."""
     m, k = x.shape
     block_m = _tile(m, _MAX_BLOCK_M)
     _act_quant_kernel[(triton.cdiv(m, block_m), k // GROUP)](
         x, xq, xs, m, *x.stride(), *xq.stride(), *xs.stride(), BLOCK_M=block_m, num_warps=4)
-
-
-def fp8_linear_scaled_mm(*, x, weight, weight_scale, out):
-    """fp8_linear through cuBLAS block-scaled FP8 (torch._scaled_mm). A weight shape cuBLAS
-    rejects (it checks scale layouts and alignment on the host) falls back to the Triton GEMM
-    from its first, eager call on."""
-    m, k = x.shape
-    key = (out.device, weight.shape)
-    if key not in _SCALED_MM_REJECTED:
-        xq, xs = _scaled_mm_buffers(out, m, k)
-        quant_groups_into(x, xq[:m], xs[:m])
-        try:
-            y = torch._scaled_mm(xq, weight.t(), xs, weight_scale.t(), out_dtype=torch.bfloat16)
-        except (RuntimeError, NotImplementedError):
-            _SCALED_MM_REJECTED.add(key)
-        else:
-            out.copy_(y[:m, : out.shape[-1]])
-            return
-    fp8_linear(x=x, weight=weight, weight_scale=weight_scale, out=out)
-
-
-@functools.cache
-def scaled_mm_available(device: torch.device | str) -> bool:
-    """Whether torch._scaled_mm does 1x128 x 128x128 block-scaled FP8 on this device (cuBLAS >=
-    12.9 on Hopper; not ROCm). Probed once with a small product checked against the reference,
-    so call it before any graph capture."""
-    device = torch.device(device)
-    if (device.type != "cuda" or torch.version.hip is not None
-            or torch.cuda.get_device_capability(device)[0] != 9):
-        return False
-    g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(4, 512, generator=g, device=device).to(torch.bfloat16)
-    w = torch.randn(256, 512, generator=g, device=device).to(FP8)
-    ws = torch.rand(2, 4, generator=g, device=device) + 0.5
-    out = torch.empty(4, 256, dtype=torch.bfloat16, device=device)
-    ref = torch.empty_like(out)
-    fp8_linear_scaled_mm(x=x, weight=w, weight_scale=ws, out=out)
-    if (out.device, w.shape) in _SCALED_MM_REJECTED:
-        return False
-    reference.fp8_linear(x=x, weight=w, weight_scale=ws, out=ref)
-    return bool((out.float() - ref.float()).norm() <= 2e-2 * ref.float().norm())
 
 
 OPS = {"fp8_linear": fp8_linear, "linear": linear, "bmm_fp8": bmm_fp8}

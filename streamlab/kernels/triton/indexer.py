@@ -8,49 +8,18 @@ captures into a CUDA/HIP graph; grids depend on shapes only.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from streamlab.kernels.quant import FP8, GROUP, SHUFFLE_TILE
+from streamlab.kernels.triton.common import INTERPRET, dot_operand, exact_cast
 
-# The interpreter computes tl.dot on bf16/fp8 operands wrongly (numpy has no such types), rounds
-# fp32 -> bf16 toward zero and drops the carry when it rounds fp32 -> fp8. Under it, dots run in
-# fp32 and `_cast` rounds exactly before converting; on a GPU both use the native instructions.
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 INTERPRETER_SMS = 4  # stands in for the SM count on the CPU: small grids, several chunks a row
 
 
 # -- shared helpers -----------------------------------------------------------------------------
-
-@triton.jit
-def _round_e4m3(x):
-    """x rounded to the nearest e4m3 value (ties to even), still fp32."""
-    bits = x.to(tl.uint32, bitcast=True)
-    sign = bits & 0x80000000
-    mag = bits ^ sign
-    normal = (mag + 0x7FFFF + ((mag >> 20) & 1)) & 0x7FF00000  # keep 3 mantissa bits
-    # below 2^-6 e4m3 is subnormal with a fixed step of 2^-9: the ulp of 1.5 * 2^14 in fp32
-    sub = ((tl.abs(x) + 24576.0) - 24576.0).to(tl.uint32, bitcast=True)
-    return (tl.where(mag < 0x3C800000, sub, normal) | sign).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _cast(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
-    """fp32 -> dtype as torch does it: round to nearest even, saturating for e4m3fn (`to_fp8`)."""
-    if dtype == tl.float8e4nv:
-        x = tl.clamp(x, -448.0, 448.0)
-        if INTERPRET:
-            x = _round_e4m3(x)
-    elif dtype == tl.bfloat16:
-        if INTERPRET:
-            bits = x.to(tl.uint32, bitcast=True)
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-            x = bits.to(tl.float32, bitcast=True)
-    return x.to(dtype)
-
 
 @triton.jit
 def _ue8m0_quant(x, INTERPRET: tl.constexpr):
@@ -62,7 +31,7 @@ def _ue8m0_quant(x, INTERPRET: tl.constexpr):
     amax = tl.max(tl.abs(x), axis=1)
     raw = tl.math.div_rn(tl.maximum(amax, 1e-4), 448.0).to(tl.uint32, bitcast=True)
     scale = ((raw + 0x7FFFFF) & 0x7F800000).to(tl.float32, bitcast=True)
-    return _cast(tl.math.div_rn(x, scale[:, None]), tl.float8e4nv, INTERPRET), scale
+    return exact_cast(tl.math.div_rn(x, scale[:, None]), tl.float8e4nv, INTERPRET), scale
 
 
 @triton.jit
@@ -105,12 +74,10 @@ def _hadamard_kernel(x, out, n_rows, x_heads, x_st, x_sh, x_sd, o_heads, o_st, o
     parity = ij & 1
     for b in tl.static_range(1, LOG_D):
         parity ^= (ij >> b) & 1
-    h = tl.where(parity == 0, 1.0, -1.0).to(v.dtype)
-    if INTERPRET:
-        v, h = v.to(tl.float32), h.to(tl.float32)
-    y = tl.dot(v, h) * (D ** -0.5)
+    h = dot_operand(tl.where(parity == 0, 1.0, -1.0), v.dtype, INTERPRET)
+    y = tl.dot(dot_operand(v, v.dtype, INTERPRET), h) * (D ** -0.5)
     tl.store(out + _row_offsets(r, o_heads, o_st, o_sh)[:, None] + d[None, :] * o_sd,
-             _cast(y, out.dtype.element_ty, INTERPRET), mask=m)
+             exact_cast(y, out.dtype.element_ty, INTERPRET), mask=m)
 
 
 def hadamard(*, x, out):
@@ -224,9 +191,8 @@ def _paged_mqa_logits_kernel(q, weights, cache_k, cache_s, block_table, seq_lens
     s = tl.arange(0, PAGE)
     hm = h < n_heads
     qv = tl.load(q + b * s_qt + h[:, None] * s_qh + d[None, :], mask=hm[:, None], other=0.0)
+    qv = dot_operand(qv, qv.dtype, INTERPRET)
     w = tl.load(weights + b * s_wt + h, mask=hm, other=0.0)
-    if INTERPRET:
-        qv = qv.to(tl.float32)
     n = tl.load(seq_lens + b)
     k_offs = _k_offsets(s[:, None], d[None, :], HEAD_DIM, PRESHUFFLE)
     first = tl.program_id(1) * pages_per_prog
@@ -236,8 +202,7 @@ def _paged_mqa_logits_kernel(q, weights, cache_k, cache_s, block_table, seq_lens
         page = tl.load(block_table + b * s_bt + p, mask=p * PAGE < n, other=0).to(tl.int64)
         kv = tl.load(cache_k + page * s_page + k_offs, mask=valid[:, None], other=0.0)
         ks = tl.load(cache_s + (page * s_page + PAGE * HEAD_DIM) // 4 + s, mask=valid, other=0.0)
-        if INTERPRET:
-            kv = kv.to(tl.float32)
+        kv = dot_operand(kv, kv.dtype, INTERPRET)
         # [page, heads]: the page is the MMA's M (64 fills a Hopper warpgroup MMA), heads its N
         score = tl.dot(kv, tl.trans(qv)) * ks[:, None]
         logit = tl.sum(tl.maximum(score, 0.0) * w[None, :], axis=1)

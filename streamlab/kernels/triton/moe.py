@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from streamlab.kernels.quant import FP8_MAX, GROUP
-from streamlab.kernels.triton.attention import INTERPRET, dot_operand
+from streamlab.kernels.triton.common import INTERPRET, dot_operand, exact_cast
 
 BLOCK_M = 16  # pairs per block: the smallest tl.dot tile; decode gives few tokens per expert
 BLOCK_N_GATE_UP = 64  # gate and up columns per program (each of the two)
@@ -110,31 +110,12 @@ def _block_pairs(sorted_ptr, block_rows_ptr, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _to_fp8(x, INTERPRET: tl.constexpr):
-    """fp32 (within +-448) -> fp8 e4m3, as a dot operand.
-
-    The interpreter's fp8 conversion drops the carry when rounding up across a power of two
-    (31.6 -> 16) and rounds ties up, so there the value is rounded to nearest even on the e4m3
-    grid by hand and stays fp32. Ties are common: bf16 inputs over a scale of amax / 448.
-    """
-    if INTERPRET:
-        mag = tl.abs(x)
-        # 3 mantissa bits; below the smallest normal (2^-6) the step stays 2^-9
-        ulp = tl.exp2(tl.floor(tl.log2(tl.maximum(mag, 2.0 ** -6))) - 3.0)
-        steps = mag / ulp  # exact: ulp is a power of two
-        near = tl.floor(steps + 0.5)
-        tie_odd = (near - steps == 0.5) & (near % 2 == 1)
-        mag = tl.where(tie_odd, near - 1, near) * ulp
-        return tl.where(x < 0, -mag, mag)
-    return x.to(tl.float8e4nv)
-
-
-@triton.jit
 def _quant_fp8(x, FP8_MAX: tl.constexpr, INTERPRET: tl.constexpr):
     """Rows of one 1x128 group -> (fp8 dot operand, fp32 scale per row), as quant_groups."""
     x = x.to(tl.float32)
     scale = tl.maximum(tl.max(tl.abs(x), 1), 1e-4) / FP8_MAX
-    return _to_fp8(tl.clamp(x / scale[:, None], -FP8_MAX, FP8_MAX), INTERPRET), scale
+    q = exact_cast(x / scale[:, None], tl.float8e4nv, INTERPRET)
+    return dot_operand(q, tl.float8e4nv, INTERPRET), scale
 
 
 @triton.jit

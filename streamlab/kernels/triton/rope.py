@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from streamlab.kernels.quant import FP8
-from streamlab.kernels.triton.indexer import INTERPRET, _cast
+from streamlab.kernels.triton.common import INTERPRET, exact_cast
 
 TILE = 4096  # elements per program: a few KiB of bf16, enough to keep loads in flight
 
@@ -50,7 +50,7 @@ def _rope_rows(src, s_h, s_d, dst, o_h, o_d, rows, h0, head_dim, cs_row,
     d = tl.arange(0, BLOCK_D)[None, :]
     m = (h < rows) & (d < head_dim)
     y = _rotate(src + h * s_h + d * s_d, d, s_d, m, cs_row, ROPE_DIM, CS_HALF, INTERLEAVED)
-    tl.store(dst + h * o_h + d * o_d, _cast(y, dst.dtype.element_ty, INTERPRET), mask=m)
+    tl.store(dst + h * o_h + d * o_d, exact_cast(y, dst.dtype.element_ty, INTERPRET), mask=m)
 
 
 @triton.jit
@@ -93,7 +93,8 @@ def rope(*, q, k, positions, cos_sin, q_out, k_out, rope_dim, interleaved):
 @triton.jit
 def _store_scaled(ptrs, v, mask, scale, INTERPRET: tl.constexpr):
     """Store v / scale cast to the destination type (saturating for fp8)."""
-    tl.store(ptrs, _cast(tl.math.div_rn(v, scale), ptrs.dtype.element_ty, INTERPRET), mask=mask)
+    tl.store(ptrs, exact_cast(tl.math.div_rn(v, scale), ptrs.dtype.element_ty, INTERPRET),
+             mask=mask)
 
 
 @triton.jit
@@ -144,7 +145,7 @@ def _rope_cat_cache_kernel(q_nope, q_pe, k_nope, k_pe, positions, slot_mapping, 
         if slot >= 0:
             pe = _rotate(k_pe + t * s_kpt + dr * s_kpd, dr, s_kpd, dr < ROPE, cs_row, ROPE,
                          CS_HALF, True)
-            pe = _cast(pe, k_pe.dtype.element_ty, INTERPRET)  # the reference rounds rope(k_pe)
+            pe = exact_cast(pe, k_pe.dtype.element_ty, INTERPRET)  # the reference rounds rope(k_pe)
             _cache_entry(t, slot, k_nope, s_knt, s_knd, pe, kv_scale, cache, s_slot, s_cd,
                          NOPE, ROPE, BLOCK_N, BLOCK_R, INTERPRET)
 
