@@ -192,6 +192,22 @@ def gaps(intervals: Sequence[Interval], start: float, end: float) -> list[Gap]:
     return _Idle(intervals).gaps(start, end)
 
 
+def chained_bounds(intervals: Sequence[Interval], per_replay: int) -> list[tuple[float, float]]:
+    """Layer windows for replays of a graph of `per_replay` layers, layers numbered
+    replay * per_replay + i: a layer runs from its first kernel to the next layer's first kernel
+    in the same replay (so an idle gap at a layer boundary, such as a re-entry stall, counts in
+    the layer before it); the last layer of a replay ends at its last kernel."""
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for iv in intervals:
+        if iv.layer is not None:
+            first[iv.layer] = min(first.get(iv.layer, iv.start), iv.start)
+            last[iv.layer] = max(last.get(iv.layer, iv.end), iv.end)
+    n = max(first) + 1 if first else 0
+    return [(first[i], first[i + 1] if (i + 1) % per_replay and i + 1 in first else last[i])
+            for i in range(n)]
+
+
 def assign_layers(timeline: Timeline) -> Timeline:
     """Give intervals without a layer index the index of the layer bounds their start lies in."""
     if not timeline.layers or all(iv.layer is not None for iv in timeline.intervals):

@@ -91,13 +91,47 @@ def run(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
         backend: Optional[str] = typer.Option(None, help="kernels: auto, reference, triton, aiter"),
         device: str = typer.Option("auto", help="auto (GPU if present), cpu or cuda"),
         layers: Optional[int] = typer.Option(None, help="layers captured in one graph"),
+        profile: str = typer.Option("mi355x", help="simulator profile used when there is no GPU"),
+        verify_full: bool = typer.Option(False, help="without a GPU, check outputs at the real "
+                                                     "shape (slow) instead of a reduced one"),
         out: Path = typer.Option(Path("traces/runs"), help="folder for results and traces")):
-    """Run a scenario: measured in a captured graph on a GPU; on the CPU, the reference kernels
-    check that the layout computes what serial computes."""
+    """Run a scenario: measured in a captured graph on a GPU; without one, simulated on a device
+    profile. Either way the layout's outputs are first checked against the serial layout's."""
     from streamlab.exec.session import run_scenario
 
     scen = _scenario(scenario, model, batch, context, tp, page_size, kv_cache)
-    run_scenario(scen, console, backend=backend, device=device, layers=layers, out=out)
+    run_scenario(scen, console, backend=backend, device=device, layers=layers, out=out,
+                 profile=profile, verify_full=verify_full)
+
+
+@app.command()
+@_guard
+def sim(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional[int] = BATCH,
+        context: Optional[int] = CONTEXT, tp: Optional[int] = TP, page_size: Optional[int] = PAGE,
+        kv_cache: Optional[str] = KV,
+        profile: str = typer.Option("mi355x", help="device profile: a shipped name or a YAML path"),
+        layers: Optional[int] = typer.Option(None, help="layers in the simulated graph"),
+        out: Path = typer.Option(Path("traces/runs"), help="folder for results and traces")):
+    """Simulate a scenario on a device profile (no GPU needed); the profile's parameters and
+    where each came from are printed with the result."""
+    from rich.table import Table
+
+    from streamlab.exec.session import simulate_and_report
+    from streamlab.io import write_json_atomic
+    from streamlab.sim.profile import load_profile
+
+    scen = _scenario(scenario, model, batch, context, tp, page_size, kv_cache)
+    prof = load_profile(profile)
+    table = Table(title=f"profile {prof.name}", title_justify="left")
+    for col in ("parameter", "value", "source"):
+        table.add_column(col)
+    for row in prof.describe():
+        table.add_row(*row)
+    console.print(table)
+    result = simulate_and_report(scen, profile, layers or scen.measure.layers, console, out)
+    path = out / f"{scen.name}-b{scen.shape.batch}-sim-{prof.name}.json"
+    write_json_atomic(path, {"scenario": scen.name, "shape": vars(scen.shape), **result})
+    console.print(f"result: {path}")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from streamlab.analysis import Summary, percentiles, summarize
+from streamlab.analysis import Summary, chained_bounds, percentiles, summarize
 from streamlab.errors import Failure
 from streamlab.exec.attribute import Signature, attribute
 from streamlab.exec.buffers import Buffers
@@ -167,7 +167,7 @@ def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: 
                               iv.layer, iv.kind) for iv in intervals]
     timeline = Timeline(intervals, Source("measured", torch.cuda.get_device_name(device), {
         "backend": ",".join(sorted({b.backend for b in bound.values()})),
-        "torch": torch.__version__, "scenario": scen.name}))
+        "torch": torch.__version__, "scenario": scen.name}), chained_bounds(intervals, layers))
     del graph
     return timing, timeline, summarize(timeline), alone, ceil
 
@@ -178,16 +178,21 @@ def _status(console: Console, text: str):
 
 def measure_and_report(scen: Scenario, buffers: Buffers, bound: dict[str, Bound],
                        streams: StreamSet, console: Console, out: Path) -> dict:
-    from streamlab.report.measured import measured_result, print_measured
+    from streamlab.report.result import floor_us, layer_result, print_result
     from streamlab.trace import write_chrome
 
     timing, timeline, summary, alone, ceil = measure(scen, buffers, bound, streams, console)
-    s = scen.shape
-    trace_path = out / f"{scen.name}-b{s.batch}.trace.json.gz"
+    trace_path = out / f"{scen.name}-b{scen.shape.batch}.trace.json.gz"
     write_chrome(timeline, trace_path)
-    result = measured_result(scen, timing, summary, alone, ceil, bound)
+    result = layer_result(
+        scen, f"measured on {timeline.source.device}", timing.all, timing.repeat_medians, summary,
+        {n: percentiles(v.kernel_us)[1] for n, v in alone.items()},
+        {n: len(v.signature) for n, v in alone.items()},
+        {n.name: floor_us(n, ceil.copy_gbs, ceil.bf16_tflops, ceil.fp8_tflops) for n in scen.layer.nodes},
+        {n: b.backend for n, b in bound.items()},
+        scen.collective.impl if scen.collective.impl != "auto" else "emulated")
+    result["ceilings"] = vars(ceil)
     result["trace"] = str(trace_path)
-    print_measured(console, scen, result)
+    print_result(console, scen, result)
     console.print(f"trace (Perfetto / chrome://tracing): {trace_path}")
-    return result
-
+    return {"measured": result}

@@ -61,57 +61,90 @@ def auto_backend() -> str:
     return "triton"
 
 
+REDUCED = dict(model="tiny", tp=1, batch=2, context=256, page_size=64)  # fast CPU output check
+
+
 def run_scenario(scen: Scenario, console: Console, *, backend: str | None, device: str,
-                 layers: int | None, out: Path) -> dict:
+                 layers: int | None, out: Path, profile: str = "mi355x",
+                 verify_full: bool = False) -> dict:
+    """On a GPU: check outputs against serial, then measure. Without one: check outputs with the
+    reference kernels (at a reduced shape unless `verify_full`), then simulate on `profile`."""
     target = pick_target(scen, device, backend)
-    n_layers = layers or (scen.measure.layers if target.gpu else min(scen.measure.layers, CPU_LAYERS))
+    n_layers = layers or scen.measure.layers
     if n_layers <= 0:
         raise Failure("--layers must be positive", EXIT_BAD_INPUT)
     s = scen.shape
+    where = (f"{_device_name(target.device)}, backend {target.backend}" if target.gpu else
+             f"no GPU: simulated on profile {profile}, outputs checked with the reference kernels")
     console.print(f"[bold]{scen.name}[/]  {scen.model.name}  batch {s.batch}  context {s.context}  "
-                  f"tp {s.tp}  page {s.page_size}  kv {s.kv_cache}  |  {n_layers} layers on "
-                  f"{_device_name(target.device)}, backend {target.backend}")
-    t0 = time.perf_counter()
-    try:
-        buffers = Buffers(scen.layer, n_layers, target.device)
-    except torch.OutOfMemoryError:
-        raise Failure(f"out of GPU memory allocating {n_layers} layers at batch {s.batch}, "
-                      f"context {s.context}: lower --layers, --batch or --context") from None
-    console.print(f"buffers: {describe_bytes(buffers.nbytes)} (weights in FP8 with block scales, "
-                  f"caches filled for context {s.context}) in {time.perf_counter() - t0:.1f} s")
-    overrides = collective_overrides(scen, target)
-    bound = bind_layer(scen.layer, target.backend, overrides)
-    streams = StreamSet(target.device)
-    diffs = compare_with_serial(scen.layer, scen.program, buffers, bound, streams)
-    bad = [d for d in diffs if not d.identical]
-    if bad:
-        worst = max(bad, key=lambda d: d.mismatched)
-        console.print(f"[bold red]layout differs from serial[/] in {len(bad)} tensors, e.g. "
-                      f"{worst.tensor}: {worst.mismatched}/{worst.total} elements, max |diff| "
-                      f"{worst.max_abs:.3g}")
-    else:
-        console.print(f"[green]layout computes exactly what serial computes[/]: {len(diffs)} tensors "
-                      f"bitwise equal after {n_layers} layers")
+                  f"tp {s.tp}  page {s.page_size}  kv {s.kv_cache}  |  {n_layers} layers, {where}")
+    checked = scen if target.gpu or verify_full else scen.override(**REDUCED)
+    check_layers = n_layers if target.gpu else min(n_layers, CPU_LAYERS)
+    buffers, bound, streams = _prepare(checked, target, check_layers, console)
+    bad = _check_outputs(checked, buffers, bound, streams, console, reduced=checked is not scen)
     result = {
         "scenario": scen.name, "path": scen.path, "model": scen.model.name, "shape": vars(s),
         "variant": vars(scen.variant), "layers": n_layers, "device": _device_name(target.device),
         "versions": versions(), "backend": {b.node.name: b.backend for b in bound.values()},
-        "equal_to_serial": not bad,
-        "differences": [vars(d) for d in bad],
+        "equal_to_serial": not bad, "differences": [vars(d) for d in bad],
     }
     if target.gpu:
         from streamlab.exec.measure import measure_and_report
         result.update(measure_and_report(scen, buffers, bound, streams, console, out))
     else:
-        console.print("[yellow]no GPU here:[/] the reference kernels checked correctness only; "
-                      "timings need a GPU. `streamlab graph` shows the schedule and its "
-                      "roofline critical path.")
+        result.update(simulate_and_report(scen, profile, n_layers, console, out))
     path = out / f"{scen.name}-b{s.batch}-{target.device.type}.json"
     write_json_atomic(path, result)
     console.print(f"result: {path}")
     if bad:
         raise Failure(f"{scen.name}: the layout's outputs differ from the serial layout's", 1)
     return result
+
+
+def _prepare(scen: Scenario, target: Target, layers: int, console: Console):
+    t0 = time.perf_counter()
+    try:
+        buffers = Buffers(scen.layer, layers, target.device)
+    except torch.OutOfMemoryError:
+        raise Failure(f"out of GPU memory allocating {layers} layers at batch {scen.shape.batch}, "
+                      f"context {scen.shape.context}: lower --layers, --batch or --context") from None
+    if target.gpu:
+        console.print(f"buffers: {describe_bytes(buffers.nbytes)} (weights in FP8 with block scales, "
+                      f"caches filled for context {scen.shape.context}) in {time.perf_counter() - t0:.1f} s")
+    bound = bind_layer(scen.layer, target.backend, collective_overrides(scen, target))
+    return buffers, bound, StreamSet(target.device)
+
+
+def _check_outputs(scen, buffers, bound, streams, console, reduced: bool) -> list:
+    diffs = compare_with_serial(scen.layer, scen.program, buffers, bound, streams)
+    bad = [d for d in diffs if not d.identical]
+    at = (f" (at a reduced shape: {scen.model.name} model, batch {scen.shape.batch}, context "
+          f"{scen.shape.context}; --verify-full checks the real shape)" if reduced else "")
+    if bad:
+        worst = max(bad, key=lambda d: d.mismatched)
+        console.print(f"[bold red]layout differs from serial[/] in {len(bad)} tensors, e.g. "
+                      f"{worst.tensor}: {worst.mismatched}/{worst.total} elements, max |diff| "
+                      f"{worst.max_abs:.3g}{at}")
+    else:
+        console.print(f"[green]layout computes exactly what serial computes[/]: {len(diffs)} tensors "
+                      f"bitwise equal after {buffers.layers} layers{at}")
+    return bad
+
+
+def simulate_and_report(scen: Scenario, profile_name: str, layers: int, console: Console,
+                        out: Path) -> dict:
+    from streamlab.report.result import print_result
+    from streamlab.sim.profile import load_profile
+    from streamlab.sim.run import simulate_scenario
+    from streamlab.trace import write_chrome
+
+    result, timeline = simulate_scenario(scen, load_profile(profile_name), layers)
+    trace_path = out / f"{scen.name}-b{scen.shape.batch}-sim-{profile_name}.trace.json.gz"
+    write_chrome(timeline, trace_path)
+    result["trace"] = str(trace_path)
+    print_result(console, scen, result)
+    console.print(f"trace (Perfetto / chrome://tracing): {trace_path}")
+    return {"simulated": result}
 
 
 def collective_overrides(scen: Scenario, target: Target) -> dict:

@@ -3,10 +3,12 @@
 Lanes are physical streams (HIP: the depth-first queue rule; CUDA: one lane per capture stream).
 A lane runs its nodes in dispatch order; a node starts when its lane is free (after the launch
 gap) and every graph parent has finished (plus the fence cost for a parent on another lane).
-Running kernels share HBM as a fluid: each progresses at 1 / max(1, total bandwidth demand);
+Running kernels share the device as a fluid: each progresses at
+min(1 / max(1, total HBM demand), 1 / (1 + concurrency_slowdown * (kernels running - 1)));
 an all-reduce runs `ar_concurrency_factor` times slower while another lane is busy, or, with
 `ar_scope: graph` (what MI355X shows), in any graph that uses more than one lane. A graph of
-several lanes also pays `multi_stream_entry_us` at its start (HIP: no packet fast path).
+several lanes also idles `multi_stream_entry_us` before each layer's first kernel (what the
+MI355X trace shows as a stall at every layer's re-entry).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 from functools import lru_cache
 
+from streamlab.analysis import chained_bounds
 from streamlab.layer import Layer, Variant, build_layer
 from streamlab.models import RankDims
 from streamlab.schedule.graph import capture, hip_streams
@@ -51,7 +54,9 @@ def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) 
     for key in graph.nodes:
         lanes.setdefault(lane_of[key], []).append(key)
     multi = len(lanes) > 1
-    entry = profile.graph_entry_us.value + (profile.multi_stream_entry_us.value if multi else 0.0)
+    entry = profile.graph_entry_us.value
+    first = program.launches[0].node
+    layer_entry = profile.multi_stream_entry_us.value if multi else 0.0
     head = {lane: 0 for lane in lanes}
     lane_free = {lane: entry for lane in lanes}
     running: dict[str, _Run] = {}
@@ -63,6 +68,8 @@ def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) 
         """When the lane's next node may start, or None while a parent is unfinished."""
         key = lanes[lane][head[lane]]
         at = lane_free[lane]
+        if key[1] == first:
+            at += layer_entry
         for p in graph.parents[key]:
             if p not in ended:
                 return None
@@ -97,7 +104,8 @@ def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) 
                 node = nodes[r.key[1]]
                 out.append(Interval(node.op, lane, r.start, t, node.name, r.key[0],
                                     "allreduce" if r.collective else "kernel"))
-    return Timeline(out, Source("simulated", profile.name, {"profile": profile.name}))
+    return Timeline(out, Source("simulated", profile.name, {"profile": profile.name}),
+                    chained_bounds(out, layers))
 
 
 def isolated_us(layer: Layer, profile: Profile, name: str) -> float:
@@ -114,7 +122,8 @@ def _layer_at(dims: RankDims, variant: Variant, batch: int) -> Layer:
 
 def _rates(running: dict[str, _Run], profile: Profile, multi_lane: bool) -> dict[str, float]:
     total = sum(r.demand for r in running.values() if not r.collective)
-    share = 1.0 / max(1.0, total)
+    share = min(1.0 / max(1.0, total),
+                1.0 / (1.0 + profile.concurrency_slowdown.value * (len(running) - 1)))
     rates = {}
     for lane, r in running.items():
         if r.collective:

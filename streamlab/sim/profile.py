@@ -39,7 +39,8 @@ class Profile:
     fence_us: Param  # extra wait on a cross-stream edge (signal + wait)
     graph_entry_us: Param  # per replay: idle at the start of the graph
     ar_concurrency_factor: Param  # all-reduce duration multiplier (see ar_scope)
-    multi_stream_entry_us: Param  # extra idle at graph start when the graph has several lanes
+    multi_stream_entry_us: Param  # idle before each layer's first kernel in a graph of several lanes
+    concurrency_slowdown: Param  # each extra concurrent kernel slows the others by this fraction
     ar_scope: str = "concurrent"  # "concurrent": while another lane runs; "graph": any multi-lane graph
     hip_queues: int = 4
     op_overhead_us: dict[str, Param] = field(default_factory=dict)
@@ -78,7 +79,7 @@ class Profile:
     def describe(self) -> list[tuple[str, str, str]]:
         rows = []
         for key in ("hbm_gbs", "launch_gap_us", "fence_us", "graph_entry_us",
-                    "ar_concurrency_factor", "multi_stream_entry_us"):
+                    "ar_concurrency_factor", "multi_stream_entry_us", "concurrency_slowdown"):
             p: Param = getattr(self, key)
             rows.append((key, f"{p.value:g}", p.source))
         rows.append(("node_us", f"{len(self.node_us)} nodes", self.node_source or "roofline fit"))
@@ -113,6 +114,7 @@ def load_profile(name_or_path: str) -> Profile:
         fence_us=_param(raw, "fence_us", p), graph_entry_us=_param(raw, "graph_entry_us", p),
         ar_concurrency_factor=_param(raw, "ar_concurrency_factor", p),
         multi_stream_entry_us=_param(raw, "multi_stream_entry_us", p),
+        concurrency_slowdown=_param(raw, "concurrency_slowdown", p),
         ar_scope=str(raw.get("ar_scope", "concurrent")), hip_queues=int(raw.get("hip_queues", 4)),
         op_overhead_us={k: Param(float(v["value"]), v["source"]) for k, v in raw.get("op_overhead_us", {}).items()},
         op_efficiency={k: Param(float(v["value"]), v["source"]) for k, v in raw.get("op_efficiency", {}).items()},
@@ -128,7 +130,7 @@ def dump_profile(profile: Profile) -> str:
         "ar_scope": profile.ar_scope,
         **{k: par(getattr(profile, k)) for k in ("hbm_gbs", "launch_gap_us", "fence_us",
                                                  "graph_entry_us", "ar_concurrency_factor",
-                                                 "multi_stream_entry_us")},
+                                                 "multi_stream_entry_us", "concurrency_slowdown")},
         "op_overhead_us": {k: par(v) for k, v in profile.op_overhead_us.items()},
         "op_efficiency": {k: par(v) for k, v in profile.op_efficiency.items()},
         "node_source": profile.node_source,

@@ -1,4 +1,8 @@
-"""The result of a measured run, as a JSON-ready dict and as rich tables."""
+"""The result of a run, measured or simulated, as a JSON-ready dict and as rich tables.
+
+Both kinds go through `layer_result`, so a simulated layout prints, exports and compares exactly
+like a measured one; `source` says which it is.
+"""
 
 from __future__ import annotations
 
@@ -21,45 +25,44 @@ def _stat_dict(s: Stat | None) -> dict | None:
     return None if s is None else {"median": s.median, "p20": s.p20, "p80": s.p80, "n": s.n}
 
 
-def floor_us(node, ceil) -> float:
-    peak = ceil.fp8_tflops if node.op in FP8_OPS else ceil.bf16_tflops
-    return max(node.bytes / (ceil.copy_gbs * 1e3), node.flops / (peak * 1e6))
+def floor_us(node, copy_gbs: float, bf16_tflops: float, fp8_tflops: float) -> float:
+    peak = fp8_tflops if node.op in FP8_OPS else bf16_tflops
+    return max(node.bytes / (copy_gbs * 1e3), node.flops / (peak * 1e6))
 
 
-def measured_result(scen: Scenario, timing, summary: Summary, alone, ceil, bound) -> dict:
+def layer_result(scen: Scenario, source: str, per_layer_us: list[float], repeat_medians: list[float],
+                 summary: Summary, isolated_us: dict[str, float], kernels: dict[str, int],
+                 floors: dict[str, float], backends: dict[str, str], allreduce: str) -> dict:
+    """per_layer_us: every timed replay's graph time / layers (one value for a simulation)."""
     nodes = {}
     for node in scen.layer.nodes:
         ns = summary.nodes.get(node.name)
-        iso = percentiles(alone[node.name].kernel_us)[1]
-        in_graph = ns.median if ns else float("nan")
+        iso = isolated_us[node.name]
         nodes[node.name] = {
             "in_graph_us": _stat_dict(Stat(ns.median, ns.p20, ns.p80, ns.occurrences)) if ns else None,
-            "isolated_us": iso, "slowdown": in_graph / iso if iso > 0 else float("nan"),
-            "floor_us": floor_us(node, ceil), "kernels": len(alone[node.name].signature),
-            "flops": node.flops, "bytes": node.bytes, "backend": bound[node.name].backend,
+            "isolated_us": iso, "slowdown": ns.median / iso if ns and iso > 0 else float("nan"),
+            "floor_us": floors[node.name], "kernels": kernels[node.name],
+            "flops": node.flops, "bytes": node.bytes, "backend": backends[node.name],
         }
-    kernels = sum(v["kernels"] for v in nodes.values())
-    floors = sum(v["floor_us"] for v in nodes.values())
-    layer = _stat(timing.all)
+    n_kernels = sum(kernels.values())
+    floor_sum = sum(floors.values())
     return {
-        "measured": {
-            "per_layer_us": layer,
-            "repeat_medians_us": timing.repeat_medians,
-            "repeat_spread": spread(timing.repeat_medians),
-            "ceilings": vars(ceil),
-            "budget_us": floors + LAUNCH_US * kernels,
-            "floor_sum_us": floors,
-            "kernels_per_layer": kernels,
-            "profile": {
-                "wall_us": _stat_dict(summary.wall), "kernel_sum_us": _stat_dict(summary.kernel_sum),
-                "overlap": _stat_dict(summary.overlap), "bubble_us": _stat_dict(summary.bubble),
-                "bubble_by_class_us": {k: _stat_dict(v) for k, v in summary.bubble_by_class.items()},
-                "stalls_per_layer": _stat_dict(summary.stalls),
-                "allreduce_per_call_us": _stat_dict(summary.allreduce),
-                "allreduce": scen.collective.impl if scen.collective.impl != "auto" else "emulated",
-                "physical_streams": len(summary.streams),
-                "stall_sites": _stall_sites(summary),
-            },
+        "source": source,
+        "per_layer_us": _stat(per_layer_us),
+        "repeat_medians_us": repeat_medians,
+        "repeat_spread": spread(repeat_medians) if len(repeat_medians) > 1 else 0.0,
+        "budget_us": floor_sum + LAUNCH_US * n_kernels,
+        "floor_sum_us": floor_sum,
+        "kernels_per_layer": n_kernels,
+        "profile": {
+            "wall_us": _stat_dict(summary.wall), "kernel_sum_us": _stat_dict(summary.kernel_sum),
+            "overlap": _stat_dict(summary.overlap), "bubble_us": _stat_dict(summary.bubble),
+            "bubble_by_class_us": {k: _stat_dict(v) for k, v in summary.bubble_by_class.items()},
+            "stalls_per_layer": _stat_dict(summary.stalls),
+            "allreduce_per_call_us": _stat_dict(summary.allreduce),
+            "allreduce": allreduce,
+            "physical_streams": len(summary.streams),
+            "stall_sites": _stall_sites(summary),
         },
         "nodes": nodes,
     }
@@ -78,25 +81,27 @@ def _stall_sites(summary: Summary) -> list[dict]:
             for (a, b), d in ranked[:8]]
 
 
-def print_measured(console: Console, scen: Scenario, result: dict) -> None:
-    m = result["measured"]
+def print_result(console: Console, scen: Scenario, m: dict) -> None:
     p = m["profile"]
     lay = m["per_layer_us"]
-    console.print(
-        f"[bold]per-layer latency[/] {lay['median']:.1f} us (p20 {lay['p20']:.1f}, p80 "
-        f"{lay['p80']:.1f}); repeat medians spread {100 * m['repeat_spread']:.2f}% over "
-        f"{len(m['repeat_medians_us'])} repeats")
+    if len(m["repeat_medians_us"]) > 1:
+        console.print(
+            f"[bold]per-layer latency[/] {lay['median']:.1f} us (p20 {lay['p20']:.1f}, p80 "
+            f"{lay['p80']:.1f}); repeat medians spread {100 * m['repeat_spread']:.2f}% over "
+            f"{len(m['repeat_medians_us'])} repeats  [dim]({m['source']})[/]")
+    else:
+        console.print(f"[bold]per-layer latency[/] {lay['median']:.1f} us  [dim]({m['source']})[/]")
     bub = p["bubble_by_class_us"]
     ar = p["allreduce_per_call_us"]
     console.print(
-        f"profiled layer: wall {p['wall_us']['median']:.1f} us, kernel sum "
+        f"layer anatomy: wall {p['wall_us']['median']:.1f} us, kernel sum "
         f"{p['kernel_sum_us']['median']:.1f} us, overlap x{p['overlap']['median']:.2f}, bubble "
         f"{p['bubble_us']['median']:.1f} us (launch {bub['launch']['median']:.1f} / fence "
         f"{bub['fence']['median']:.1f} / stall {bub['stall']['median']:.1f}), AR "
         + (f"{ar['median']:.1f} us per call ({p['allreduce']})" if ar else "none")
         + f", {p['physical_streams']} physical streams")
     console.print(f"budget: sum of node floors {m['floor_sum_us']:.1f} us + {LAUNCH_US:.0f} us x "
-                  f"{m['kernels_per_layer']} kernels = {m['budget_us']:.1f} us; measured / budget "
+                  f"{m['kernels_per_layer']} kernels = {m['budget_us']:.1f} us; latency / budget "
                   f"= {lay['median'] / m['budget_us']:.2f}")
     for site in p["stall_sites"][:3]:
         console.print(f"  stall {site['median_us']:.1f} us x{site['count']} between "
@@ -105,7 +110,7 @@ def print_measured(console: Console, scen: Scenario, result: dict) -> None:
     for col in ("node", "backend", "kernels", "in-graph", "p20-p80", "isolated", "slowdown",
                 "floor", "iso/floor"):
         table.add_column(col, justify="left" if col in ("node", "backend") else "right")
-    for name, n in result["nodes"].items():
+    for name, n in m["nodes"].items():
         g = n["in_graph_us"]
         far = n["isolated_us"] / n["floor_us"] if n["floor_us"] > 0 else float("inf")
         table.add_row(name, n["backend"], str(n["kernels"]), f"{g['median']:.2f}" if g else "-",
