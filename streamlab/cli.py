@@ -134,5 +134,102 @@ def sim(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
     console.print(f"result: {path}")
 
 
+def _batches(text: Optional[str]) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        out = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise Failure(f"--batch takes a comma-separated list of integers, got {text!r}", EXIT_BAD_INPUT) from None
+    if not out or min(out) <= 0:
+        raise Failure(f"--batch needs positive batch sizes, got {text!r}", EXIT_BAD_INPUT)
+    return out
+
+
+@app.command()
+@_guard
+def compare(scenarios: list[Path] = typer.Argument(..., help="scenario YAML files", show_default=False),
+            batch: Optional[str] = typer.Option(None, help="batch sizes, e.g. 1,4,16,64 (default: each scenario's)"),
+            device: str = typer.Option("auto", help="auto, cpu or cuda"),
+            backend: Optional[str] = typer.Option(None, help="kernels on a GPU: auto, triton, aiter"),
+            profile: str = typer.Option("mi355x", help="simulator profile when there is no GPU"),
+            out: Path = typer.Option(Path("traces/runs"), help="folder for results, traces and the report")):
+    """Run layouts side by side (measured on a GPU, simulated otherwise): latency, bubble by gap
+    class, AR per call, overlap, streams, and per-node latency with slowdown vs isolated."""
+    from streamlab.report.compare import collect, export, layer_table, node_table
+
+    scens = [load(p) for p in scenarios]
+    batches = _batches(batch) or [scens[0].shape.batch]
+    runs = collect(scens, batches, console, backend=backend, device=device, layers=None,
+                   out=out, profile=profile)
+    for b in batches:
+        console.print(layer_table(runs, b))
+        console.print(node_table(runs, b))
+    folder = out / ("compare-" + "-".join(s.name for s in scens))
+    written = export(runs, folder)
+    console.print(f"report: {folder / 'report.md'} ({len(written)} files: JSON, Markdown, PNG and SVG plots)")
+
+
+@app.command()
+@_guard
+def check(baseline: Path = typer.Option(..., help="baseline: a scenario YAML or a result JSON from `run`"),
+          candidate: Path = typer.Option(..., help="candidate: a scenario YAML or a result JSON from `run`"),
+          batch: Optional[str] = typer.Option(None, help="batch sizes to judge, e.g. 4,64"),
+          device: str = typer.Option("auto", help="auto, cpu or cuda"),
+          profile: str = typer.Option("mi355x", help="simulator profile when there is no GPU"),
+          as_json: bool = typer.Option(False, "--json", help="print the machine-readable verdict"),
+          out: Path = typer.Option(Path("traces/runs"), help="folder for results and traces")):
+    """The gate before enabling a layout: exit 0 enable, 1 do not enable, 2 inconclusive."""
+    import json
+
+    from streamlab.check import judge
+
+    batches = _batches(batch)
+    base, cand = (_side(p, batches, device, profile, out) for p in (baseline, candidate))
+    common = sorted(set(base) & set(cand))
+    if not common:
+        raise Failure(f"no batch size in common: baseline has {sorted(base)}, candidate {sorted(cand)}",
+                      EXIT_BAD_INPUT)
+    verdict = judge(_name(baseline, base), _name(candidate, cand),
+                    [(b, base[b], cand[b]) for b in common])
+    if as_json:
+        print(json.dumps(verdict.to_json(), indent=1))
+    else:
+        colour = {"enable": "green", "do not enable": "red"}.get(verdict.verdict, "yellow")
+        console.print(f"[bold {colour}]{verdict.line()}[/]")
+    raise typer.Exit(verdict.exit_code)
+
+
+def _name(path: Path, results: dict) -> str:
+    first = next(iter(results.values()))
+    return first.get("scenario", path.stem)
+
+
+def _side(path: Path, batches: list[int] | None, device: str, profile: str, out: Path) -> dict[int, dict]:
+    """batch -> result, from a scenario (run now) or a result JSON written by `run`."""
+    import io
+    import json
+
+    if path.suffix == ".json":
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise Failure(f"{path}: cannot read a result: {e}", EXIT_BAD_INPUT) from None
+        runs = doc.get("runs", [doc]) if isinstance(doc, dict) else []
+        found = {r["shape"]["batch"]: r for r in runs
+                 if isinstance(r, dict) and ("measured" in r or "simulated" in r) and "shape" in r}
+        if not found:
+            raise Failure(f"{path}: not a streamlab result (no measured or simulated run in it)",
+                          EXIT_BAD_INPUT)
+        return {b: r for b, r in found.items() if batches is None or b in batches}
+    from streamlab.exec.session import run_scenario
+
+    scen = load(path)
+    quiet = Console(file=io.StringIO(), width=200)
+    return {b: run_scenario(scen.override(batch=b), quiet, backend=None, device=device, layers=None,
+                            out=out, profile=profile)
+            for b in (batches or [scen.shape.batch])}
+
+
 def main() -> None:
     app()

@@ -132,8 +132,7 @@ def waterfall(base: str, cand: str, parts: list[tuple[str, float]], total: float
     fig, ax = plt.subplots(figsize=(8, 3.5))
     running = 0.0
     for i, (label, v) in enumerate(parts):
-        ax.bar(i, v, bottom=running if v >= 0 else running + v,
-               color="#C44E52" if v > 0 else "#55A868")
+        ax.bar(i, abs(v), bottom=min(running, running + v), color="#C44E52" if v > 0 else "#55A868")
         ax.text(i, running + v, f"{v:+.1f}", ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
         running += v
     ax.bar(len(parts), total, color="#4C72B0")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 
@@ -60,3 +61,42 @@ def exact_cast(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
         if INTERPRET:
             x = _round_bf16(x)
     return x.to(dtype)
+
+
+# -- split reductions without a second launch ------------------------------------------------
+# A kernel that splits a reduction over several programs writes each program's fp32 partial to a
+# workspace; the last program of a group to arrive at the group's counter (an int32 in a zeroed
+# persistent buffer) sums the partials in a fixed order and writes the result, so one launch
+# gives a deterministic result. That program also puts the counter back to 0, so the next launch
+# (a graph replay, say) finds it zeroed again.
+
+@triton.jit
+def last_to_arrive(counter, arrivals):
+    """True in the program that arrives last of `arrivals` at `counter` (then reset to 0).
+
+    The barrier orders every thread's earlier stores before the arrival, whose acq_rel atomic
+    publishes them (release) and, in the last program, makes the others' visible (acquire);
+    partials are then read back with cache_modifier=".cg" (L2, not the SM's own L1)."""
+    tl.debug_barrier()
+    done = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+    last = done == arrivals - 1
+    tl.atomic_xchg(counter, 0, mask=last, sem="relaxed", scope="gpu")
+    tl.debug_barrier()
+    return last
+
+
+_WORKSPACES: dict = {}
+
+
+def workspace(key: tuple, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+              zeroed: bool = False) -> torch.Tensor:
+    """A buffer that lives as long as the process, one per `key`: allocated on the first (eager)
+    call and reused by every later call and by graph replays, so capture allocates nothing.
+    Callers key it by their output tensor: nodes that may run at the same time on different
+    streams write different outputs, so they never share a workspace or a counter."""
+    full = (device, dtype, tuple(shape), *key)
+    buf = _WORKSPACES.get(full)
+    if buf is None:
+        make = torch.zeros if zeroed else torch.empty
+        buf = _WORKSPACES[full] = make(shape, dtype=dtype, device=device)
+    return buf

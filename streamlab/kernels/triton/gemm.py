@@ -1,11 +1,21 @@
 """Triton GEMMs of the decode layer: FP8 block-scaled linear, bf16 linear and per-head FP8 bmm.
 
 Decode GEMMs have a handful of rows and stream a large weight, so they are bound by weight
-bandwidth and need many CTAs in flight. One kernel serves all three ops: it tiles N and splits K
-when the N tiles alone would leave SMs idle. Split partials go to an fp32 workspace that a second
-pass sums in a fixed order: deterministic, no atomics, no host synchronisation, so both launches
-capture into a CUDA/HIP graph. fp8_linear quantises its activation inside the GEMM (1x128 groups,
-as `quant.quant_groups`), so it needs no separate quantisation launch.
+bandwidth: what counts is how many weight bytes are in flight. One kernel serves all three ops.
+Each program owns a BLOCK_N x BLOCK_M output tile and a range of K; one main-loop iteration
+loads GROUPS 128-wide K groups of the weight (so BLOCK_N * 128 * GROUPS bytes, pipelined
+num_stages deep), and the grid splits K so that there are a few programs per SM. fp8_linear
+quantises its activation inside the GEMM (1x128 groups, as `quant.quant_groups`) and scales every
+group's product by its activation and weight scales (one per row, one per 128-row block: a tile
+may span several), so it needs no separate quantisation launch.
+
+Split K needs no second launch: each program of a tile writes its fp32 partial to a workspace
+and the last one to arrive (a counter per tile, `common.last_to_arrive`) sums the partials in
+split order and writes the output. Deterministic, no host synchronisation, one kernel per GEMM
+in a CUDA/HIP graph.
+
+Configurations come from a small table measured on H100/H200 (132 SMs; bench/tune_gemm_moe.py
+sweeps them) keyed by shape; other shapes and devices get a heuristic from shape and SM count.
 
 Triton is the only path: measured on an H200 with torch 2.11, torch._scaled_mm with 1x128 x
 128x128 block scales returned zeros in the last columns for (N, K) = (6144, 256) without raising,
@@ -15,18 +25,22 @@ so cuBLAS block-scaled FP8 is not offered.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from streamlab.kernels.quant import FP8_MAX, GROUP
-from streamlab.kernels.triton.common import INTERPRET, dot_operand, exact_cast
+from streamlab.kernels.triton.common import (INTERPRET, dot_operand, exact_cast, last_to_arrive,
+                                             workspace)
 
 _INTERPRET = tl.constexpr(INTERPRET)
 _FP8_MAX = tl.constexpr(FP8_MAX)
 _MAX_BLOCK_M = 64
-_MAX_BLOCK_N = 64  # divides the 128-row weight block, so one weight scale covers a whole tile
+
+# weight scale modes
+_NO_SCALE, _BLOCK_SCALE, _BATCH_SCALE = 0, 1, 2
 
 
 def _tile(size: int, cap: int) -> int:
@@ -49,15 +63,19 @@ def _mma(a, b):
     return tl.dot(dot_operand(a, a.dtype, _INTERPRET), dot_operand(b, a.dtype, _INTERPRET))
 
 
-@triton.jit
-def _gemm_kernel(x, w, w_scale, dst, M, N, K, k_blocks_per_split,
-                 sxb, sxm, sxk, swb, swn, swk, ssb, ssn, ssk, sdp, sdb, sdm, sdn,
-                 QUANT_X: tl.constexpr, W_SCALE: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """dst[split, b, m, n] = sum over this split's K blocks of x[b, m, k] * w[b, n, k].
+@triton.jit(do_not_specialize=["M"])
+def _gemm_kernel(x, w, w_scale, out, part, counters, M, N, K, iters_per_split,
+                 sxb, sxm, sxk, swb, swn, swk, ssb, ssn, ssk, sob, som, son,
+                 QUANT_X: tl.constexpr, W_SCALE: tl.constexpr, SPLIT: tl.constexpr,
+                 EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 GROUPS: tl.constexpr):
+    """out[b, m, n] = sum over k of x[b, m, k] * w[b, n, k] (times the scales).
 
-    Grid: (M tiles * N tiles, K splits, batch). The weight scale of K block kb is
-    w_scale[b*ssb + (n // 128)*ssn + kb*ssk]: block scales for fp8_linear, one per head for bmm.
+    Grid: (M tiles * N tiles, K splits, batch). Split s covers main-loop iterations
+    [s * iters_per_split, (s + 1) * iters_per_split), each GROUPS groups of 128 along K. The
+    weight scale of group g is w_scale[b*ssb + (n // 128)*ssn + g*ssk] (W_SCALE=1) or one per
+    batch entry, applied at the end (W_SCALE=2). With SPLIT, partials go to `part` [splits,
+    batch, M, N] and the tile's last program to arrive at its counter writes out.
     """
     n_tiles = tl.cdiv(N, BLOCK_N)
     pid_m = tl.program_id(0) // n_tiles
@@ -66,42 +84,70 @@ def _gemm_kernel(x, w, w_scale, dst, M, N, K, k_blocks_per_split,
     bat = tl.program_id(2)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    x_ptrs = x + bat * sxb + rm[:, None] * sxm + rk[None, :] * sxk
-    w_ptrs = w + bat * swb + rn[None, :] * swn + rk[:, None] * swk
-    s_ptr = w_scale + bat * ssb + (pid_n * BLOCK_N // 128) * ssn
-    kb_start = split * k_blocks_per_split
-    kb_end = tl.minimum(kb_start + k_blocks_per_split, tl.cdiv(K, BLOCK_K))
+    rk = tl.arange(0, 128)
+    m_ok = rm < M
+    n_ok = rn < N
+    x_rows = x + bat * sxb + rm[:, None] * sxm
+    w_rows = w + bat * swb + rn[:, None] * swn  # [BLOCK_N, 128] tiles, K contiguous
+    s_rows = w_scale + bat * ssb + (rn // 128) * ssn
+    it_start = split * iters_per_split
+    it_end = tl.minimum(it_start + iters_per_split, tl.cdiv(K, 128 * GROUPS))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb in range(kb_start, kb_end):
-        k = kb * BLOCK_K + rk
-        a = tl.load(x_ptrs + kb * BLOCK_K * sxk, mask=(rm[:, None] < M) & (k[None, :] < K),
-                    other=0.0)
-        b = tl.load(w_ptrs + kb * BLOCK_K * swk, mask=(rn[None, :] < N) & (k[:, None] < K),
-                    other=0.0)
-        if QUANT_X:
-            a, a_scale = _quant_group(a)
-            part = _mma(a, b) * a_scale[:, None]
-        else:
-            part = _mma(a, b)
-        if W_SCALE:
-            part = part * tl.load(s_ptr + kb * ssk)
-        acc += part
-    d_ptrs = dst + split * sdp + bat * sdb + rm[:, None] * sdm + rn[None, :] * sdn
-    tl.store(d_ptrs, acc.to(dst.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+    for it in range(it_start, it_end):
+        for g in tl.static_range(GROUPS):
+            k0 = (it * GROUPS + g) * 128
+            k = k0 + rk
+            if EVEN_K:
+                a = tl.load(x_rows + k[None, :] * sxk, mask=m_ok[:, None], other=0.0)
+                b = tl.load(w_rows + k[None, :] * swk, mask=n_ok[:, None], other=0.0)
+            else:
+                a = tl.load(x_rows + k[None, :] * sxk, mask=m_ok[:, None] & (k[None, :] < K),
+                            other=0.0)
+                b = tl.load(w_rows + k[None, :] * swk, mask=n_ok[:, None] & (k[None, :] < K),
+                            other=0.0)
+            if QUANT_X:
+                a, a_scale = _quant_group(a)
+                prod = _mma(a, tl.trans(b)) * a_scale[:, None]
+            else:
+                prod = _mma(a, tl.trans(b))
+            if W_SCALE == 1:
+                prod = prod * tl.load(s_rows + (k0 // 128) * ssk, mask=n_ok, other=0.0)[None, :]
+            acc += prod
+    if W_SCALE == 2:
+        acc = acc * tl.load(w_scale + bat * ssb)
+    mask = m_ok[:, None] & n_ok[None, :]
+    o_ptrs = out + bat * sob + rm[:, None] * som + rn[None, :] * son
+    if SPLIT:
+        splits = tl.num_programs(1)
+        batch = tl.num_programs(2)
+        p_tile = part + (bat * M + rm[:, None]) * N + rn[None, :]
+        p_step = batch * M * N
+        tl.store(p_tile + split * p_step, acc, mask=mask)
+        tile = bat * tl.num_programs(0) + tl.program_id(0)
+        if last_to_arrive(counters + tile, splits):
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in range(0, splits):  # fixed order: bitwise the same whoever arrives last
+                total += tl.load(p_tile + s * p_step, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(o_ptrs, total.to(out.dtype.element_ty), mask=mask)
+    else:
+        tl.store(o_ptrs, acc.to(out.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _sum_splits_kernel(ws, out, splits, M, N, sob, som, son, BLOCK: tl.constexpr):
-    """out[b, m, :] = sum over splits of ws[split, b, m, :], in split order (deterministic)."""
-    row = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < N
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(splits):
-        acc += tl.load(ws + (s * tl.num_programs(0) + row) * N + cols, mask=mask, other=0.0)
-    o_ptrs = out + (row // M) * sob + (row % M) * som + cols * son
-    tl.store(o_ptrs, acc.to(out.dtype.element_ty), mask=mask)
+class GemmConfig(NamedTuple):
+    """block_n: output columns per program; groups: 128-wide K groups per main-loop iteration;
+    splits: K splits (an upper bound: trimmed so that no split is empty); warps, stages."""
+    block_n: int
+    groups: int
+    splits: int
+    warps: int = 4
+    stages: int = 3
+
+
+# Measured with bench/tune_gemm_moe.py (CUDA-graph replays, weights rotated through more than
+# the L2) on devices with 132 SMs. Key: (op, N, K, batch, BLOCK_M), op "fp8" (fp8_linear),
+# "bf16" (linear) or "bmm" (bmm_fp8); BLOCK_M 16 serves M <= 16, 64 serves 33..64.
+_TUNED_SMS = 132
+_TUNED: dict[tuple[str, int, int, int, int], GemmConfig] = {}
 
 
 @functools.cache
@@ -111,44 +157,47 @@ def _sm_count(device: torch.device) -> int:
     return 4  # the interpreter: a small pretend GPU, so that tests exercise split-K
 
 
-_WORKSPACES: dict = {}
+def _heuristic(m: int, n: int, k: int, batch: int, sms: int) -> GemmConfig:
+    """Weight bandwidth wants bytes in flight: 64-column tiles, 2-4 groups (256-512 bytes of K)
+    per iteration, and about 2 programs per SM, splitting K as far as the tiles leave SMs idle."""
+    block_n = min(64, _tile(n, 64))
+    groups = 4 if k % 512 == 0 else 2 if k % 256 == 0 else 1
+    tiles = batch * triton.cdiv(m, _tile(m, _MAX_BLOCK_M)) * triton.cdiv(n, block_n)
+    iters = triton.cdiv(k, 128 * groups)
+    splits = max(1, min(iters, triton.cdiv(2 * sms, tiles)))
+    return GemmConfig(block_n, groups, splits, 4, 3)
 
 
-def _workspace(out: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """fp32 split-K partials, one buffer per output tensor: nodes that may run at the same time on
-    different streams write different outputs, so they never share a workspace. Allocated on the
-    first (eager) call, reused by every later call and by graph replays."""
-    key = (out.device, out.data_ptr(), shape)
-    ws = _WORKSPACES.get(key)
-    if ws is None:
-        ws = _WORKSPACES[key] = torch.empty(shape, dtype=torch.float32, device=out.device)
-    return ws
+def gemm_config(op: str, m: int, n: int, k: int, batch: int, device: torch.device) -> GemmConfig:
+    sms = _sm_count(device)
+    tuned = _TUNED.get((op, n, k, batch, _tile(m, _MAX_BLOCK_M))) if sms == _TUNED_SMS else None
+    return tuned or _heuristic(m, n, k, batch, sms)
 
 
-def _gemm(x, w, out, w_scale=None, scale_strides=(0, 0, 0), quant_x=False) -> None:
+def _gemm(x, w, out, w_scale=None, scale_strides=(0, 0, 0), quant_x=False, batch_scale=False,
+          op="bf16", config: GemmConfig | None = None) -> None:
     """out[b] = x[b] @ w[b]^T for x [B, M, K], w [B, >=N, K], out [B, M, N] (any strides)."""
     batch, m, k = x.shape
     n = out.shape[-1]
-    block_m, block_n = _tile(m, _MAX_BLOCK_M), _tile(n, _MAX_BLOCK_N)
+    cfg = config or gemm_config(op, m, n, k, batch, x.device)
+    block_m, block_n = _tile(m, _MAX_BLOCK_M), min(cfg.block_n, _tile(n, 256))
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
-    k_blocks = triton.cdiv(k, GROUP)
-    # aim for ~2 CTAs per SM: split K only as far as the output tiles leave SMs idle
-    per_split = min(k_blocks, triton.cdiv(batch * tiles * k_blocks, 2 * _sm_count(x.device)))
-    splits = triton.cdiv(k_blocks, per_split)
-    if splits == 1:
-        dst, dst_strides = out, (0, *out.stride())
-    else:
-        dst = _workspace(out, (splits, batch, m, n))
-        dst_strides = dst.stride()
-    _gemm_kernel[(tiles, splits, batch)](
-        x, w, w if w_scale is None else w_scale, dst, m, n, k, per_split,
-        *x.stride(), *w.stride(), *scale_strides, *dst_strides,
-        QUANT_X=quant_x, W_SCALE=w_scale is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=GROUP, num_warps=4)
+    iters = triton.cdiv(k, 128 * cfg.groups)
+    per_split = triton.cdiv(iters, max(1, min(cfg.splits, iters)))
+    splits = triton.cdiv(iters, per_split)
     if splits > 1:
-        block = min(1024, triton.next_power_of_2(n))
-        _sum_splits_kernel[(batch * m, triton.cdiv(n, block))](
-            dst, out, splits, m, n, *out.stride(), BLOCK=block, num_warps=4)
+        key = ("gemm", out.data_ptr(), tuple(out.shape))
+        part = workspace(key, (splits, batch, m, n), torch.float32, x.device)
+        counters = workspace(key, (batch * tiles,), torch.int32, x.device, zeroed=True)
+    else:
+        part = counters = out
+    mode = _NO_SCALE if w_scale is None else _BATCH_SCALE if batch_scale else _BLOCK_SCALE
+    _gemm_kernel[(tiles, splits, batch)](
+        x, w, w if w_scale is None else w_scale, out, part, counters, m, n, k, per_split,
+        *x.stride(), *w.stride(), *scale_strides, *out.stride(),
+        QUANT_X=quant_x, W_SCALE=mode, SPLIT=splits > 1, EVEN_K=k % (128 * cfg.groups) == 0,
+        BLOCK_M=block_m, BLOCK_N=block_n, GROUPS=cfg.groups, num_warps=cfg.warps,
+        num_stages=cfg.stages)
 
 
 def fp8_linear(*, x, weight, weight_scale, out):
@@ -157,17 +206,17 @@ def fp8_linear(*, x, weight, weight_scale, out):
     if x.shape[-1] % GROUP:
         raise ValueError(f"fp8_linear: K={x.shape[-1]} is not a multiple of the group {GROUP}")
     _gemm(x.unsqueeze(0), weight.unsqueeze(0), out.unsqueeze(0), weight_scale,
-          (0, *weight_scale.stride()), quant_x=True)
+          (0, *weight_scale.stride()), quant_x=True, op="fp8")
 
 
 def linear(*, x, weight, out):
-    _gemm(x.unsqueeze(0), weight.unsqueeze(0), out.unsqueeze(0))
+    _gemm(x.unsqueeze(0), weight.unsqueeze(0), out.unsqueeze(0), op="bf16")
 
 
 def bmm_fp8(*, x, weight, weight_scale, out):
     """x bf16 [T, h, K] times fp8 weight [h, N, K] (one scale per head) -> out [T, h, N]."""
     _gemm(x.transpose(0, 1), weight, out.transpose(0, 1), weight_scale,
-          (weight_scale.stride(0), 0, 0))
+          (weight_scale.stride(0), 0, 0), batch_scale=True, op="bmm")
 
 
 # -- standalone activation quantisation ------------------------------------------------------
