@@ -123,7 +123,7 @@ def _layer_at(dims: RankDims, variant: Variant, batch: int) -> Layer:
 def _rates(running: dict[str, _Run], profile: Profile, multi_lane: bool) -> dict[str, float]:
     total = sum(r.demand for r in running.values() if not r.collective)
     share = min(1.0 / max(1.0, total),
-                1.0 / (1.0 + profile.concurrency_slowdown.value * (len(running) - 1)))
+                1.0 / (1.0 + profile.concurrency_slowdown.value * max(0, len(running) - 1)))
     rates = {}
     for lane, r in running.items():
         if r.collective:

@@ -1,0 +1,97 @@
+"""The simulator: exact fluid sharing on a synthetic graph, and the MI355X profile against the
+published single-stream vs A_v4 + MoE-dual picture."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from streamlab.analysis import summarize
+from streamlab.cli import app
+from streamlab.layer import Layer, Node, TensorSpec, Variant
+from streamlab.models import TINY, RankDims, Shape
+from streamlab.scenario import load
+from streamlab.schedule.program import Launch, Program, WaitStream
+from streamlab.sim.engine import per_layer_us, simulate
+from streamlab.sim.profile import Param, Profile, load_profile
+
+SCENARIOS = Path(__file__).parent.parent / "scenarios"
+
+
+def profile(**over) -> Profile:
+    p = Profile(name="test", streams="cuda", hbm_gbs=Param(1000.0, "t"), launch_gap_us=Param(0.0, "t"),
+                fence_us=Param(0.0, "t"), graph_entry_us=Param(0.0, "t"),
+                ar_concurrency_factor=Param(2.0, "t"), multi_stream_entry_us=Param(0.0, "t"),
+                concurrency_slowdown=Param(0.0, "t"))
+    for k, v in over.items():
+        setattr(p, k, v)
+    return p
+
+
+def diamond(bytes_b: float, bytes_c: float) -> tuple[Layer, Program]:
+    """a -> (b on main || c on alt) -> d; b and c move the given bytes."""
+    tensors = {t: TensorSpec(t, (1,), "fp32") for t in ("x", "y", "z", "w")}
+    nodes = [Node("a", "noop", {}, {"o": "x"}), Node("b", "noop", {"i": "x"}, {"o": "y"}, bytes=bytes_b),
+             Node("c", "noop", {"i": "x"}, {"o": "z"}, bytes=bytes_c),
+             Node("d", "noop", {"i": "y", "j": "z"}, {"o": "w"})]
+    layer = Layer(RankDims(TINY, Shape(tp=1, batch=2)), Variant(), tensors, nodes, {})
+    prog = Program([Launch("a", "main"), WaitStream("alt", "main"), Launch("b", "main"),
+                    Launch("c", "alt"), WaitStream("main", "alt"), Launch("d", "main")])
+    return layer, prog
+
+
+def test_two_streams_share_bandwidth_as_a_fluid():
+    # alone: b 10 us at 100% of HBM (10 MB at 1 TB/s), c 10 us at 50%: together 1.5x demand
+    p = profile(node_us={"a": {2: 1.0}, "b": {2: 10.0}, "c": {2: 10.0}, "d": {2: 1.0}})
+    layer, prog = diamond(10e6, 5e6)
+    tl = simulate(layer, prog, p, layers=1)
+    by = {iv.node: iv for iv in tl.intervals}
+    # both run at 1/1.5 until one finishes: both have 10 us of work, so both end at 1 + 15
+    assert by["b"].end == pytest.approx(16.0) and by["c"].end == pytest.approx(16.0)
+    assert by["d"].start == pytest.approx(16.0) and per_layer_us(tl, 1) == pytest.approx(17.0)
+
+
+def test_fence_and_slowdown_and_lanes():
+    p = profile(node_us={"a": {2: 1.0}, "b": {2: 4.0}, "c": {2: 8.0}, "d": {2: 1.0}},
+                fence_us=Param(2.0, "t"), concurrency_slowdown=Param(1.0, "t"))
+    layer, prog = diamond(0.0, 0.0)
+    tl = simulate(layer, prog, p, layers=1)
+    by = {iv.node: iv for iv in tl.intervals}
+    assert by["c"].start == pytest.approx(3.0)  # cross-lane edge a -> c pays the fence
+    # b starts at 1, runs at 1/2 while c runs (from 3): 2 us alone, then 2 us of work at half rate
+    assert by["b"].end == pytest.approx(7.0)
+    assert by["c"].end == pytest.approx(3.0 + 4.0 + 6.0)  # 2 us of work in 4 us at half rate, 6 alone
+    assert by["d"].start == pytest.approx(by["c"].end + 2.0)
+    assert tl.streams == ["alt", "main"]
+
+
+def test_mi355x_profile_reproduces_the_published_layer_within_10_percent():
+    p = load_profile("mi355x")
+    serial, dual = (load(SCENARIOS / f"{n}.yaml") for n in ("serial", "a_v4_moe_dual"))
+    s_tl, d_tl = (simulate(s.layer, s.program, p, layers=8) for s in (serial, dual))
+    s_us, d_us = per_layer_us(s_tl, 8), per_layer_us(d_tl, 8)
+    assert s_us == pytest.approx(271, rel=0.10) and d_us == pytest.approx(320, rel=0.10)
+    s_sum, d_sum = summarize(s_tl), summarize(d_tl)
+    assert s_sum.allreduce.median == pytest.approx(10.3, rel=0.01)
+    assert d_sum.allreduce.median == pytest.approx(18.2, rel=0.01)
+    stall = sum(ls.bubble_by_class["stall"] for ls in d_sum.layers) / len(d_sum.layers)
+    assert stall == pytest.approx(18.2, rel=0.10)
+    assert sum(ls.bubble_by_class["stall"] for ls in s_sum.layers) == 0.0
+    assert d_us - s_us > 25  # the dual-stream layout loses
+
+
+def test_a_cpu_run_is_simulated_and_fast(tmp_path):
+    start = time.perf_counter()
+    r = CliRunner().invoke(app, ["run", str(SCENARIOS / "a_v4.yaml"), "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert time.perf_counter() - start < 10
+    assert "simulated, profile mi355x" in r.output and "bitwise equal" in r.output
+    assert list(tmp_path.glob("a_v4-b4-cpu.json")) and list(tmp_path.glob("*.trace.json.gz"))
+
+
+def test_unknown_profile_is_one_clear_line():
+    r = CliRunner().invoke(app, ["sim", str(SCENARIOS / "a_v4.yaml"), "--profile", "mi400"])
+    assert r.exit_code == 2 and "no simulator profile 'mi400'; shipped: mi355x" in r.output
