@@ -200,6 +200,25 @@ def check(baseline: Path = typer.Option(..., help="baseline: a scenario YAML or 
     raise typer.Exit(verdict.exit_code)
 
 
+@app.command()
+@_guard
+def calibrate(results: list[Path] = typer.Argument(..., help="result JSONs of measured runs (or a bench matrix.json)",
+                                                   show_default=False),
+              name: str = typer.Option(..., help="profile name, e.g. h200"),
+              out: Path = typer.Option(..., help="profile YAML to write"),
+              fence_us: float = typer.Option(1.0, help="cross-stream fence cost (not visible in serial runs)"),
+              concurrency_slowdown: float = typer.Option(0.1, help="per extra concurrent kernel (not visible in serial runs)")):
+    """Fit a simulator profile from measured serial runs; dual-stream runs stay held out."""
+    from streamlab.io import write_atomic
+    from streamlab.sim.calibrate import calibrate as fit
+    from streamlab.sim.profile import dump_profile
+
+    prof = fit(results, name, fence_us=fence_us, concurrency_slowdown=concurrency_slowdown)
+    write_atomic(out, dump_profile(prof))
+    console.print(f"wrote {out}: launch gap {prof.launch_gap_us.value:.2f} us, "
+                  f"{len(prof.node_us)} nodes at batches {sorted({b for t in prof.node_us.values() for b in t})}")
+
+
 def _name(path: Path, results: dict) -> str:
     first = next(iter(results.values()))
     return first.get("scenario", path.stem)
