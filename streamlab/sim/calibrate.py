@@ -38,6 +38,7 @@ def calibrate(paths: list[Path], name: str, serial: str = "serial", fence_us: fl
         raise Failure(f"no measured run of the {serial!r} layout to calibrate from", EXIT_BAD_INPUT)
     device = runs[0]["device"]
     node_us: dict[str, dict[int, float]] = {}
+    kernels: dict[str, int] = {}
     gaps, copy = [], []
     for r in runs:
         m, batch = r["measured"], r["shape"]["batch"]
@@ -45,6 +46,7 @@ def calibrate(paths: list[Path], name: str, serial: str = "serial", fence_us: fl
         for node, n in m["nodes"].items():
             t = n["in_graph_us"]["median"]
             node_us.setdefault(node, {})[batch] = t
+            kernels[node] = n["kernels"]
             inside += t
         gaps.append((m["per_layer_us"]["median"] - inside) / m["kernels_per_layer"])
         copy.append(m["ceilings"]["copy_gbs"])
@@ -52,6 +54,7 @@ def calibrate(paths: list[Path], name: str, serial: str = "serial", fence_us: fl
     for r in _load(paths):
         for node, n in r["measured"]["nodes"].items():
             node_us.setdefault(node, {}).setdefault(r["shape"]["batch"], n["isolated_us"])
+            kernels.setdefault(node, n["kernels"])
     batches = sorted({r["shape"]["batch"] for r in runs})
     src = f"measured: {serial} layout on {device}, batches {batches}"
     return Profile(
@@ -63,4 +66,4 @@ def calibrate(paths: list[Path], name: str, serial: str = "serial", fence_us: fl
         ar_concurrency_factor=Param(1.0, "one GPU: the all-reduce is emulated by a spin kernel"),
         multi_stream_entry_us=Param(0.0, "not calibrated"),
         concurrency_slowdown=Param(concurrency_slowdown, "not calibrated: a serial run has no concurrency"),
-        node_us=node_us, node_source=f"{src}: in-graph median per node (isolated for nodes serial lacks)")
+        node_us=node_us, node_kernels=kernels, node_source=f"{src}: in-graph median per node (isolated for nodes serial lacks)")

@@ -48,7 +48,7 @@ def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) 
     nodes = {n.name: n for n in layer.nodes}
     gap = profile.launch_gap_us.value
     alone = {n.name: isolated_us(layer, profile, n.name) for n in layer.nodes}
-    work = {key: alone[key[1]] + (nodes[key[1]].launches - 1) * gap for key in graph.nodes}
+    work = {key: alone[key[1]] + (profile.kernels(nodes[key[1]]) - 1) * gap for key in graph.nodes}
     demand = {k: profile.bandwidth_demand(nodes[k[1]], work[k]) for k in graph.nodes}
     lanes: dict[str, list[tuple[int, str]]] = {}
     for key in graph.nodes:

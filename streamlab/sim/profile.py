@@ -46,6 +46,7 @@ class Profile:
     op_overhead_us: dict[str, Param] = field(default_factory=dict)
     op_efficiency: dict[str, Param] = field(default_factory=dict)
     node_us: dict[str, dict[int, float]] = field(default_factory=dict)
+    node_kernels: dict[str, int] = field(default_factory=dict)  # kernels per node, as measured
     node_source: str = ""
     reference: dict = field(default_factory=dict)  # published numbers this profile reproduces
 
@@ -66,6 +67,9 @@ class Profile:
                 w = (math.log(batch) - math.log(b0)) / (math.log(b1) - math.log(b0))
                 return t0 + w * (t1 - t0)
         return pts[-1][1]
+
+    def kernels(self, node: Node) -> int:
+        return self.node_kernels.get(node.name, node.launches)
 
     def fit_us(self, node: Node) -> float:
         overhead = self.op_overhead_us.get(node.op, Param(2.0, "default")).value
@@ -119,6 +123,7 @@ def load_profile(name_or_path: str) -> Profile:
         op_overhead_us={k: Param(float(v["value"]), v["source"]) for k, v in raw.get("op_overhead_us", {}).items()},
         op_efficiency={k: Param(float(v["value"]), v["source"]) for k, v in raw.get("op_efficiency", {}).items()},
         node_us={n: {int(b): float(t) for b, t in bs.items()} for n, bs in raw.get("node_us", {}).items()},
+        node_kernels={n: int(k) for n, k in raw.get("node_kernels", {}).items()},
         node_source=str(raw.get("node_source", "")), reference=raw.get("reference", {}))
 
 
@@ -135,6 +140,7 @@ def dump_profile(profile: Profile) -> str:
         "op_efficiency": {k: par(v) for k, v in profile.op_efficiency.items()},
         "node_source": profile.node_source,
         "node_us": {n: {b: round(t, 3) for b, t in sorted(bs.items())} for n, bs in profile.node_us.items()},
+        "node_kernels": profile.node_kernels,
     }
     if profile.reference:
         doc["reference"] = profile.reference

@@ -18,7 +18,7 @@ def simulate_scenario(scen: Scenario, profile: Profile, layers: int) -> tuple[di
     result = layer_result(
         scen, f"simulated, profile {profile.name}", [per_layer_us(timeline, layers)], [],
         summarize(timeline), {n.name: isolated_us(scen.layer, profile, n.name) for n in scen.layer.nodes},
-        {n.name: n.launches for n in scen.layer.nodes},
+        {n.name: profile.kernels(n) for n in scen.layer.nodes},
         {n.name: floor_us(n, profile.hbm_gbs.value, *peaks) for n in scen.layer.nodes},
         {n.name: "simulated" for n in scen.layer.nodes}, f"simulated ({profile.name})")
     result["sim_profile"] = [{"parameter": k, "value": v, "source": src} for k, v, src in profile.describe()]
