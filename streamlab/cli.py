@@ -15,6 +15,10 @@ from streamlab.scenario import Scenario, ScenarioError, load
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure, simulate and explain multi-stream graph schedules of a decode layer.")
 console = Console(highlight=False)
+
+from streamlab.trace.cli import app as trace_app  # noqa: E402  (sub-app: `streamlab trace ...`)
+
+app.add_typer(trace_app, name="trace", help="Summaries and diffs of profiler traces (Kineto, ours).")
 err = Console(stderr=True, highlight=False)
 
 def fail(message: str, code: int) -> None:
