@@ -98,10 +98,30 @@ def run(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
         profile: str = typer.Option("mi355x", help="simulator profile used when there is no GPU"),
         verify_full: bool = typer.Option(False, help="without a GPU, check outputs at the real "
                                                      "shape (slow) instead of a reduced one"),
-        out: Path = typer.Option(Path("traces/runs"), help="folder for results and traces")):
+        out: Path = typer.Option(Path("traces/runs"), help="folder for results and traces"),
+        world: int = typer.Option(1, help="ranks per node, one GPU each: above 1 the all-reduce is "
+                                          "real, across the GPUs (started through torch's elastic launcher)"),
+        impl: Optional[str] = typer.Option(None, help="all-reduce of a --world run: auto, nccl, symm_mem, "
+                                                      "aiter, emulated; a comma list runs each (default: "
+                                                      "the scenario's collective.impl)"),
+        rank_timeout: float = typer.Option(180.0, help="seconds a rank may make no progress before "
+                                                       "every rank is stopped"),
+        launcher: str = typer.Option("", help="torchrun options for a multi-node run, e.g. '--nnodes 2 "
+                                              "--node-rank 0 --rdzv-backend c10d --rdzv-endpoint HOST:29500 "
+                                              "--rdzv-id JOB'")):
     """Run a scenario: measured in a captured graph on a GPU; without one, simulated on a device
     profile. Either way the layout's outputs are first checked against the serial layout's."""
     from streamlab.exec.session import run_scenario
+
+    if world > 1 or impl or launcher:
+        import shlex
+
+        from streamlab.collective.launch import launch, run_args
+        raise typer.Exit(launch(scenario, world, run_args(
+            model=model, batch=batch, context=context, tp=tp, page_size=page_size, kv_cache=kv_cache,
+            backend=backend, device=device, layers=layers, profile=profile, verify_full=verify_full,
+            out=out, impl=impl), launcher_args=shlex.split(launcher) or None,
+            rank_timeout=rank_timeout, err=err))
 
     scen = _scenario(scenario, model, batch, context, tp, page_size, kv_cache)
     run_scenario(scen, console, backend=backend, device=device, layers=layers, out=out,
@@ -136,6 +156,30 @@ def sim(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
     path = out / f"{scen.name}-b{scen.shape.batch}-sim-{prof.name}.json"
     write_json_atomic(path, {"scenario": scen.name, "shape": vars(scen.shape), **result})
     console.print(f"result: {path}")
+
+
+@app.command()
+@_guard
+def allreduce(world: int = typer.Option(..., help="ranks per node, one GPU each"),
+              impl: str = typer.Option("nccl,symm_mem", help="all-reduces to measure: nccl, symm_mem, "
+                                                             "aiter, emulated, auto (comma list)"),
+              sizes: str = typer.Option("8K..64M,48K,768K", help="bytes per rank: A..B doubles from A "
+                                                                  "to B; comma list"),
+              iters: int = typer.Option(100, help="timed graph replays per size"),
+              warmup: int = typer.Option(10, help="untimed replays first"),
+              calls: int = typer.Option(20, help="all-reduces captured back to back in one graph"),
+              device: str = typer.Option("auto", help="auto, cuda, or cpu (gloo, eager: tests only)"),
+              rank_timeout: float = typer.Option(180.0, help="seconds a rank may make no progress"),
+              launcher: str = typer.Option("", help="torchrun options for a multi-node run"),
+              out: Path = typer.Option(Path("traces/runs"), help="folder for the JSON result")):
+    """The all-reduce alone in a CUDA/HIP graph over message sizes, nccl-tests columns: time per
+    call (slowest rank's median), algbw = bytes / time, busbw = algbw x 2(n-1)/n."""
+    import shlex
+
+    from streamlab.collective.sweep import sweep
+    raise typer.Exit(sweep(world, impl, sizes, out, iters=iters, warmup=warmup, calls=calls,
+                           device=device, launcher_args=shlex.split(launcher) or None,
+                           rank_timeout=rank_timeout, err=err))
 
 
 def _batches(text: Optional[str]) -> list[int] | None:

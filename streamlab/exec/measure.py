@@ -12,6 +12,7 @@ import torch
 from rich.console import Console
 
 from streamlab.analysis import Summary, chained_bounds, percentiles, summarize
+from streamlab.collective.impls import capture_hook
 from streamlab.errors import Failure
 from streamlab.exec.attribute import Signature, attribute
 from streamlab.exec.buffers import Buffers
@@ -83,10 +84,13 @@ class NodeIsolated:
     kernel_us: list[float] = field(default_factory=list)  # per replay: sum of its kernel times
 
 
-def _capture(work, device: torch.device, what: str) -> torch.cuda.CUDAGraph:
+def _capture(work, device: torch.device, what: str,
+             around=contextlib.nullcontext) -> torch.cuda.CUDAGraph:
+    """`around`: held around the capture (the collective's capture hook: aiter registers the
+    graph's buffers with its peers when it exits)."""
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
+        with around(), torch.cuda.graph(graph):
             work()
     except torch.OutOfMemoryError:
         raise Failure(f"out of GPU memory while capturing {what}") from None
@@ -120,11 +124,12 @@ def isolated(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams:
     scratch = torch.empty(4 * l2, dtype=torch.uint8, device=device)
     flush = _capture(lambda: scratch.fill_(1), device, "the L2 flush")
     flush_ids = {e.identity for e in device_events(flush.replay, device)}
+    around = capture_hook(bound)
     out: dict[str, NodeIsolated] = {}
     for node in scen.layer.nodes:
         program = Program([Launch(node.name, scen.program.main)])
         graph = _capture(lambda: run_program(program, bound, buffers, streams), device,
-                         f"node {node.name}")
+                         f"node {node.name}", around)
 
         def work() -> None:
             for _ in range(replays):
@@ -152,7 +157,7 @@ def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: 
     torch.cuda.synchronize(device)
     with _status(console, "capturing and timing the layer graph"):
         graph = _capture(lambda: run_layers(scen.program, bound, buffers, streams), device,
-                         f"{layers} layers of {scen.name}")
+                         f"{layers} layers of {scen.name}", capture_hook(bound))
         timing = time_graph(graph, layers, m.warmup, m.iters, m.repeats)
     with _status(console, "profiling replays and nodes alone"):
         events = device_events(lambda: [graph.replay() for _ in range(m.profile_replays)], device)
@@ -190,7 +195,7 @@ def measure_and_report(scen: Scenario, buffers: Buffers, bound: dict[str, Bound]
         {n: len(v.signature) for n, v in alone.items()},
         {n.name: floor_us(n, ceil.copy_gbs, ceil.bf16_tflops, ceil.fp8_tflops) for n in scen.layer.nodes},
         {n: b.backend for n, b in bound.items()},
-        scen.collective.impl if scen.collective.impl != "auto" else "emulated")
+        next((b.backend for b in bound.values() if b.node.is_collective), "none"))
     result["ceilings"] = vars(ceil)
     result["trace"] = str(trace_path)
     print_result(console, scen, result)

@@ -66,9 +66,12 @@ REDUCED = dict(model="tiny", tp=1, batch=2, context=256, page_size=64)  # fast C
 
 def run_scenario(scen: Scenario, console: Console, *, backend: str | None, device: str,
                  layers: int | None, out: Path, profile: str = "mi355x",
-                 verify_full: bool = False) -> dict:
+                 verify_full: bool = False, collective=None) -> dict:
     """On a GPU: check outputs against serial, then measure. Without one: check outputs with the
-    reference kernels (at a reduced shape unless `verify_full`), then simulate on `profile`."""
+    reference kernels (at a reduced shape unless `verify_full`), then simulate on `profile`.
+
+    `collective`: the all-reduce of a multi-process run (streamlab.collective.impls.choose), bound
+    to the layer's all-reduce nodes on the GPU and on the CPU alike; None: the one-process choice."""
     target = pick_target(scen, device, backend)
     n_layers = layers or scen.measure.layers
     if n_layers <= 0:
@@ -80,7 +83,7 @@ def run_scenario(scen: Scenario, console: Console, *, backend: str | None, devic
                   f"tp {s.tp}  page {s.page_size}  kv {s.kv_cache}  |  {n_layers} layers, {where}")
     checked = scen if target.gpu or verify_full else scen.override(**REDUCED)
     check_layers = n_layers if target.gpu else min(n_layers, CPU_LAYERS)
-    buffers, bound, streams = _prepare(checked, target, check_layers, console)
+    buffers, bound, streams = _prepare(checked, target, check_layers, console, collective)
     bad = _check_outputs(checked, buffers, bound, streams, console, reduced=checked is not scen)
     result = {
         "scenario": scen.name, "path": scen.path, "model": scen.model.name, "shape": vars(s),
@@ -101,7 +104,7 @@ def run_scenario(scen: Scenario, console: Console, *, backend: str | None, devic
     return result
 
 
-def _prepare(scen: Scenario, target: Target, layers: int, console: Console):
+def _prepare(scen: Scenario, target: Target, layers: int, console: Console, collective=None):
     t0 = time.perf_counter()
     try:
         buffers = Buffers(scen.layer, layers, target.device)
@@ -111,7 +114,9 @@ def _prepare(scen: Scenario, target: Target, layers: int, console: Console):
     if target.gpu:
         console.print(f"buffers: {describe_bytes(buffers.nbytes)} (weights in FP8 with block scales, "
                       f"caches filled for context {scen.shape.context}) in {time.perf_counter() - t0:.1f} s")
-    bound = bind_layer(scen.layer, target.backend, collective_overrides(scen, target))
+    overrides = ({"allreduce": collective} if collective is not None
+                 else collective_overrides(scen, target))
+    bound = bind_layer(scen.layer, target.backend, overrides)
     return buffers, bound, StreamSet(target.device)
 
 
@@ -153,8 +158,9 @@ def collective_overrides(scen: Scenario, target: Target) -> dict:
         return {}
     from streamlab.collective.emulated import EmulatedAllReduce
     if scen.collective.impl not in ("auto", "emulated"):
-        raise Failure(f"collective.impl {scen.collective.impl!r} needs a multi-process run; "
-                      f"one GPU runs the emulated all-reduce (collective.impl: emulated)")
+        raise Failure(f"collective.impl {scen.collective.impl!r} needs a multi-process run "
+                      f"(streamlab run {scen.path} --world N); one GPU runs the emulated "
+                      f"all-reduce (collective.impl: emulated)")
     return {"allreduce": EmulatedAllReduce(scen.collective.emulated_us, target.device)}
 
 

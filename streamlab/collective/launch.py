@@ -1,0 +1,228 @@
+"""Start the ranks of a multi-process run through torch's elastic launcher (torchrun), watch
+them, and end with one message naming the rank that failed and why.
+
+The launcher runs in this process (`torch.distributed.run` parsed exactly as the torchrun command
+line, so torchrun options pass through for multi-node runs); every rank is
+`python -m streamlab.collective.worker ...` on GPU LOCAL_RANK. Rank failures:
+- a rank that exits or crashes: the elastic agent notices within its monitor interval and stops
+  the others;
+- a rank that stops making progress: its own monitor ends it after --rank-timeout seconds (a rank
+  blocked inside a collective gets 30 s more, being most likely a victim); a rank whose process
+  froze outright stops writing heartbeats and this launcher kills it;
+- collectives outside graphs time out after --rank-timeout + 60 s in torch.distributed itself.
+When the launcher returns, no rank process of the run is left alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+from streamlab.collective import watch
+from streamlab.collective.worker import DEFAULT_RANK_TIMEOUT
+from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
+
+WORKER = "streamlab.collective.worker"
+MONITOR_INTERVAL_S = 0.2
+
+
+def run_args(*, model: str | None = None, batch: int | str | None = None, context: int | None = None,
+             tp: int | None = None, page_size: int | None = None, kv_cache: str | None = None,
+             backend: str | None = None, device: str | None = None, layers: int | None = None,
+             profile: str | None = None, verify_full: bool = False, out: str | os.PathLike | None = None,
+             impl: str | None = None) -> list[str]:
+    """The worker options of `streamlab run` (what `launch(..., extra_args)` takes)."""
+    out_args: list[str] = []
+    for flag, value in (("--model", model), ("--batch", batch), ("--context", context), ("--tp", tp),
+                        ("--page-size", page_size), ("--kv-cache", kv_cache), ("--backend", backend),
+                        ("--device", device), ("--layers", layers), ("--profile", profile),
+                        ("--out", out), ("--impl", impl)):
+        if value is not None:
+            out_args += [flag, str(value)]
+    if verify_full:
+        out_args.append("--verify-full")
+    return out_args
+
+
+def launch(scenario_path: str | os.PathLike, world: int, extra_args: Sequence[str] = (), *,
+           launcher_args: Sequence[str] | None = None, rank_timeout: float = DEFAULT_RANK_TIMEOUT,
+           err=None) -> int:
+    """`streamlab run SCENARIO --world N`: run the scenario on `world` ranks per node with a real
+    all-reduce; rank 0 writes one result JSON with every rank's figures. `extra_args`: worker
+    options (`run_args(...)`); `launcher_args`: torchrun options for multi-node runs (default
+    `--standalone`). Returns the exit code; on failure prints one message to `err` (stderr)."""
+    from streamlab.scenario import ScenarioError, load
+
+    try:  # bad input fails here, once, before any rank starts
+        load(Path(scenario_path))
+    except ScenarioError as e:
+        _print_error(err, str(e))
+        return EXIT_BAD_INPUT
+    return launch_worker(["run", str(scenario_path), *extra_args], world,
+                         launcher_args=launcher_args, rank_timeout=rank_timeout, err=err)
+
+
+def launch_worker(worker_args: Sequence[str], world: int, *, launcher_args: Sequence[str] | None = None,
+                  rank_timeout: float = DEFAULT_RANK_TIMEOUT, err=None) -> int:
+    try:
+        code, message = _launch(list(worker_args), world, launcher_args, rank_timeout)
+    except Failure as e:
+        code, message = e.code, str(e)
+    if code and message:
+        _print_error(err, message)
+    return code
+
+
+def _print_error(err, message: str) -> None:
+    if err is None:
+        from rich.console import Console
+        err = Console(stderr=True, highlight=False)
+    from rich.markup import escape
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
+
+
+def _launch(worker_args: list[str], world: int, launcher_args: Sequence[str] | None,
+            rank_timeout: float) -> tuple[int, str]:
+    if world < 1:
+        raise Failure(f"--world must be at least 1, got {world}", EXIT_BAD_INPUT)
+    if rank_timeout <= 0:
+        raise Failure(f"--rank-timeout must be positive, got {rank_timeout}", EXIT_BAD_INPUT)
+    from streamlab.collective.worker import parse
+
+    try:  # the ranks' options, checked once here rather than failing on every rank
+        parse([*worker_args, "--rank-timeout", str(rank_timeout)])
+    except SystemExit:
+        raise Failure(f"bad options for the ranks: {' '.join(worker_args)}", EXIT_BAD_INPUT) from None
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    run_dir = Path(tempfile.mkdtemp(prefix="streamlab-ranks-"))
+    argv = [*(launcher_args if launcher_args else ["--standalone"]),
+            "--nproc-per-node", str(world), "--max-restarts", "0",
+            "--monitor-interval", str(MONITOR_INTERVAL_S),
+            "--module", WORKER, *worker_args,
+            "--rank-timeout", str(rank_timeout), "--run-dir", str(run_dir)]
+    try:
+        args = torchrun.parse_args(argv)
+    except SystemExit:
+        raise Failure(f"bad launcher options: {' '.join(launcher_args or [])}", EXIT_BAD_INPUT) from None
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun would set, without its banner
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "10")
+    watcher = _Watcher(run_dir, rank_timeout)
+    failures: dict = {}
+    error: str | None = None
+    with _quiet_elastic():
+        watcher.start()
+        try:
+            torchrun.run(args)
+        except ChildFailedError as e:
+            failures = e.failures
+        except KeyboardInterrupt:
+            error = "interrupted"
+        except Exception as e:  # rendezvous and launcher errors
+            name = type(e).__name__
+            if name == "SignalException":
+                sig = getattr(e, "sigval", None)
+                with contextlib.suppress(Exception):
+                    sig = signal.Signals(sig).name
+                error = f"the launcher received {sig or 'a signal'}; every rank was stopped"
+            else:
+                error = f"the launcher failed: {name}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        finally:
+            watcher.stop()
+    try:
+        if failures or watcher.killed or error:
+            if error and not failures:
+                return (130 if "SIGINT" in error or error == "interrupted" else EXIT_ENVIRONMENT), error
+            return _explain(run_dir, failures, watcher, world)
+        outcome = watch.read_json(run_dir / "outcome.json") or {}
+        return int(outcome.get("code", 0)), str(outcome.get("message", ""))
+    finally:
+        watch.kill_leftovers(run_dir, WORKER)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _explain(run_dir: Path, failures: dict, watcher: "_Watcher", world_per_node: int) -> tuple[int, str]:
+    beats = watch.heartbeats(run_dir)
+    reps = watch.reports(run_dir)
+    world = next((hb["world"] for hb in beats.values()), world_per_node)
+    ends: dict[int, watch.RankEnd] = {}
+    for rank, f in failures.items():
+        e = ends.setdefault(rank, watch.RankEnd(rank))
+        e.exitcode = f.exitcode
+        with contextlib.suppress(Exception):
+            e.signal = f.signal_name() if f.exitcode < 0 else None
+    for rank, r in reps.items():
+        ends.setdefault(rank, watch.RankEnd(rank)).report = r
+    for rank, why in watcher.killed.items():
+        ends.setdefault(rank, watch.RankEnd(rank)).killed_by_launcher = why
+    for rank, hb in beats.items():
+        if rank in ends:
+            ends[rank].heartbeat = hb
+    message, code = watch.explain(ends, world)
+    return code, message
+
+
+class _Watcher:
+    """Kills a rank whose heartbeat stopped (a frozen process cannot end itself)."""
+
+    def __init__(self, run_dir: Path, rank_timeout: float) -> None:
+        self.run_dir = run_dir
+        self.limit = rank_timeout
+        self.killed: dict[int, str] = {}
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="streamlab-launcher-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        import socket
+
+        host = socket.gethostname()
+        while not self._stop.wait(1.0):
+            now = time.time()
+            for rank, hb in watch.heartbeats(self.run_dir).items():
+                if hb.get("state") != "running" or hb.get("host") != host or rank in self.killed:
+                    continue
+                silent = now - hb.get("time", now)
+                if silent > self.limit and watch._is_worker(hb["pid"], WORKER):
+                    self.killed[rank] = (f"no heartbeat for {silent:.0f} s (last seen in phase "
+                                         f"'{hb.get('phase')}' at {hb.get('where', {}).get('at', '?')}); "
+                                         "the launcher killed it")
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(hb["pid"], signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _quiet_elastic():
+    """The elastic agent logs every step and a long failure table; this launcher prints one
+    message instead. Its loggers are silenced for the launch (restored afterwards)."""
+    import torch.distributed.run  # noqa: F401  (creates the loggers)
+
+    saved = {}
+    for name, lg in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("torch.distributed") and isinstance(lg, logging.Logger):
+            saved[name] = lg.level
+            lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+if __name__ == "__main__":
+    from streamlab.collective.__main__ import main
+    sys.exit(main())
