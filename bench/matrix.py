@@ -79,7 +79,7 @@ def markdown(results: list[dict]) -> str:
     for r in ok:
         out.write(f"\n### {r['scenario']} batch {r['batch']}: per node (us)\n\n")
         out.write("| node | kernels | in-graph | isolated | slowdown | floor | isolated/floor |\n|---|---|---|---|---|---|---|\n")
-        for name, n in r["nodes"].items():
+        for name, n in r["measured"]["nodes"].items():
             g = n["in_graph_us"]["median"] if n["in_graph_us"] else float("nan")
             far = n["isolated_us"] / n["floor_us"] if n["floor_us"] else float("inf")
             out.write(f"| {name} | {n['kernels']} | {g:.2f} | {n['isolated_us']:.2f} | "

@@ -118,8 +118,9 @@ def markdown(runs: list[Run]) -> str:
     return out.getvalue()
 
 
-def export(runs: list[Run], folder: Path) -> list[Path]:
-    """JSON (versioned schema) + Markdown + plots, each written atomically."""
+def export(runs: list[Run], folder: Path, plot_batch: int | None = None) -> list[Path]:
+    """JSON (versioned schema) + Markdown + plots (per-layer ones at `plot_batch`, default the
+    smallest batch), each written atomically."""
     from streamlab.report import plots
     from streamlab.trace import read_chrome
 
@@ -129,7 +130,7 @@ def export(runs: list[Run], folder: Path) -> list[Path]:
     written = [write_json_atomic(folder / "report.json", doc)]
     rows = [{"scenario": r.scenario.name, "batch": r.batch, **r.part["per_layer_us"]} for r in runs]
     written += plots.latency_bars(rows, folder / "latency")
-    first_batch = min(r.batch for r in runs)
+    first_batch = plot_batch if plot_batch is not None else min(r.batch for r in runs)
     here = [r for r in runs if r.batch == first_batch]
     timelines = [(r.scenario.name, read_chrome(r.part["trace"]), r.scenario.layer.groups) for r in here
                  if r.part.get("trace")]
