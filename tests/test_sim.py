@@ -94,4 +94,4 @@ def test_a_cpu_run_is_simulated_and_fast(tmp_path):
 
 def test_unknown_profile_is_one_clear_line():
     r = CliRunner().invoke(app, ["sim", str(SCENARIOS / "a_v4.yaml"), "--profile", "mi400"])
-    assert r.exit_code == 2 and "no simulator profile 'mi400'; shipped: h200, mi355x" in r.output
+    assert r.exit_code == 2 and "no simulator profile 'mi400'; shipped: h100, h200, mi355x" in r.output

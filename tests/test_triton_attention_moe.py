@@ -15,12 +15,13 @@ import torch
 
 from streamlab.exec.buffers import Buffers
 from streamlab.kernels import reference as ref
+from streamlab.kernels.triton import attention
 from streamlab.kernels.triton.attention import sparse_mla_decode
-from streamlab.kernels.triton.moe import biased_topk, fused_moe
+from streamlab.kernels.triton.moe import MoeConfig, biased_topk, fused_moe, run_fused_moe
 from streamlab.layer import build_layer
 from streamlab.models import GLM5, TINY, RankDims, Shape
 
-ATTN_TOL = 1e-2  # bf16 output, bf16 probabilities into the PV product
+ATTN_TOL = 1e-2  # bf16 output, fp16 probabilities into the PV product
 MOE_TOL = 3e-2  # fp8 re-quantisation of the intermediate can round differently
 WEIGHT_TOL = 1e-5
 
@@ -122,6 +123,33 @@ def test_sparse_mla_decode_invalid_slots_and_views():
     assert (out[2] == 0).all(), "a token with no valid slot gets zeros"
 
 
+@pytest.mark.parametrize("splits", [1, 2, 4])
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_sparse_mla_decode_split_counts(splits, prefetch):
+    """One split (the output written directly), two, and one split per step (four), with and
+    without the prefetching loop; twice in a row gives the same bits. Invalid slots as above,
+    including a token with none (zeros), and a token whose q exceeds fp16's range."""
+    dims, b, slots = mla_setup(TINY, 3, 256, 1, seed=2)
+    slots[0, 5::2] = -1
+    slots[1, 20:] = -1  # a whole split without a valid slot
+    slots[2] = -1
+    b["q_cat"][1] *= 2.0 ** 17  # scaled down by a power of two for the fp16 products
+    args = dict(q=b["q_cat"], kv_cache=b["kv_cache"], topk_slots=slots, kv_scale=b["kv_scale"],
+                softmax_scale=dims.qk_head_dim ** -0.5)
+    want = poisoned(b["attn_out"])
+    ref.sparse_mla_decode(**args, out=want)
+    policy = dict(programs_per_sm=1000, max_splits=splits)
+    assert attention.num_splits(3, dims.topk, b["q_cat"].device, **policy)[0] == splits
+    got = []
+    for _ in range(2):
+        out = poisoned(b["attn_out"])
+        attention._mla_launch(**args, out=out, **policy, prefetch=prefetch)
+        got.append(out)
+    assert rel_err(got[0][:2], want[:2]) < ATTN_TOL
+    assert (got[0][2] == 0).all()
+    assert torch.equal(got[0], got[1])
+
+
 # -- routing --------------------------------------------------------------------------------
 @pytest.mark.parametrize("model,tokens,shared", [(TINY, 3, True), (TINY, 2, False),
                                                  (GLM5, 5, True)])
@@ -178,6 +206,31 @@ def test_fused_moe_shared_experts_and_views():
     assert rel_err(out, want) < MOE_TOL
 
 
+@pytest.mark.parametrize("cfg", [
+    MoeConfig(gu_block_n=32, gu_splits=2, down_block_n=64, down_swap=True),
+    MoeConfig(gu_block_n=128, gu_splits=3, gu_warps=8, gu_swap=True, down_block_n=256,
+              down_warps=8),
+], ids=["split2", "split3-uneven"])
+def test_fused_moe_configs(cfg):
+    """gate_up split over the hidden dim (the last split of a tile sums the partials and applies
+    the activation) and the slot sum fused into down (its last program per column tile), for
+    3 tokens with one expert shared by all; a second call on the same output (counters reset
+    by the first) gives bitwise the same result."""
+    dims, b = moe_setup(TINY, 3, 256, 1, seed=3)
+    ids, weights = routed(b, dims, seed=3)
+    ids[:, 0] = 0
+    args = dict(x=b["x2"], ids=ids, weights=weights, w13=b["w13"], w13_scale=b["w13_scale"],
+                w2=b["w2"], w2_scale=b["w2_scale"])
+    out, want = poisoned(b["moe_out"]), poisoned(b["moe_out"])
+    run_fused_moe(**args, out=out, config=cfg)
+    ref.fused_moe(**args, out=want)
+    assert rel_err(out, want) < MOE_TOL
+    first = out.clone()
+    out.fill_(float("nan"))
+    run_fused_moe(**args, out=out, config=cfg)
+    assert torch.equal(out, first)
+
+
 # -- GPU, GLM-5 tp=8 ------------------------------------------------------------------------
 def graph_replay(fn, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     """Run `fn` eagerly (warm-up: compiles, allocates workspaces), capture it, replay it."""
@@ -208,6 +261,33 @@ def test_sparse_mla_decode_glm5_gpu(batch):
     first = out.clone()
     (replayed,) = graph_replay(run, [out])
     assert torch.equal(replayed, first), "not deterministic, or wrong from a graph"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 4, 16, 64])
+def test_sparse_mla_decode_replays_glm5_gpu(batch):
+    """Replayed many times, a graph gives the eager output every time (at every split count the
+    batch sizes give). One token's q is far beyond fp16's range: the kernel scales it down by a
+    power of two for its fp16 products."""
+    dims, b, slots = mla_setup(GLM5, batch, 8192, 8, device="cuda", seed=3)
+    slots[-1, 100:] = -1
+    b["q_cat"][0] *= 2.0 ** 17
+    out = poisoned(b["attn_out"])
+    run = partial(sparse_mla_decode, q=b["q_cat"], kv_cache=b["kv_cache"], topk_slots=slots,
+                  kv_scale=b["kv_scale"], out=out, softmax_scale=dims.qk_head_dim ** -0.5)
+    assert check_mla(dims, b, slots) < ATTN_TOL
+    run()
+    torch.cuda.synchronize()
+    first = out.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for _ in range(5):
+        out.fill_(float("nan"))
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, first)
 
 
 @pytest.mark.gpu

@@ -72,8 +72,9 @@ def test_ops_are_registered_with_reference_signatures():
 
 
 # -- GEMMs ------------------------------------------------------------------------------------
-# On the CPU the interpreter pretends to have 4 SMs: (1,128,384) and (3,320,384) split K (the
-# latter unevenly), (3,320,256) does not, (70,128,256) has two M tiles.
+# On the CPU the interpreter pretends to have 4 SMs, so the heuristic splits K in each of these
+# (into 3, 2, 3 and 2; the last also has two M tiles); GEMM_CONFIGS below add unsplit and
+# unevenly split runs, and transposed tiles.
 
 @pytest.mark.parametrize("m,n,k,device", _cases(
     [(1, 128, 384), (3, 320, 256), (3, 320, 384), (70, 128, 256)],
@@ -165,6 +166,53 @@ def test_bmm_fp8(t, h, n, k, device):
     gemm.bmm_fp8(x=x, weight=w, weight_scale=ws, out=out)
     reference.bmm_fp8(x=x, weight=w, weight_scale=ws, out=want)
     _check(out, want, BF16_TOL)
+
+
+# Explicit configurations (the table's and the heuristic's choices aside): 32- and 256-column
+# tiles (inside one 128-row scale block, across three with a partial last one), 1-4 K groups per
+# iteration for the unscaled ops (K not a multiple of the iteration), the tile computed as is or
+# transposed (swap), even and uneven K splits.
+GEMM_CONFIGS = [gemm.GemmConfig(32, 1, 3), gemm.GemmConfig(256, 2, 2, 8, 2, True),
+                gemm.GemmConfig(64, 4, 1), gemm.GemmConfig(128, 1, 5, 4, 4, True)]
+
+
+@pytest.mark.parametrize("cfg", GEMM_CONFIGS, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("m,n,k,device",
+                         _cases([(3, 320, 640)], [(4, 2688, 6144), (64, 2688, 6144)]))
+def test_fp8_linear_configs_split_in_one_launch(cfg, m, n, k, device):
+    """Every configuration matches the reference, and a second call on the same output (whose
+    split-K counters the first call's last programs reset) gives bitwise the same result."""
+    x = _randn(m, k, device=device)
+    w, ws = _fp8_weight(n, k, device)
+    out, want = _nan(m, n, device=device), _nan(m, n, device=device)
+    gemm.run_gemm("fp8", x, w, out, ws, config=cfg)
+    reference.fp8_linear(x=x, weight=w, weight_scale=ws, out=want)
+    _check(out, want, FP8_TOL)
+    first = out.clone()
+    out.fill_(float("nan"))
+    gemm.run_gemm("fp8", x, w, out, ws, config=cfg)
+    assert torch.equal(out, first)
+
+
+@pytest.mark.parametrize("op", ["bf16", "bmm"])
+@pytest.mark.parametrize("cfg", GEMM_CONFIGS[1:3], ids=lambda c: "-".join(map(str, c)))
+def test_linear_and_bmm_configs(op, cfg):
+    device = "cpu"
+    if op == "bf16":
+        x = _randn(3, 640, device=device)
+        w = _randn(96, 640, device=device, seed=1, scale=640 ** -0.5)
+        out, want = (_nan(3, 96, device=device, dtype=torch.float32) for _ in range(2))
+        gemm.run_gemm(op, x, w, out, config=cfg)
+        reference.linear(x=x, weight=w, out=want)
+        _check(out, want, FP32_TOL)
+    else:
+        x = _randn(3, 2, 448, device=device)[..., :384]
+        w = _randn(2, 64, 384, device=device, dtype=torch.float32, seed=1).to(FP8)
+        ws = torch.tensor([0.04, 0.06])
+        out, want = _nan(3, 2, 64, device=device), _nan(3, 2, 64, device=device)
+        gemm.run_gemm(op, x, w, out, ws, config=cfg)
+        reference.bmm_fp8(x=x, weight=w, weight_scale=ws, out=want)
+        _check(out, want, BF16_TOL)
 
 
 # -- row-wise kernels -------------------------------------------------------------------------
@@ -298,6 +346,7 @@ def test_graph_capture_replays_split_k_and_norm():
         norm.rmsnorm_add(x=hidden, residual=res, weight=wn, out=normed, eps=1e-5)
         gemm.fp8_linear(x=x, weight=w, weight_scale=ws, out=out)
 
+    assert gemm.gemm_config("fp8", m, n, k, 1, x.device).splits > 1, "meant to split K"
     step()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -315,3 +364,30 @@ def test_graph_capture_replays_split_k_and_norm():
     _check(out, want, FP8_TOL)
     _check(normed, normed_want, BF16_TOL)
     assert torch.equal(res, res_want)
+    first = out.clone()
+    for _ in range(3):  # the last program of each tile reset its counter: replays agree bitwise
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, first)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", GLM5_FP8_LINEAR)
+def test_fp8_linear_graph_replays_are_deterministic(n, k):
+    """Each GLM-5 shape at M=4 in a graph: the replays and the eager call agree bitwise."""
+    device, m = "cuda", 4
+    x = _randn(m, k, device=device)
+    w, ws = _fp8_weight(n, k, device)
+    out = _nan(m, n, device=device)
+    gemm.fp8_linear(x=x, weight=w, weight_scale=ws, out=out)
+    torch.cuda.synchronize()
+    first = out.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        gemm.fp8_linear(x=x, weight=w, weight_scale=ws, out=out)
+    for _ in range(3):
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, first)

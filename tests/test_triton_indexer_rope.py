@@ -348,6 +348,74 @@ def test_topk_slots_ties_at_the_threshold():
         assert torch.equal(vals[0], vals[1])
 
 
+def _topk_values_match(logits, table, seq_lens, got, want):
+    """Same count of slots and of -1 padding, distinct slots inside each row's context, and the
+    same multiset of logits behind them (ties at the threshold may pick other positions)."""
+    page = logits.shape[1] // table.shape[1]
+    assert torch.equal((got == -1).sum(1), (want == -1).sum(1))
+    for b in range(logits.shape[0]):
+        n = int(seq_lens[b])
+        pos = torch.arange(n, device=logits.device)
+        inv = torch.full((table.numel() * page,), -1, dtype=torch.long, device=logits.device)
+        inv[table[b, pos // page].long() * page + pos % page] = pos
+        vals = []
+        for row in (got[b], want[b]):
+            p = inv[row[row >= 0].long()]
+            assert bool((p >= 0).all()) and p.unique().numel() == p.numel()
+            vals.append(logits[b, p].sort().values)
+        assert torch.equal(vals[0], vals[1]), f"row {b}"
+
+
+def _topk_rows(kind, g, shape):
+    x = torch.randn(shape, generator=g, device=DEVICE)
+    u = torch.rand(shape, generator=g, device=DEVICE)
+    if kind == "outliers":  # a few huge values on both sides: the first round's range is useless
+        return torch.where(u < 0.02, x * 1e30, x)
+    if kind == "infinities":  # -inf and +inf are valid logits
+        return torch.where(u < 0.3, float("-inf"), torch.where(u > 0.98, float("inf"), x))
+    if kind == "heavy_tail":
+        return torch.exp(3 * x)
+    if kind == "geometric":  # spread over 2^-100..2^100: float bins stall, key digits finish
+        return 2.0 ** (u * 200 - 100)
+    if kind == "narrow":  # 50 adjacent fp32 values: many ties, a tiny key span
+        return 1.0 + torch.randint(0, 50, shape, generator=g, device=DEVICE).float() * 2 ** -23
+    if kind == "denormal_zeros":  # subnormals, +0 and -0 (equal values, distinct keys)
+        return torch.where(u < 0.3, 0.0, torch.where(u < 0.6, -0.0, x * 1e-40))
+    if kind == "constant":
+        return torch.full(shape, 3.5, device=DEVICE)
+    return x
+
+
+# (kwargs of `_topk_launch`): the defaults; rows walked tile by tile; a candidate capacity so
+# small that several rounds run over the row; no compaction (rounds over the row down to one
+# key); key digits from the first round on; candidates ranked pairwise instead of by rounds;
+# block-table entries gathered from memory instead of registers
+TOPK_PATHS = {"default": {}, "tiled": dict(resident_max=128, tile=128),
+              "small_cap": dict(cap=16, pair=16), "no_compaction": dict(cap=0),
+              "key_digits": dict(float_rounds=0), "pairwise": dict(pick_rounds=False),
+              "table_in_memory": dict(pages_in_regs=False)}
+
+
+@pytest.mark.parametrize("path", list(TOPK_PATHS))
+@pytest.mark.parametrize("kind", ["normal", "outliers", "infinities", "heavy_tail", "geometric",
+                                  "narrow", "denormal_zeros", "constant"])
+def test_topk_slots_distributions(kind, path):
+    """Exact top-k sets on awkward rows, at row lengths around k, 2k and 4k (which bound the
+    first round can use) and past them, through every path of the kernel."""
+    g = _gen(10)
+    page, pps, k = 16, 20, 64
+    seq_lens = torch.tensor([320, 257, 255, 128, 65, 64, 1, 0], dtype=torch.int32,
+                            device=DEVICE)
+    table = _block_table(g, seq_lens.numel(), pps)
+    logits = _topk_rows(kind, g, (seq_lens.numel(), pps * page))
+    bufs = [torch.full((logits.shape[0], k + 8), 12345, dtype=torch.int32, device=DEVICE)
+            for _ in range(2)]
+    ref.topk_slots(logits=logits, block_table=table, seq_lens=seq_lens, out=bufs[0][:, :k])
+    indexer._topk_launch(logits, table, seq_lens, bufs[1][:, :k], **TOPK_PATHS[path])
+    assert torch.all(bufs[1][:, k:] == 12345)
+    _topk_values_match(logits, table, seq_lens, bufs[1][:, :k], bufs[0][:, :k])
+
+
 # -- GPU: the real GLM-5 tp=8 shapes ------------------------------------------------------------
 
 def _glm5(batch: int, kv: str = "fp8") -> RankDims:
@@ -396,3 +464,28 @@ def test_graph_capture_glm5(fused):
         end.record()
         torch.cuda.synchronize()
         print(f"{node.name:20s} {node.op:20s} {start.elapsed_time(end) / 20 * 1e3:8.1f} us")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("context,kind", [(8192, "heavy_tail"), (8192, "narrow"),
+                                          (131072, "normal")])
+def test_topk_slots_long_and_skewed_gpu(context, kind):
+    """Top-2048 at page 64: skewed rows (extra rounds), and 128k contexts (rows walked tile by
+    tile); graph replays reproduce the eager slots."""
+    g = _gen(11)
+    page, batch, k = 64, 3, 2048
+    pps = context // page
+    seq_lens = torch.tensor([context, context - 1000, 3000], dtype=torch.int32, device=DEVICE)
+    table = _block_table(g, batch, pps)
+    logits = _topk_rows(kind, g, (batch, context))
+    want, got = _topk_pair(logits, table, seq_lens, k)  # (reference, Triton)
+    _topk_values_match(logits, table, seq_lens, got, want)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        indexer.topk_slots(logits=logits, block_table=table, seq_lens=seq_lens, out=got)
+    first = got.clone()
+    for _ in range(2):
+        got.fill_(-7)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(got, first)

@@ -1,11 +1,24 @@
 """Sparse MLA decode in Triton: flash-decoding over the indexer's top-k cache slots.
 
 A decode step has few tokens but thousands of selected slots each, so one program per token
-would leave most of the GPU idle. The slots of a token are split across programs; each program
-attends all heads of its token over its share of slots (every gathered KV row is read once and
-used by all heads), leaving a partial (max, sum, unnormalised output) in an fp32 workspace, and a
-second kernel merges the partials. The number of splits depends only on the shapes and the
-device, so the workspace is fixed and the pair of launches captures into a graph.
+would leave most of the GPU idle. The slots of a token are split across programs (up to one
+wave: at most one program per SM in all); each program attends all heads of its token over its
+share of slots (every gathered KV row is read once and used by all heads) and leaves a partial
+(max, sum, normalised output) in an fp32 workspace. A second kernel merges each token's
+partials in split order (fixed, so the result is bitwise deterministic), one program per
+(token, head, block of value dims): the merge is spread over the GPU. (Merging in the last
+program of each token to arrive, in one launch, measured slower: one program cannot pull a
+token's partials fast enough.) With one split the first kernel writes the output itself and
+the second is not launched.
+
+The products run on fp16 operands: fp8 e4m3 -> fp16 is one exact conversion per pair of values
+(-> bf16 costs three), and fp16 keeps more bits of q and of the probabilities. q is scaled by a
+power of two when its magnitude would not fit (undone exactly in the score scale). D_V and D_QK
+are compile-time so that the row gathers vectorise. Programs with many blocks of slots issue the
+next block's row loads, and the slot ids after it, before computing on the current block.
+
+The number of splits depends only on the shapes and the device, so the workspace is fixed and
+the launches capture into a graph.
 """
 
 from __future__ import annotations
@@ -14,60 +27,100 @@ import torch
 import triton
 import triton.language as tl
 
-from streamlab.kernels.triton.common import INTERPRET, dot_operand
+from streamlab.kernels.triton.common import INTERPRET, dot_operand, workspace
 
 LOG2E = 1.4426950408889634
 # Slots per inner step. Small in the interpreter so CPU tests at topk 64 cover several splits
 # and several steps per split.
 BLOCK_N = 16 if INTERPRET else 64
 NUM_WARPS = 8
-NUM_STAGES = 2  # a stage holds BLOCK_N gathered rows: keeps shared memory within MI355X's LDS
+PROGRAMS_PER_SM = 1  # splits: up to one wave of programs in all
+MAX_SPLITS = 32
 INTERPRETER_PROGRAMS = 8  # stands in for the SM count when running on the CPU
+COMBINE_D = 64  # value dims per merging program
+PREFETCH_FROM_STEPS = 4  # more blocks than this per program: prefetch by hand (one stage)
+# Measured on an H200 (bench/tune_indexer_attention.py): one block per program (batch <= 4,
+# 32 splits) and four (batch 16): Triton's 2-stage pipeline; sixteen (batch 64): the prefetch.
 
 
 @triton.jit
-def _mla_split_kernel(q_ptr, kv_ptr, slots_ptr, kv_scale_ptr, m_ptr, l_ptr, acc_ptr,
+def _slot_ids(slots_ptr, t, n0, end, stride_st, stride_sk, BLOCK_N: tl.constexpr):
+    n = n0 + tl.arange(0, BLOCK_N)
+    return tl.load(slots_ptr + t * stride_st + n * stride_sk, mask=n < end, other=-1)
+
+
+@triton.jit
+def _gather_rows(kv_ptr, slot, stride_kvn, stride_kvd, D_V: tl.constexpr, D_QK: tl.constexpr,
+                 BLOCK_V: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Value dims and rope dims of the cache rows `slot` (zeros for -1)."""
+    dv = tl.arange(0, BLOCK_V)
+    dr = D_V + tl.arange(0, BLOCK_R)  # the rope dims after the value dims
+    valid = slot >= 0
+    rows = kv_ptr + slot.to(tl.int64)[:, None] * stride_kvn
+    kv_v = tl.load(rows + dv[None, :] * stride_kvd, mask=valid[:, None] & (dv < D_V)[None, :],
+                   other=0.0)
+    kv_r = tl.load(rows + dr[None, :] * stride_kvd, mask=valid[:, None] & (dr < D_QK)[None, :],
+                   other=0.0)
+    return kv_v, kv_r
+
+
+@triton.jit
+def _mla_split_kernel(q_ptr, kv_ptr, slots_ptr, kv_scale_ptr, out_ptr, ws_m, ws_l, ws_o,
                       stride_qt, stride_qh, stride_qd, stride_kvn, stride_kvd, stride_st,
-                      stride_sk, heads, topk, d_v, d_qk, chunk, num_splits, qk_scale,
-                      BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_V: tl.constexpr, BLOCK_R: tl.constexpr, INTERPRET: tl.constexpr):
+                      stride_sk, stride_ot, stride_oh, stride_od, heads, topk, chunk, num_splits,
+                      qk_scale, D_V: tl.constexpr, D_QK: tl.constexpr, BLOCK_H: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_R: tl.constexpr,
+                      SPLIT: tl.constexpr, PREFETCH: tl.constexpr, INTERPRET: tl.constexpr):
     """One (token, split): online softmax of all heads over slots [split*chunk, +chunk).
 
     Scores are kept in log2 units (qk_scale folds softmax_scale * log2(e)); kv_scale is a single
-    factor, so it is applied to the scores and to the partial output rather than to each row.
+    factor, so it is applied to the scores and to the output rather than to each row.
     """
     t = tl.program_id(0)
     split = tl.program_id(1)
     h = tl.arange(0, BLOCK_H)
     dv = tl.arange(0, BLOCK_V)
-    dr = d_v + tl.arange(0, BLOCK_R)  # the rope dims after the value dims
+    dr = D_V + tl.arange(0, BLOCK_R)
     h_ok = h < heads
-    v_ok = dv < d_v
-    r_ok = dr < d_qk
+    v_ok = dv < D_V
     q_rows = q_ptr + t * stride_qt + h[:, None] * stride_qh
-    q_v = tl.load(q_rows + dv[None, :] * stride_qd, mask=h_ok[:, None] & v_ok[None, :], other=0.0)
-    q_r = tl.load(q_rows + dr[None, :] * stride_qd, mask=h_ok[:, None] & r_ok[None, :], other=0.0)
-    q_v = dot_operand(q_v, tl.bfloat16, INTERPRET)
-    q_r = dot_operand(q_r, tl.bfloat16, INTERPRET)
+    q_v = tl.load(q_rows + dv[None, :] * stride_qd, mask=h_ok[:, None] & v_ok[None, :],
+                  other=0.0).to(tl.float32)
+    q_r = tl.load(q_rows + dr[None, :] * stride_qd, mask=h_ok[:, None] & (dr < D_QK)[None, :],
+                  other=0.0).to(tl.float32)
     kv_scale = tl.load(kv_scale_ptr)
-    scale = qk_scale * kv_scale
+    # fp16 operands: q scaled down by 2^shift (exact) so that |q| < 2^15, undone in the scale
+    amax = tl.maximum(tl.max(tl.max(tl.abs(q_v), 1), 0), tl.max(tl.max(tl.abs(q_r), 1), 0))
+    shift = tl.maximum(((amax.to(tl.uint32, bitcast=True) >> 23) & 0xFF).to(tl.int32) - 141, 0)
+    q_v = dot_operand(q_v * ((127 - shift) << 23).to(tl.float32, bitcast=True), tl.float16,
+                      INTERPRET)
+    q_r = dot_operand(q_r * ((127 - shift) << 23).to(tl.float32, bitcast=True), tl.float16,
+                      INTERPRET)
+    scale = qk_scale * kv_scale * ((127 + shift) << 23).to(tl.float32, bitcast=True)
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_V], tl.float32)
     start = split * chunk
     end = tl.minimum(start + chunk, topk)
+    slot = _slot_ids(slots_ptr, t, start, end, stride_st, stride_sk, BLOCK_N)
+    if PREFETCH:
+        slot_next = _slot_ids(slots_ptr, t, start + BLOCK_N, end, stride_st, stride_sk, BLOCK_N)
+        kv_v, kv_r = _gather_rows(kv_ptr, slot, stride_kvn, stride_kvd, D_V, D_QK, BLOCK_V,
+                                  BLOCK_R)
     for n0 in range(start, end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        slot = tl.load(slots_ptr + t * stride_st + n * stride_sk, mask=n < end, other=-1)
+        if PREFETCH:  # the next block's rows and the slot ids after it are in flight meanwhile
+            kv_v_next, kv_r_next = _gather_rows(kv_ptr, slot_next, stride_kvn, stride_kvd, D_V,
+                                                D_QK, BLOCK_V, BLOCK_R)
+            slot_after = _slot_ids(slots_ptr, t, n0 + 2 * BLOCK_N, end, stride_st, stride_sk,
+                                   BLOCK_N)
+        else:
+            slot = _slot_ids(slots_ptr, t, n0, end, stride_st, stride_sk, BLOCK_N)
+            kv_v, kv_r = _gather_rows(kv_ptr, slot, stride_kvn, stride_kvd, D_V, D_QK, BLOCK_V,
+                                      BLOCK_R)
         valid = slot >= 0
-        rows = kv_ptr + slot.to(tl.int64)[:, None] * stride_kvn
-        kv_v = tl.load(rows + dv[None, :] * stride_kvd, mask=valid[:, None] & v_ok[None, :],
-                       other=0.0)
-        kv_r = tl.load(rows + dr[None, :] * stride_kvd, mask=valid[:, None] & r_ok[None, :],
-                       other=0.0)
-        kv_v = dot_operand(kv_v, tl.bfloat16, INTERPRET)  # fp8 e4m3 -> bf16 is exact
-        kv_r = dot_operand(kv_r, tl.bfloat16, INTERPRET)
+        kv_v = dot_operand(kv_v, tl.float16, INTERPRET)  # fp8 e4m3 -> fp16 is exact
+        kv_r = dot_operand(kv_r, tl.float16, INTERPRET)
         s = tl.dot(q_v, tl.trans(kv_v)) + tl.dot(q_r, tl.trans(kv_r))
         s = tl.where(valid[None, :], s * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -75,42 +128,52 @@ def _mla_split_kernel(q_ptr, kv_ptr, slots_ptr, kv_scale_ptr, m_ptr, l_ptr, acc_
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(dot_operand(p, tl.bfloat16, INTERPRET), kv_v)
+        acc = acc * alpha[:, None] + tl.dot(dot_operand(p, tl.float16, INTERPRET), kv_v)
         m_i = m_new
+        if PREFETCH:
+            slot = slot_next
+            slot_next = slot_after
+            kv_v = kv_v_next
+            kv_r = kv_r_next
 
-    part = (t * num_splits + split) * heads + h
-    tl.store(m_ptr + part, m_i, mask=h_ok)
-    tl.store(l_ptr + part, l_i, mask=h_ok)
-    tl.store(acc_ptr + part[:, None] * d_v + dv[None, :], acc * kv_scale,
-             mask=h_ok[:, None] & v_ok[None, :])
+    # l_i >= 1 if any slot is valid (the largest score contributes exp2(0)); with none, acc is
+    # 0 and so is the output
+    o = acc * (kv_scale / tl.maximum(l_i, 1.0))[:, None]
+    ok = h_ok[:, None] & v_ok[None, :]
+    if SPLIT:
+        part = (t * num_splits + split) * heads + h
+        tl.store(ws_m + part, m_i, mask=h_ok)
+        tl.store(ws_l + part, l_i, mask=h_ok)
+        tl.store(ws_o + part[:, None].to(tl.int64) * D_V + dv[None, :], o, mask=ok)
+    else:
+        tl.store(out_ptr + t * stride_ot + h[:, None] * stride_oh + dv[None, :] * stride_od,
+                 o.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
-def _mla_combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, stride_ot, stride_oh, stride_od, heads,
-                        d_v, num_splits, BLOCK_S: tl.constexpr,
-                        BLOCK_V: tl.constexpr):
-    """One (token, head): rescale the split partials to their common max and normalise."""
+def _mla_combine_kernel(ws_m, ws_l, ws_o, out_ptr, stride_ot, stride_oh, stride_od, heads,
+                        num_splits, D_V: tl.constexpr, BLOCK_S: tl.constexpr,
+                        BLOCK_D: tl.constexpr):
+    """One (token, head, block of value dims): rescale the split partials to their common max,
+    weight them by their sums and add them in split order. A token with no valid slot at all
+    gets zeros."""
     t = tl.program_id(0)
     h = tl.program_id(1)
-    sp = tl.arange(0, BLOCK_S)
-    dv = tl.arange(0, BLOCK_V)
-    v_ok = dv < d_v
-    parts = (t * num_splits + sp) * heads + h
-    m = tl.load(m_ptr + parts, mask=sp < num_splits, other=float("-inf"))
+    d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    s = tl.arange(0, BLOCK_S)
+    s_ok = s < num_splits
+    part = (t * num_splits + s) * heads + h
+    m = tl.load(ws_m + part, mask=s_ok, other=float("-inf"))
+    w = tl.load(ws_l + part, mask=s_ok, other=0.0)
+    o = tl.load(ws_o + part[:, None].to(tl.int64) * D_V + d[None, :],
+                mask=s_ok[:, None] & (d < D_V)[None, :], other=0.0)
     m_max = tl.max(m, 0)
-    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_max)
-    total = tl.sum(w * tl.load(l_ptr + parts, mask=sp < num_splits, other=0.0), 0)
-    acc = tl.zeros([BLOCK_V], tl.float32)
-    for s in range(num_splits):
-        part = (t * num_splits + s) * heads + h
-        w_s = tl.exp2(tl.load(m_ptr + part) - m_max)
-        acc += w_s * tl.load(acc_ptr + part * d_v + dv, mask=v_ok, other=0.0)
-    # total >= 1 if any slot is valid (the largest score contributes exp2(0)); with none,
-    # acc is 0 and so is the output
-    out = acc / tl.maximum(total, 1.0)
-    tl.store(out_ptr + t * stride_ot + h * stride_oh + dv * stride_od,
-             out.to(out_ptr.dtype.element_ty), mask=v_ok)
+    w = tl.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max)) * w  # shares of the sum
+    # the split holding the max contributes >= 1 when any slot is valid; with none, w is 0
+    w = w / tl.maximum(tl.sum(w, 0), 1.0)
+    res = tl.sum(w[:, None] * o, 0)
+    tl.store(out_ptr + t * stride_ot + h * stride_oh + d * stride_od,
+             res.to(out_ptr.dtype.element_ty), mask=d < D_V)
 
 
 def _programs(device: torch.device) -> int:
@@ -119,44 +182,60 @@ def _programs(device: torch.device) -> int:
     return INTERPRETER_PROGRAMS
 
 
-_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+def num_splits(tokens: int, topk: int, device: torch.device, *, block_n: int = BLOCK_N,
+               programs_per_sm: float = PROGRAMS_PER_SM, max_splits: int = MAX_SPLITS) -> tuple:
+    """(splits, slots per split) of each token: at most `programs_per_sm` programs per SM in all
+    (one wave: a second, partial one costs as much as the first), at most `max_splits`, never a
+    split with less than one step."""
+    steps = triton.cdiv(topk, block_n)
+    target = max(1, int(programs_per_sm * _programs(device)))
+    wanted = max(1, min(steps, max_splits, target // tokens))
+    chunk = triton.cdiv(steps, wanted) * block_n
+    return triton.cdiv(topk, chunk), chunk
 
 
-def _workspace(device: torch.device, tokens: int, splits: int, heads: int, d_v: int):
-    """(max, sum, output) partials; allocated on the eager warm-up call, reused when captured."""
-    key = (device, tokens, splits, heads, d_v)
-    if key not in _WORKSPACES:
-        n = tokens * splits * heads
-        _WORKSPACES[key] = (torch.empty(n, device=device), torch.empty(n, device=device),
-                            torch.empty(n * d_v, device=device))
-    return _WORKSPACES[key]
-
-
-def sparse_mla_decode(*, q, kv_cache, topk_slots, kv_scale, out, softmax_scale):
-    """q [T, h, 576] over kv_cache rows topk_slots [T, K] (-1 = none) -> out [T, h, 512]."""
+def _mla_launch(q, kv_cache, topk_slots, kv_scale, out, softmax_scale, *, block_n=BLOCK_N,
+                num_warps=NUM_WARPS, num_stages=None, programs_per_sm=PROGRAMS_PER_SM,
+                max_splits=MAX_SPLITS, prefetch=None, combine_d=COMBINE_D):
     tokens, heads, d_qk = q.shape
     d_v = out.shape[-1]
     topk = topk_slots.shape[1]
     if kv_cache.shape[-1] != d_qk or d_v > d_qk:
         raise ValueError(f"q dim {d_qk}, cache dim {kv_cache.shape[-1]}, value dim {d_v}")
-    # Enough splits for about two programs per SM, never a split with less than one step.
-    steps = triton.cdiv(topk, BLOCK_N)
-    wanted = max(1, min(steps, triton.cdiv(2 * _programs(q.device), tokens)))
-    chunk = triton.cdiv(steps, wanted) * BLOCK_N
-    splits = triton.cdiv(topk, chunk)
-    m_ws, l_ws, acc_ws = _workspace(q.device, tokens, splits, heads, d_v)
+    splits, chunk = num_splits(tokens, topk, q.device, block_n=block_n,
+                               programs_per_sm=programs_per_sm, max_splits=max_splits)
+    if prefetch is None:  # prefetching pays off once a program has several blocks
+        prefetch = chunk // block_n > PREFETCH_FROM_STEPS
+    if num_stages is None:
+        num_stages = 1 if prefetch else 2
+    if splits > 1:  # keyed by the output: nodes on concurrent streams never share them
+        key = ("mla_decode", out.data_ptr(), tuple(out.shape))
+        n = tokens * splits * heads
+        m_ws = workspace(key + ("max",), (n,), torch.float32, q.device)
+        l_ws = workspace(key + ("sum",), (n,), torch.float32, q.device)
+        o_ws = workspace(key + ("out",), (n * d_v,), torch.float32, q.device)
+    else:
+        m_ws = l_ws = o_ws = out  # not touched
     block_v = triton.next_power_of_2(d_v)
     # tl.dot needs every tile dim >= 16: heads and rope dims are padded up with masks
     block_h = max(16, triton.next_power_of_2(heads))
     block_r = max(16, triton.next_power_of_2(d_qk - d_v))
     _mla_split_kernel[(tokens, splits)](
-        q, kv_cache, topk_slots, kv_scale, m_ws, l_ws, acc_ws,
-        *q.stride(), *kv_cache.stride(), *topk_slots.stride(), heads, topk, d_v, d_qk, chunk,
-        splits, softmax_scale * LOG2E, BLOCK_H=block_h, BLOCK_N=BLOCK_N, BLOCK_V=block_v,
-        BLOCK_R=block_r, INTERPRET=INTERPRET, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    _mla_combine_kernel[(tokens, heads)](
-        m_ws, l_ws, acc_ws, out, *out.stride(), heads, d_v, splits,
-        BLOCK_S=triton.next_power_of_2(splits), BLOCK_V=block_v, num_warps=4)
+        q, kv_cache, topk_slots, kv_scale, out, m_ws, l_ws, o_ws,
+        *q.stride(), *kv_cache.stride(), *topk_slots.stride(), *out.stride(), heads, topk, chunk,
+        splits, softmax_scale * LOG2E, D_V=d_v, D_QK=d_qk, BLOCK_H=block_h, BLOCK_N=block_n,
+        BLOCK_V=block_v, BLOCK_R=block_r, SPLIT=splits > 1, PREFETCH=prefetch,
+        INTERPRET=INTERPRET, num_warps=num_warps, num_stages=num_stages)
+    if splits > 1:
+        block_d = min(block_v, combine_d)
+        _mla_combine_kernel[(tokens, heads, triton.cdiv(d_v, block_d))](
+            m_ws, l_ws, o_ws, out, *out.stride(), heads, splits, D_V=d_v,
+            BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=4)
+
+
+def sparse_mla_decode(*, q, kv_cache, topk_slots, kv_scale, out, softmax_scale):
+    """q [T, h, 576] over kv_cache rows topk_slots [T, K] (-1 = none) -> out [T, h, 512]."""
+    _mla_launch(q, kv_cache, topk_slots, kv_scale, out, softmax_scale)
 
 
 OPS = {"sparse_mla_decode": sparse_mla_decode}

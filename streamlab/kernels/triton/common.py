@@ -6,6 +6,10 @@ rounds fp32 -> fp8 (7.9 -> 4.0). Under it, `dot_operand` hands tl.dot fp32 opera
 bf16 and fp8 values exactly) and `exact_cast` rounds to nearest even by hand before converting
 (the interpreter's own conversion is exact on values already on the grid). On a GPU both are
 the native conversions. Kernels take `INTERPRET` as a constexpr argument and pass it on.
+
+Also shared by the GEMM and MoE kernels: decode tiles computed either way round (`tile_dot`,
+`by_row`, `by_col`), split reductions finished by the last program to arrive instead of a second
+launch (`last_to_arrive`, `sum_partials`) and persistent workspaces (`workspace`).
 """
 
 from __future__ import annotations
@@ -63,6 +67,45 @@ def exact_cast(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
     return x.to(dtype)
 
 
+# -- decode GEMM tiles ----------------------------------------------------------------------
+# At decode the activation has a handful of rows and the weight thousands: with SWAP the
+# product is computed transposed, w @ a^T, so that weight rows fill the MMA's M side (Hopper's
+# wgmma needs 64 or more there) and the activation rows its N side. These helpers put vectors
+# and offsets in the product's orientation either way.
+
+@triton.jit
+def tile_dot(a, w, SWAP: tl.constexpr, INTERPRET: tl.constexpr):
+    """a [BM, K] . w [BN, K] in a's type (w converted: an exact fp8 -> bf16 upcast for bf16 a)
+    with fp32 accumulation: [BM, BN], or [BN, BM] with SWAP."""
+    w = dot_operand(w, a.dtype, INTERPRET)
+    a = dot_operand(a, a.dtype, INTERPRET)
+    if SWAP:  # one return: the two orientations have different shapes
+        prod = tl.dot(w, tl.trans(a))
+    else:
+        prod = tl.dot(a, tl.trans(w))
+    return prod
+
+
+@triton.jit
+def by_row(v, SWAP: tl.constexpr):
+    """A per-row (activation row) vector broadcast over the product."""
+    if SWAP:
+        v2 = v[None, :]
+    else:
+        v2 = v[:, None]
+    return v2
+
+
+@triton.jit
+def by_col(v, SWAP: tl.constexpr):
+    """A per-column (weight row) vector broadcast over the product."""
+    if SWAP:
+        v2 = v[:, None]
+    else:
+        v2 = v[None, :]
+    return v2
+
+
 # -- split reductions without a second launch ------------------------------------------------
 # A kernel that splits a reduction over several programs writes each program's fp32 partial to a
 # workspace; the last program of a group to arrive at the group's counter (an int32 in a zeroed
@@ -85,13 +128,35 @@ def last_to_arrive(counter, arrivals):
     return last
 
 
+@triton.jit
+def sum_partials(p_tile, p_step, splits, mask, SHAPE0: tl.constexpr, SHAPE1: tl.constexpr,
+                 UNROLL: tl.constexpr):
+    """Sum over s of p_tile[s * p_step] ([SHAPE0, SHAPE1] tiles) in split order; UNROLL
+    independent loads per step, so that their L2 round trips overlap (a plain loop waits for
+    each in turn)."""
+    total = tl.zeros((SHAPE0, SHAPE1), dtype=tl.float32)
+    for s0 in range(0, splits, UNROLL):
+        for u in tl.static_range(UNROLL):
+            s = tl.minimum(s0 + u, splits - 1)  # past the end: a repeated load, added as 0
+            p = tl.load(p_tile + s * p_step, mask=mask, other=0.0, cache_modifier=".cg")
+            total += tl.where(s0 + u < splits, p, 0.0)
+    return total
+
+
+def sum_unroll(splits: int, tile_elems: int, warps: int) -> int:
+    """Partials `sum_partials` loads at once: up to 8, about 64 registers a thread at most."""
+    fit = max(1, 2048 * warps // tile_elems)
+    return min(8, triton.next_power_of_2(splits), 1 << (fit.bit_length() - 1))
+
+
 _WORKSPACES: dict = {}
 
 
 def workspace(key: tuple, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
               zeroed: bool = False) -> torch.Tensor:
-    """A buffer that lives as long as the process, one per `key`: allocated on the first (eager)
-    call and reused by every later call and by graph replays, so capture allocates nothing.
+    """A buffer that lives as long as the process, one per `key` (which names its role) and
+    shape: allocated on the first (eager) call and reused by every later call and by graph
+    replays, so capture allocates nothing.
     Callers key it by their output tensor: nodes that may run at the same time on different
     streams write different outputs, so they never share a workspace or a counter."""
     full = (device, dtype, tuple(shape), *key)

@@ -1,21 +1,25 @@
 """Triton GEMMs of the decode layer: FP8 block-scaled linear, bf16 linear and per-head FP8 bmm.
 
 Decode GEMMs have a handful of rows and stream a large weight, so they are bound by weight
-bandwidth: what counts is how many weight bytes are in flight. One kernel serves all three ops.
-Each program owns a BLOCK_N x BLOCK_M output tile and a range of K; one main-loop iteration
-loads GROUPS 128-wide K groups of the weight (so BLOCK_N * 128 * GROUPS bytes, pipelined
-num_stages deep), and the grid splits K so that there are a few programs per SM. fp8_linear
-quantises its activation inside the GEMM (1x128 groups, as `quant.quant_groups`) and scales every
-group's product by its activation and weight scales (one per row, one per 128-row block: a tile
-may span several), so it needs no separate quantisation launch.
+bandwidth and by fixed costs per launch and per program. One kernel serves all three ops. Each
+program owns a BLOCK_M x BLOCK_N output tile and a range of K: one main-loop iteration loads a
+BLOCK_N x BLOCK_K weight tile (BLOCK_K = 128 for fp8_linear, whose every 128-group has its own
+scales; up to 512 for the unscaled ops), Triton pipelines num_stages of them, and the grid
+splits K so that there are about one or two programs per SM. With `swap` the tile is computed
+transposed, weight rows on the MMA's M side (common.tile_dot): at M <= 16 that is what Hopper's
+wgmma wants, and the measured table takes it for most fp8 shapes. fp8_linear quantises its
+activation inside the GEMM (1x128 groups, as `quant.quant_groups`, exact division) and scales
+every group's product by its activation and weight scales (one per row, one per 128-row block:
+a tile may span several), so it needs no separate quantisation launch.
 
 Split K needs no second launch: each program of a tile writes its fp32 partial to a workspace
 and the last one to arrive (a counter per tile, `common.last_to_arrive`) sums the partials in
 split order and writes the output. Deterministic, no host synchronisation, one kernel per GEMM
 in a CUDA/HIP graph.
 
-Configurations come from a small table measured on H100/H200 (132 SMs; bench/tune_gemm_moe.py
+Configurations come from a small table measured on an H200 (132 SMs; bench/tune_gemm_moe.py
 sweeps them) keyed by shape; other shapes and devices get a heuristic from shape and SM count.
+No autotuning at run time: the choice is a pure function of shape and device.
 
 Triton is the only path: measured on an H200 with torch 2.11, torch._scaled_mm with 1x128 x
 128x128 block scales returned zeros in the last columns for (N, K) = (6144, 256) without raising,
@@ -32,7 +36,8 @@ import triton
 import triton.language as tl
 
 from streamlab.kernels.quant import FP8_MAX, GROUP
-from streamlab.kernels.triton.common import (INTERPRET, dot_operand, exact_cast, last_to_arrive,
+from streamlab.kernels.triton.common import (INTERPRET, by_col, by_row, exact_cast,
+                                             last_to_arrive, sum_partials, sum_unroll, tile_dot,
                                              workspace)
 
 _INTERPRET = tl.constexpr(INTERPRET)
@@ -56,26 +61,21 @@ def _quant_group(a):
     return exact_cast(tl.math.div_rn(a, scale[:, None]), tl.float8e4nv, _INTERPRET), scale
 
 
-@triton.jit
-def _mma(a, b):
-    """a @ b with fp32 accumulation; b takes a's type (fp8 x fp8, bf16 x bf16, or an exact fp8 ->
-    bf16 upcast for bmm_fp8); the interpreter gets fp32 operands."""
-    return tl.dot(dot_operand(a, a.dtype, _INTERPRET), dot_operand(b, a.dtype, _INTERPRET))
-
-
-@triton.jit(do_not_specialize=["M"])
+@triton.jit(do_not_specialize=["M", "iters_per_split"])
 def _gemm_kernel(x, w, w_scale, out, part, counters, M, N, K, iters_per_split,
                  sxb, sxm, sxk, swb, swn, swk, ssb, ssn, ssk, sob, som, son,
                  QUANT_X: tl.constexpr, W_SCALE: tl.constexpr, SPLIT: tl.constexpr,
                  EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 GROUPS: tl.constexpr):
+                 BLOCK_K: tl.constexpr, SWAP: tl.constexpr, SUM_UNROLL: tl.constexpr):
     """out[b, m, n] = sum over k of x[b, m, k] * w[b, n, k] (times the scales).
 
     Grid: (M tiles * N tiles, K splits, batch). Split s covers main-loop iterations
-    [s * iters_per_split, (s + 1) * iters_per_split), each GROUPS groups of 128 along K. The
-    weight scale of group g is w_scale[b*ssb + (n // 128)*ssn + g*ssk] (W_SCALE=1) or one per
-    batch entry, applied at the end (W_SCALE=2). With SPLIT, partials go to `part` [splits,
-    batch, M, N] and the tile's last program to arrive at its counter writes out.
+    [s * iters_per_split, (s + 1) * iters_per_split) of BLOCK_K along K. The weight scale of
+    K block kb (BLOCK_K = 128) is w_scale[b*ssb + (n // 128)*ssn + kb*ssk] (W_SCALE=1), or one
+    per batch entry, applied at the end (W_SCALE=2). The next iteration's activations and
+    scales load before this one's product (Triton's pipeliner keeps num_stages weight tiles in
+    flight). SWAP computes the tile transposed (common.tile_dot). With SPLIT, partials go to
+    `part` [splits, batch, M, N] and the tile's last program to arrive at its counter writes out.
     """
     n_tiles = tl.cdiv(N, BLOCK_N)
     pid_m = tl.program_id(0) // n_tiles
@@ -84,70 +84,121 @@ def _gemm_kernel(x, w, w_scale, out, part, counters, M, N, K, iters_per_split,
     bat = tl.program_id(2)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, 128)
+    rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
     n_ok = rn < N
     x_rows = x + bat * sxb + rm[:, None] * sxm
-    w_rows = w + bat * swb + rn[:, None] * swn  # [BLOCK_N, 128] tiles, K contiguous
+    w_rows = w + bat * swb + rn[:, None] * swn  # [BLOCK_N, BLOCK_K] tiles, K contiguous
     s_rows = w_scale + bat * ssb + (rn // 128) * ssn
     it_start = split * iters_per_split
-    it_end = tl.minimum(it_start + iters_per_split, tl.cdiv(K, 128 * GROUPS))
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    it_end = tl.minimum(it_start + iters_per_split, tl.cdiv(K, BLOCK_K))
+    it_last = it_end - 1
+    # rows past M pad the MMA: quantised, they are 1.0 rather than 0.0, whose exact division
+    # (div_rn) would take the slow path; each row's products depend on that row alone
+    if QUANT_X:
+        pad = 1.0
+    else:
+        pad = 0.0
+    k = it_start * BLOCK_K + rk
+    if EVEN_K:
+        a_next = tl.load(x_rows + k[None, :] * sxk, mask=m_ok[:, None], other=pad)
+    else:
+        a_next = tl.load(x_rows + k[None, :] * sxk, mask=m_ok[:, None] & (k[None, :] < K),
+                         other=pad)
+    if W_SCALE == 1:
+        s_next = tl.load(s_rows + it_start * ssk, mask=n_ok, other=0.0)
+    if SWAP:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for it in range(it_start, it_end):
-        for g in tl.static_range(GROUPS):
-            k0 = (it * GROUPS + g) * 128
-            k = k0 + rk
-            if EVEN_K:
-                a = tl.load(x_rows + k[None, :] * sxk, mask=m_ok[:, None], other=0.0)
-                b = tl.load(w_rows + k[None, :] * swk, mask=n_ok[:, None], other=0.0)
-            else:
-                a = tl.load(x_rows + k[None, :] * sxk, mask=m_ok[:, None] & (k[None, :] < K),
-                            other=0.0)
-                b = tl.load(w_rows + k[None, :] * swk, mask=n_ok[:, None] & (k[None, :] < K),
-                            other=0.0)
-            if QUANT_X:
-                a, a_scale = _quant_group(a)
-                prod = _mma(a, tl.trans(b)) * a_scale[:, None]
-            else:
-                prod = _mma(a, tl.trans(b))
-            if W_SCALE == 1:
-                prod = prod * tl.load(s_rows + (k0 // 128) * ssk, mask=n_ok, other=0.0)[None, :]
-            acc += prod
+        k = it * BLOCK_K + rk
+        k_next = tl.minimum(it + 1, it_last) * BLOCK_K + rk  # the last one loads itself again
+        a = a_next
+        if EVEN_K:
+            a_next = tl.load(x_rows + k_next[None, :] * sxk, mask=m_ok[:, None], other=pad)
+            b = tl.load(w_rows + k[None, :] * swk, mask=n_ok[:, None], other=0.0)
+        else:
+            a_next = tl.load(x_rows + k_next[None, :] * sxk,
+                             mask=m_ok[:, None] & (k_next[None, :] < K), other=pad)
+            b = tl.load(w_rows + k[None, :] * swk, mask=n_ok[:, None] & (k[None, :] < K),
+                        other=0.0)
+        if QUANT_X:
+            a, a_scale = _quant_group(a)
+            prod = tile_dot(a, b, SWAP, _INTERPRET) * by_row(a_scale, SWAP)
+        else:
+            prod = tile_dot(a, b, SWAP, _INTERPRET)
+        if W_SCALE == 1:
+            w_scale_now = s_next
+            s_next = tl.load(s_rows + tl.minimum(it + 1, it_last) * ssk, mask=n_ok, other=0.0)
+            prod = prod * by_col(w_scale_now, SWAP)
+        acc += prod
     if W_SCALE == 2:
         acc = acc * tl.load(w_scale + bat * ssb)
-    mask = m_ok[:, None] & n_ok[None, :]
-    o_ptrs = out + bat * sob + rm[:, None] * som + rn[None, :] * son
+    mask = by_row(m_ok, SWAP) & by_col(n_ok, SWAP)
+    o_ptrs = out + bat * sob + by_row(rm * som, SWAP) + by_col(rn * son, SWAP)
     if SPLIT:
         splits = tl.num_programs(1)
-        batch = tl.num_programs(2)
-        p_tile = part + (bat * M + rm[:, None]) * N + rn[None, :]
-        p_step = batch * M * N
+        p_tile = part + by_row((bat * M + rm) * N, SWAP) + by_col(rn, SWAP)
+        p_step = tl.num_programs(2) * M * N
         tl.store(p_tile + split * p_step, acc, mask=mask)
         tile = bat * tl.num_programs(0) + tl.program_id(0)
         if last_to_arrive(counters + tile, splits):
-            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in range(0, splits):  # fixed order: bitwise the same whoever arrives last
-                total += tl.load(p_tile + s * p_step, mask=mask, other=0.0, cache_modifier=".cg")
+            # fixed order: bitwise the same whichever program arrives last
+            if SWAP:
+                total = sum_partials(p_tile, p_step, splits, mask, BLOCK_N, BLOCK_M, SUM_UNROLL)
+            else:
+                total = sum_partials(p_tile, p_step, splits, mask, BLOCK_M, BLOCK_N, SUM_UNROLL)
             tl.store(o_ptrs, total.to(out.dtype.element_ty), mask=mask)
     else:
         tl.store(o_ptrs, acc.to(out.dtype.element_ty), mask=mask)
 
 
 class GemmConfig(NamedTuple):
-    """block_n: output columns per program; groups: 128-wide K groups per main-loop iteration;
-    splits: K splits (an upper bound: trimmed so that no split is empty); warps, stages."""
+    """block_n: output columns per program; groups: 128-wide K groups per main-loop iteration
+    (fp8_linear scales every group's product, so it takes one); splits: K splits (an upper
+    bound: trimmed so that no split is empty); warps; stages (Triton's pipelining of the weight
+    loads); swap: compute the tile transposed, weight rows on the MMA's M side."""
     block_n: int
     groups: int
     splits: int
     warps: int = 4
     stages: int = 3
+    swap: bool = False
 
 
 # Measured with bench/tune_gemm_moe.py (CUDA-graph replays, weights rotated through more than
-# the L2) on devices with 132 SMs. Key: (op, N, K, batch, BLOCK_M), op "fp8" (fp8_linear),
-# "bf16" (linear) or "bmm" (bmm_fp8); BLOCK_M 16 serves M <= 16, 64 serves 33..64.
+# the L2) on an H200 (132 SMs), GLM-5 tp=8 shapes. Key: (op, N, K, batch, BLOCK_M) with op "fp8"
+# (fp8_linear), "bf16" (linear) or "bmm" (bmm_fp8); BLOCK_M 16 serves M <= 16 (tuned at M=4),
+# 64 serves 33..64 (tuned at M=64, transposed tiles not tried there), 32 takes the 64 entry.
+# idx_wq_b takes its second best at M=4 (10.0 us against 9.8): the best, 16 splits of one
+# group each, ran 11.9 us at M=16.
 _TUNED_SMS = 132
-_TUNED: dict[tuple[str, int, int, int, int], GemmConfig] = {}
+_C = GemmConfig
+_TUNED: dict[tuple[str, int, int, int, int], GemmConfig] = {
+    ("fp8", 2688, 6144, 1, 16): _C(256, 1, 12, 8, 3, True),  # qkv_a_proj
+    ("fp8", 6144, 2048, 1, 16): _C(128, 1, 8, 8, 3, True),  # o_proj
+    ("fp8", 4096, 2048, 1, 16): _C(256, 1, 8, 8, 3, True),  # idx_wq_b
+    ("fp8", 2048, 2048, 1, 16): _C(64, 1, 16, 8, 3, True),  # q_b_proj
+    ("fp8", 128, 6144, 1, 16): _C(32, 1, 48, 8, 3),  # idx_wk
+    ("fp8", 512, 6144, 1, 16): _C(128, 1, 24, 8, 3, True),  # shared_gate_up (unfused shared)
+    ("fp8", 6144, 256, 1, 16): _C(128, 1, 2, 8, 3, True),  # shared_down
+    ("bf16", 256, 6144, 1, 16): _C(16, 2, 8, 4, 3),  # router_gate
+    ("bf16", 32, 6144, 1, 16): _C(16, 2, 24, 8, 3),  # idx_weights_proj
+    ("bmm", 512, 192, 8, 16): _C(32, 1, 1, 4, 3),  # bmm_w_kc
+    ("bmm", 256, 512, 8, 16): _C(16, 2, 1, 4, 3),  # bmm_w_vc
+    ("fp8", 2688, 6144, 1, 64): _C(256, 1, 12, 8, 3),
+    ("fp8", 6144, 2048, 1, 64): _C(256, 1, 6, 8, 3),
+    ("fp8", 4096, 2048, 1, 64): _C(128, 1, 4, 8, 3),
+    ("fp8", 2048, 2048, 1, 64): _C(64, 1, 4, 8, 3),
+    ("fp8", 128, 6144, 1, 64): _C(32, 1, 24, 8, 3),
+    ("fp8", 512, 6144, 1, 64): _C(64, 1, 16, 8, 2),
+    ("fp8", 6144, 256, 1, 64): _C(32, 1, 1, 8, 3),
+    ("bf16", 256, 6144, 1, 64): _C(16, 2, 8, 4, 3),
+    ("bf16", 32, 6144, 1, 64): _C(16, 2, 24, 8, 3),
+    ("bmm", 512, 192, 8, 64): _C(32, 2, 1, 4, 3),
+    ("bmm", 256, 512, 8, 64): _C(16, 4, 1, 8, 3),
+}
 
 
 @functools.cache
@@ -157,21 +208,32 @@ def _sm_count(device: torch.device) -> int:
     return 4  # the interpreter: a small pretend GPU, so that tests exercise split-K
 
 
-def _heuristic(m: int, n: int, k: int, batch: int, sms: int) -> GemmConfig:
-    """Weight bandwidth wants bytes in flight: 64-column tiles, 2-4 groups (256-512 bytes of K)
-    per iteration, and about 2 programs per SM, splitting K as far as the tiles leave SMs idle."""
-    block_n = min(64, _tile(n, 64))
-    groups = 4 if k % 512 == 0 else 2 if k % 256 == 0 else 1
-    tiles = batch * triton.cdiv(m, _tile(m, _MAX_BLOCK_M)) * triton.cdiv(n, block_n)
+def _heuristic(op: str, m: int, n: int, k: int, batch: int, sms: int) -> GemmConfig:
+    """What the table shows at decode: fp8 tiles of 128 columns with 8 warps (transposed up to
+    16 rows), narrow tiles of two 128-groups per iteration for the small unscaled ops, and K
+    split until there are about 2 programs per SM."""
+    block_m = _tile(m, _MAX_BLOCK_M)
+    if op == "fp8":
+        block_n, groups, warps, swap = _tile(n, 128), 1, 8, block_m <= 16
+    else:
+        block_n, groups, warps, swap = _tile(n, 32), 2, 4, False
+    tiles = batch * triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     iters = triton.cdiv(k, 128 * groups)
     splits = max(1, min(iters, triton.cdiv(2 * sms, tiles)))
-    return GemmConfig(block_n, groups, splits, 4, 3)
+    return GemmConfig(block_n, groups, splits, warps, 3, swap)
 
 
 def gemm_config(op: str, m: int, n: int, k: int, batch: int, device: torch.device) -> GemmConfig:
+    """The table's entry for the shape (the one for the nearest BLOCK_M above, else below) on a
+    device with the SM count it was tuned on, else the heuristic."""
     sms = _sm_count(device)
-    tuned = _TUNED.get((op, n, k, batch, _tile(m, _MAX_BLOCK_M))) if sms == _TUNED_SMS else None
-    return tuned or _heuristic(m, n, k, batch, sms)
+    if sms == _TUNED_SMS:
+        block_m = _tile(m, _MAX_BLOCK_M)
+        for bm in sorted((16, 32, 64), key=lambda b: (b < block_m, abs(b - block_m))):
+            cfg = _TUNED.get((op, n, k, batch, bm))
+            if cfg is not None:
+                return cfg
+    return _heuristic(op, m, n, k, batch, sms)
 
 
 def _gemm(x, w, out, w_scale=None, scale_strides=(0, 0, 0), quant_x=False, batch_scale=False,
@@ -181,42 +243,58 @@ def _gemm(x, w, out, w_scale=None, scale_strides=(0, 0, 0), quant_x=False, batch
     n = out.shape[-1]
     cfg = config or gemm_config(op, m, n, k, batch, x.device)
     block_m, block_n = _tile(m, _MAX_BLOCK_M), min(cfg.block_n, _tile(n, 256))
+    block_k = 128 * (1 if quant_x or (w_scale is not None and not batch_scale) else cfg.groups)
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
-    iters = triton.cdiv(k, 128 * cfg.groups)
+    iters = triton.cdiv(k, block_k)
     per_split = triton.cdiv(iters, max(1, min(cfg.splits, iters)))
     splits = triton.cdiv(iters, per_split)
     if splits > 1:
         key = ("gemm", out.data_ptr(), tuple(out.shape))
-        part = workspace(key, (splits, batch, m, n), torch.float32, x.device)
-        counters = workspace(key, (batch * tiles,), torch.int32, x.device, zeroed=True)
+        part = workspace(key + ("part",), (splits, batch, m, n), torch.float32, x.device)
+        counters = workspace(key + ("count",), (batch * tiles,), torch.int32, x.device,
+                             zeroed=True)
     else:
         part = counters = out
     mode = _NO_SCALE if w_scale is None else _BATCH_SCALE if batch_scale else _BLOCK_SCALE
     _gemm_kernel[(tiles, splits, batch)](
         x, w, w if w_scale is None else w_scale, out, part, counters, m, n, k, per_split,
         *x.stride(), *w.stride(), *scale_strides, *out.stride(),
-        QUANT_X=quant_x, W_SCALE=mode, SPLIT=splits > 1, EVEN_K=k % (128 * cfg.groups) == 0,
-        BLOCK_M=block_m, BLOCK_N=block_n, GROUPS=cfg.groups, num_warps=cfg.warps,
+        QUANT_X=quant_x, W_SCALE=mode, SPLIT=splits > 1, EVEN_K=k % block_k == 0,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWAP=cfg.swap,
+        SUM_UNROLL=sum_unroll(splits, block_m * block_n, cfg.warps), num_warps=cfg.warps,
         num_stages=cfg.stages)
+
+
+def run_gemm(op: str, x, weight, out, weight_scale=None, config: GemmConfig | None = None):
+    """The op ("fp8": fp8_linear, "bf16": linear, "bmm": bmm_fp8), with `config` in place of the
+    table's (bench/tune_gemm_moe.py sweeps them through this)."""
+    if op == "fp8":
+        if x.shape[-1] % GROUP:
+            raise ValueError(f"fp8_linear: K={x.shape[-1]} is not a multiple of the group {GROUP}")
+        _gemm(x.unsqueeze(0), weight.unsqueeze(0), out.unsqueeze(0), weight_scale,
+              (0, *weight_scale.stride()), quant_x=True, op=op, config=config)
+    elif op == "bf16":
+        _gemm(x.unsqueeze(0), weight.unsqueeze(0), out.unsqueeze(0), op=op, config=config)
+    elif op == "bmm":
+        _gemm(x.transpose(0, 1), weight, out.transpose(0, 1), weight_scale,
+              (weight_scale.stride(0), 0, 0), batch_scale=True, op=op, config=config)
+    else:
+        raise ValueError(f"unknown GEMM op {op!r}")
 
 
 def fp8_linear(*, x, weight, weight_scale, out):
     """x bf16 [M,K] quantised per 1x128 group; weight fp8 [N,K] with 128x128 block scales; out
     [M, <=N] gets the first out.shape[-1] columns."""
-    if x.shape[-1] % GROUP:
-        raise ValueError(f"fp8_linear: K={x.shape[-1]} is not a multiple of the group {GROUP}")
-    _gemm(x.unsqueeze(0), weight.unsqueeze(0), out.unsqueeze(0), weight_scale,
-          (0, *weight_scale.stride()), quant_x=True, op="fp8")
+    run_gemm("fp8", x, weight, out, weight_scale)
 
 
 def linear(*, x, weight, out):
-    _gemm(x.unsqueeze(0), weight.unsqueeze(0), out.unsqueeze(0), op="bf16")
+    run_gemm("bf16", x, weight, out)
 
 
 def bmm_fp8(*, x, weight, weight_scale, out):
     """x bf16 [T, h, K] times fp8 weight [h, N, K] (one scale per head) -> out [T, h, N]."""
-    _gemm(x.transpose(0, 1), weight, out.transpose(0, 1), weight_scale,
-          (weight_scale.stride(0), 0, 0), batch_scale=True, op="bmm")
+    run_gemm("bmm", x, weight, out, weight_scale)
 
 
 # -- standalone activation quantisation ------------------------------------------------------
