@@ -144,7 +144,6 @@ def isolated(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams:
         out[node.name] = NodeIsolated([e.identity for e in events[:per]],
                                       [sum(e.end - e.start for e in events[i * per:(i + 1) * per])
                                        for i in range(replays)])
-        del graph
     return out
 
 
@@ -173,7 +172,6 @@ def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: 
     timeline = Timeline(intervals, Source("measured", torch.cuda.get_device_name(device), {
         "backend": ",".join(sorted({b.backend for b in bound.values()})),
         "torch": torch.__version__, "scenario": scen.name}), chained_bounds(intervals, layers))
-    del graph
     return timing, timeline, summarize(timeline), alone, ceil
 
 
