@@ -80,3 +80,23 @@ def test_check_judges_result_files(tmp_path):
     r = CliRunner().invoke(app, ["check", "--baseline", str(tmp_path / "a.json"), "--candidate",
                                  str(tmp_path / "c.json")])
     assert r.exit_code == 2 and "cannot read a result" in r.output
+
+
+def test_compare_tables_show_the_runs_numbers():
+    from rich.console import Console
+
+    from streamlab.report.compare import Run, layer_table, markdown
+    from streamlab.scenario import load
+    base = load(SCENARIOS / "serial.yaml")
+    cand = load(SCENARIOS / "a_v4.yaml")
+    r0, r1 = result(300.0, spread=0.004, stall=0.0), result(320.0, spread=0.002, bubble=30.0, stall=18.2, ar=18.2)
+    for r in (r0, r1):
+        r["equal_to_serial"] = True
+        r["measured"]["per_layer_us"] = {"median": r["measured"]["per_layer_us"]["median"], "p20": 1.0, "p80": 2.0}
+    runs = [Run(base, 4, r0), Run(cand, 4, r1)]
+    console = Console(width=200, record=True)
+    console.print(layer_table(runs, 4))
+    text = console.export_text()
+    assert "+20.0" in text and "0.40%" in text and "18.2" in text and "serial" in text and "a_v4" in text
+    md = markdown(runs)
+    assert "| a_v4 | 320.0 | 1.0-2.0 | +20.0 | 0.20% | 11.8/0.0/18.2 | 18.2 | 1.00 | 1 |" in md
