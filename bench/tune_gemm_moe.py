@@ -18,8 +18,8 @@ worker processes (Triton's disk cache hands them to the timing process), prints 
 per shape, and writes the best to best.json and as table entries (gemm._TUNED, moe._TUNED).
 --space swap: only the transposed tiles and the table's own configuration. report: times the
 configurations the kernels pick by themselves (or those of --tuned) as "new" against the
-implementation before this tuning ("old", when .gemm_baseline/old_{gemm,moe}.py exist: the
-committed gemm.py and moe.py before it), at every M; --kernels adds per-kernel MoE times
+implementation before this tuning ("old", when bench/baseline.py finds the earlier gemm.py and
+moe.py), at every M; --kernels adds per-kernel MoE times
 from the profiler. Both write JSON lines to --out ($OUT on the device).
 
 On a machine without a GPU (TRITON_INTERPRET=1) `--smoke` runs the same code at tiny shapes
@@ -29,7 +29,6 @@ with wall-clock timing, to check the script itself.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import math
@@ -43,6 +42,7 @@ from pathlib import Path
 import torch
 import triton
 
+import baseline
 from streamlab.kernels import reference as ref
 from streamlab.kernels.quant import FP8
 from streamlab.kernels.triton import common, gemm, moe
@@ -81,16 +81,6 @@ def dev() -> torch.device:
 
 def sms() -> int:
     return gemm._sm_count(dev())
-
-
-def load_old(name: str):
-    path = ROOT / ".gemm_baseline" / f"old_{name}.py"
-    if not path.exists():
-        return None
-    spec = importlib.util.spec_from_file_location(f"old_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def rel(got, want) -> float:
@@ -546,7 +536,7 @@ def sweep(args, bw, log):
         print(f"waited {time.time() - t_wait:.0f} s for {args.wait_file}", flush=True)
     best_out = {"dense": {}, "moe": {}}
 
-    old_gemm, old_moe = load_old("gemm"), load_old("moe")
+    old_gemm, old_moe = baseline.load("gemm"), baseline.load("moe")
     print(f"\n{'shape':<14}{'M':>4}{'floor':>8}{'old':>9}{'heur':>9}{'best':>9}  best config"
           f"  (2nd, 3rd)", flush=True)
 
@@ -654,7 +644,7 @@ def report(args, bw, log):
     specs = SMOKE_DENSE if SMOKE else DENSE
     if args.only:
         specs = [s for s in specs if s[0] in args.only.split(",")]
-    old_gemm, old_moe = load_old("gemm"), load_old("moe")
+    old_gemm, old_moe = baseline.load("gemm"), baseline.load("moe")
     tuned = load_tuned(args.tuned)
     ms = [int(m) for m in args.m.split(",") if m]
     print(f"\n{'shape':<14}{'M':>4}{'floor':>8}{'old':>9}{'new':>9}{'x':>6}  new config "

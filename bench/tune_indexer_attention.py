@@ -9,7 +9,7 @@ launch gaps inside a graph are included, as in the layer), divided by REPS. Inpu
 (normal, log-normal, relu-like and tied logits, full and ragged rows, 128k rows; fp8 KV codes
 never zero); every configuration is checked against `streamlab.kernels.reference` on the same
 device, and its graph replay against its eager run bit for bit. "before" is the implementation
-of the parent commit (its source is embedded below and imported from a temporary file). The
+before the tuning round, read by bench/baseline.py from git history (skipped when absent). The
 sweep also times the top-k kernel stopped after each phase (diagnostic) and `--only probe` the
 cost of single block-wide primitives (a sum, a histogram, a prefix sum, ...) at 8192 keys.
 The compact table is printed last. Without a GPU it is a smoke run in the interpreter.
@@ -18,12 +18,10 @@ The compact table is printed last. Without a GPU it is a smoke run in the interp
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import os
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 
@@ -35,6 +33,7 @@ if not torch.cuda.is_available():  # a CPU smoke run: kernels in the Triton inte
 import triton  # noqa: E402 - after TRITON_INTERPRET
 import triton.language as tl  # noqa: E402
 
+import baseline  # noqa: E402
 from streamlab.kernels import reference as ref  # noqa: E402
 from streamlab.kernels.quant import FP8  # noqa: E402
 from streamlab.kernels.triton import attention, indexer  # noqa: E402
@@ -50,268 +49,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run in t
 
 def log(*a):
     print(f"[{time.perf_counter() - T0:6.1f}s]", *a, flush=True)
-
-
-# -- the parent commit's kernels ---------------------------------------------------------------
-
-OLD_TOPK = r'''import torch
-import triton
-import triton.language as tl
-
-
-# -- top-k slots --------------------------------------------------------------------------------
-
-@triton.jit
-def _keys(row, offs, n, row_len):
-    """Order-preserving uint32 keys of fp32 logits at offs; 0, below every real key, past n.
-    The load is masked by the row's padded length (a multiple of the page, so loads vectorise);
-    positions past the context are zeroed afterwards."""
-    bits = tl.load(row + offs, mask=offs < row_len, other=0.0).to(tl.uint32, bitcast=True)
-    key = bits ^ tl.where((bits >> 31) != 0, 0xFFFFFFFF, 0x80000000)
-    return tl.where(offs < n, key, tl.zeros_like(key))
-
-
-@triton.jit
-def _count_at_least(row, n, row_len, cand, BLOCK: tl.constexpr):
-    cnt = tl.zeros((), tl.int32)
-    for start in range(0, n, BLOCK):
-        keys = _keys(row, start + tl.arange(0, BLOCK), n, row_len)
-        cnt += tl.sum((keys >= cand).to(tl.int32))
-    return cnt
-
-
-@triton.jit
-def _topk_slots_kernel(logits, block_table, seq_lens, out, k, row_len, s_l, s_bt, s_o,
-                       PAGE: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(0)
-    row = logits + b * s_l
-    n = tl.load(seq_lens + b)
-    # threshold = the k-th largest key, built bit by bit (0 when fewer than k are valid)
-    thr = tl.zeros((), tl.uint32)
-    for i in range(32):
-        cand = thr | (tl.full((), 1, tl.uint32) << (31 - i))
-        thr = tl.where(_count_at_least(row, n, row_len, cand, BLOCK) >= k, cand, thr)
-    n_above = _count_at_least(row, n, row_len, thr + 1, BLOCK)
-    # keys above the threshold fill [0, n_above); ties fill the rest in position order
-    seen_above = tl.zeros((), tl.int32)
-    seen_tied = tl.zeros((), tl.int32)
-    for start in range(0, n, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        key = _keys(row, offs, n, row_len)
-        above = key > thr
-        tied = (key == thr) & (offs < n)
-        dst_above = seen_above + tl.cumsum(above.to(tl.int32), 0) - 1
-        dst_tied = n_above + seen_tied + tl.cumsum(tied.to(tl.int32), 0) - 1
-        dst = tl.where(above, dst_above, dst_tied)
-        keep = above | (tied & (dst_tied < k))
-        page = tl.load(block_table + b * s_bt + offs // PAGE, mask=keep, other=0)
-        tl.store(out + b * s_o + dst, page * PAGE + offs % PAGE, mask=keep)
-        seen_above += tl.sum(above.to(tl.int32))
-        seen_tied += tl.sum(tied.to(tl.int32))
-    for start in range(0, k, BLOCK):
-        j = start + tl.arange(0, BLOCK)
-        tl.store(out + b * s_o + j, tl.full((BLOCK,), -1, tl.int32),
-                 mask=(j >= tl.minimum(n, k)) & (j < k))
-
-
-def topk_slots(*, logits, block_table, seq_lens, out):
-    """Top-k positions of each row mapped to KV slots, -1 past the row's length (any order).
-
-    One program per row: a 32-step bitwise search over order-preserving keys finds the k-th
-    largest logit (each step counts keys over the row, which stays in L1/L2), then one pass
-    compacts the positions above it, and ties at it, with prefix sums. Only rows' valid
-    prefixes are read.
-    """
-    page = logits.shape[1] // block_table.shape[1]
-    if logits.stride(-1) != 1 or out.stride(-1) != 1 or out.dtype != torch.int32:
-        raise ValueError("topk_slots needs unit-stride rows and int32 slots")
-    block = min(4096, triton.next_power_of_2(logits.shape[1]))
-    _topk_slots_kernel[(logits.shape[0],)](
-        logits, block_table, seq_lens, out, out.shape[1], logits.shape[1], logits.stride(0),
-        block_table.stride(0), out.stride(0), PAGE=page, BLOCK=block,
-        num_warps=8 if block >= 2048 else 4)
-
-
-'''
-
-OLD_ATTENTION = r'''"""Sparse MLA decode in Triton: flash-decoding over the indexer's top-k cache slots.
-
-A decode step has few tokens but thousands of selected slots each, so one program per token
-would leave most of the GPU idle. The slots of a token are split across programs; each program
-attends all heads of its token over its share of slots (every gathered KV row is read once and
-used by all heads), leaving a partial (max, sum, unnormalised output) in an fp32 workspace, and a
-second kernel merges the partials. The number of splits depends only on the shapes and the
-device, so the workspace is fixed and the pair of launches captures into a graph.
-"""
-
-from __future__ import annotations
-
-import torch
-import triton
-import triton.language as tl
-
-from streamlab.kernels.triton.common import INTERPRET, dot_operand
-
-LOG2E = 1.4426950408889634
-# Slots per inner step. Small in the interpreter so CPU tests at topk 64 cover several splits
-# and several steps per split.
-BLOCK_N = 16 if INTERPRET else 64
-NUM_WARPS = 8
-NUM_STAGES = 2  # a stage holds BLOCK_N gathered rows: keeps shared memory within MI355X's LDS
-INTERPRETER_PROGRAMS = 8  # stands in for the SM count when running on the CPU
-
-
-@triton.jit
-def _mla_split_kernel(q_ptr, kv_ptr, slots_ptr, kv_scale_ptr, m_ptr, l_ptr, acc_ptr,
-                      stride_qt, stride_qh, stride_qd, stride_kvn, stride_kvd, stride_st,
-                      stride_sk, heads, topk, d_v, d_qk, chunk, num_splits, qk_scale,
-                      BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_V: tl.constexpr, BLOCK_R: tl.constexpr, INTERPRET: tl.constexpr):
-    """One (token, split): online softmax of all heads over slots [split*chunk, +chunk).
-
-    Scores are kept in log2 units (qk_scale folds softmax_scale * log2(e)); kv_scale is a single
-    factor, so it is applied to the scores and to the partial output rather than to each row.
-    """
-    t = tl.program_id(0)
-    split = tl.program_id(1)
-    h = tl.arange(0, BLOCK_H)
-    dv = tl.arange(0, BLOCK_V)
-    dr = d_v + tl.arange(0, BLOCK_R)  # the rope dims after the value dims
-    h_ok = h < heads
-    v_ok = dv < d_v
-    r_ok = dr < d_qk
-    q_rows = q_ptr + t * stride_qt + h[:, None] * stride_qh
-    q_v = tl.load(q_rows + dv[None, :] * stride_qd, mask=h_ok[:, None] & v_ok[None, :], other=0.0)
-    q_r = tl.load(q_rows + dr[None, :] * stride_qd, mask=h_ok[:, None] & r_ok[None, :], other=0.0)
-    q_v = dot_operand(q_v, tl.bfloat16, INTERPRET)
-    q_r = dot_operand(q_r, tl.bfloat16, INTERPRET)
-    kv_scale = tl.load(kv_scale_ptr)
-    scale = qk_scale * kv_scale
-
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_V], tl.float32)
-    start = split * chunk
-    end = tl.minimum(start + chunk, topk)
-    for n0 in range(start, end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        slot = tl.load(slots_ptr + t * stride_st + n * stride_sk, mask=n < end, other=-1)
-        valid = slot >= 0
-        rows = kv_ptr + slot.to(tl.int64)[:, None] * stride_kvn
-        kv_v = tl.load(rows + dv[None, :] * stride_kvd, mask=valid[:, None] & v_ok[None, :],
-                       other=0.0)
-        kv_r = tl.load(rows + dr[None, :] * stride_kvd, mask=valid[:, None] & r_ok[None, :],
-                       other=0.0)
-        kv_v = dot_operand(kv_v, tl.bfloat16, INTERPRET)  # fp8 e4m3 -> bf16 is exact
-        kv_r = dot_operand(kv_r, tl.bfloat16, INTERPRET)
-        s = tl.dot(q_v, tl.trans(kv_v)) + tl.dot(q_r, tl.trans(kv_r))
-        s = tl.where(valid[None, :], s * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no valid slot yet: no NaN
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(dot_operand(p, tl.bfloat16, INTERPRET), kv_v)
-        m_i = m_new
-
-    part = (t * num_splits + split) * heads + h
-    tl.store(m_ptr + part, m_i, mask=h_ok)
-    tl.store(l_ptr + part, l_i, mask=h_ok)
-    tl.store(acc_ptr + part[:, None] * d_v + dv[None, :], acc * kv_scale,
-             mask=h_ok[:, None] & v_ok[None, :])
-
-
-@triton.jit
-def _mla_combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, stride_ot, stride_oh, stride_od, heads,
-                        d_v, num_splits, BLOCK_S: tl.constexpr,
-                        BLOCK_V: tl.constexpr):
-    """One (token, head): rescale the split partials to their common max and normalise."""
-    t = tl.program_id(0)
-    h = tl.program_id(1)
-    sp = tl.arange(0, BLOCK_S)
-    dv = tl.arange(0, BLOCK_V)
-    v_ok = dv < d_v
-    parts = (t * num_splits + sp) * heads + h
-    m = tl.load(m_ptr + parts, mask=sp < num_splits, other=float("-inf"))
-    m_max = tl.max(m, 0)
-    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_max)
-    total = tl.sum(w * tl.load(l_ptr + parts, mask=sp < num_splits, other=0.0), 0)
-    acc = tl.zeros([BLOCK_V], tl.float32)
-    for s in range(num_splits):
-        part = (t * num_splits + s) * heads + h
-        w_s = tl.exp2(tl.load(m_ptr + part) - m_max)
-        acc += w_s * tl.load(acc_ptr + part * d_v + dv, mask=v_ok, other=0.0)
-    # total >= 1 if any slot is valid (the largest score contributes exp2(0)); with none,
-    # acc is 0 and so is the output
-    out = acc / tl.maximum(total, 1.0)
-    tl.store(out_ptr + t * stride_ot + h * stride_oh + dv * stride_od,
-             out.to(out_ptr.dtype.element_ty), mask=v_ok)
-
-
-def _programs(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return INTERPRETER_PROGRAMS
-
-
-_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-
-def _workspace(device: torch.device, tokens: int, splits: int, heads: int, d_v: int):
-    """(max, sum, output) partials; allocated on the eager warm-up call, reused when captured."""
-    key = (device, tokens, splits, heads, d_v)
-    if key not in _WORKSPACES:
-        n = tokens * splits * heads
-        _WORKSPACES[key] = (torch.empty(n, device=device), torch.empty(n, device=device),
-                            torch.empty(n * d_v, device=device))
-    return _WORKSPACES[key]
-
-
-def sparse_mla_decode(*, q, kv_cache, topk_slots, kv_scale, out, softmax_scale):
-    """q [T, h, 576] over kv_cache rows topk_slots [T, K] (-1 = none) -> out [T, h, 512]."""
-    tokens, heads, d_qk = q.shape
-    d_v = out.shape[-1]
-    topk = topk_slots.shape[1]
-    if kv_cache.shape[-1] != d_qk or d_v > d_qk:
-        raise ValueError(f"q dim {d_qk}, cache dim {kv_cache.shape[-1]}, value dim {d_v}")
-    # Enough splits for about two programs per SM, never a split with less than one step.
-    steps = triton.cdiv(topk, BLOCK_N)
-    wanted = max(1, min(steps, triton.cdiv(2 * _programs(q.device), tokens)))
-    chunk = triton.cdiv(steps, wanted) * BLOCK_N
-    splits = triton.cdiv(topk, chunk)
-    m_ws, l_ws, acc_ws = _workspace(q.device, tokens, splits, heads, d_v)
-    block_v = triton.next_power_of_2(d_v)
-    # tl.dot needs every tile dim >= 16: heads and rope dims are padded up with masks
-    block_h = max(16, triton.next_power_of_2(heads))
-    block_r = max(16, triton.next_power_of_2(d_qk - d_v))
-    _mla_split_kernel[(tokens, splits)](
-        q, kv_cache, topk_slots, kv_scale, m_ws, l_ws, acc_ws,
-        *q.stride(), *kv_cache.stride(), *topk_slots.stride(), heads, topk, d_v, d_qk, chunk,
-        splits, softmax_scale * LOG2E, BLOCK_H=block_h, BLOCK_N=BLOCK_N, BLOCK_V=block_v,
-        BLOCK_R=block_r, INTERPRET=INTERPRET, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    _mla_combine_kernel[(tokens, heads)](
-        m_ws, l_ws, acc_ws, out, *out.stride(), heads, d_v, splits,
-        BLOCK_S=triton.next_power_of_2(splits), BLOCK_V=block_v, num_warps=4)
-
-
-OPS = {"sparse_mla_decode": sparse_mla_decode}
-'''
-
-
-def load_old():
-    """The parent commit's modules (Triton needs their source in a file)."""
-    d = tempfile.mkdtemp(prefix="streamlab_before_")
-    mods = []
-    for name, src in (("before_topk", OLD_TOPK), ("before_attention", OLD_ATTENTION)):
-        path = os.path.join(d, name + ".py")
-        with open(path, "w") as f:
-            f.write(src)
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        mods.append(mod)
-    return mods
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -423,7 +160,8 @@ def cfg_name(c):
 
 def run_topk(batches, old_topk, sweep, budget, results):
     impls = [("before", lambda lg, tb, sq, o: old_topk.topk_slots(
-        logits=lg, block_table=tb, seq_lens=sq, out=o), False), ("after", new_topk({}), False)]
+        logits=lg, block_table=tb, seq_lens=sq, out=o), False)] if old_topk else []
+    impls.append(("after", new_topk({}), False))
     if sweep:
         impls += [(cfg_name(c), new_topk(c), False) for c in TOPK_SWEEP]
         impls += [(f"PHASES {p}: {what}", new_topk(dict(phases=p)), True)
@@ -529,7 +267,8 @@ def run_mla(batches, old_attn, sweep, budget, results):
 
         args = dict(q=q, kv_cache=kv, topk_slots=slots, kv_scale=kv_scale, out=out,
                     softmax_scale=SOFTMAX_SCALE)
-        case("before", lambda: old_attn.sparse_mla_decode(**args))
+        if old_attn:
+            case("before", lambda: old_attn.sparse_mla_decode(**args))
         case("after", lambda: attention.sparse_mla_decode(**args))
         if not sweep:
             continue
@@ -631,7 +370,7 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     print(torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch",
           torch.__version__, "triton", __import__("triton").__version__, flush=True)
-    old_topk, old_attn = load_old()
+    old_topk, old_attn = baseline.load("indexer"), baseline.load("attention")
     results = []
     if args.only in (None, "topk"):
         run_topk(batches, old_topk, not args.no_sweep, args.budget * 0.3, results)
