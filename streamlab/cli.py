@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from streamlab.errors import EXIT_BAD_INPUT, Failure
+from streamlab.errors import EXIT_BAD_INPUT, Failure, guard
 from streamlab.models.hardware import HARDWARE
-from streamlab.scenario import Scenario, ScenarioError, load
+from streamlab.scenario import Scenario, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure, simulate and explain multi-stream graph schedules of a decode layer.")
@@ -20,11 +20,6 @@ from streamlab.trace.cli import app as trace_app  # noqa: E402  (sub-app: `strea
 
 app.add_typer(trace_app, name="trace", help="Summaries and diffs of profiler traces (Kineto, ours).")
 err = Console(stderr=True, highlight=False)
-
-def fail(message: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
-    raise typer.Exit(code)
-
 
 def _scenario(path: Path, model: Optional[str], batch: Optional[int], context: Optional[int],
               tp: Optional[int], page_size: Optional[int], kv_cache: Optional[str]) -> Scenario:
@@ -44,23 +39,8 @@ PAGE = typer.Option(None, "--page-size", help="KV cache page size")
 KV = typer.Option(None, "--kv-cache", help="KV cache dtype: fp8 or bf16")
 
 
-def _guard(fn):
-    """Turn expected failures into one clear line and an exit code, never a traceback."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ScenarioError as e:
-            fail(str(e), EXIT_BAD_INPUT)
-        except Failure as e:
-            fail(str(e), e.code)
-    return wrapper
-
-
 @app.command()
-@_guard
+@guard
 def graph(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional[int] = BATCH,
           context: Optional[int] = CONTEXT, tp: Optional[int] = TP, page_size: Optional[int] = PAGE,
           kv_cache: Optional[str] = KV,
@@ -88,7 +68,7 @@ def _title(scen: Scenario) -> str:
 
 
 @app.command()
-@_guard
+@guard
 def run(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional[int] = BATCH,
         context: Optional[int] = CONTEXT, tp: Optional[int] = TP, page_size: Optional[int] = PAGE,
         kv_cache: Optional[str] = KV,
@@ -129,7 +109,7 @@ def run(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
 
 
 @app.command()
-@_guard
+@guard
 def sim(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional[int] = BATCH,
         context: Optional[int] = CONTEXT, tp: Optional[int] = TP, page_size: Optional[int] = PAGE,
         kv_cache: Optional[str] = KV,
@@ -159,7 +139,7 @@ def sim(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
 
 
 @app.command()
-@_guard
+@guard
 def allreduce(world: int = typer.Option(..., help="ranks per node, one GPU each"),
               impl: str = typer.Option("nccl,symm_mem", help="all-reduces to measure: nccl, symm_mem, "
                                                              "aiter, emulated, auto (comma list)"),
@@ -195,7 +175,7 @@ def _batches(text: Optional[str]) -> list[int] | None:
 
 
 @app.command()
-@_guard
+@guard
 def compare(scenarios: list[Path] = typer.Argument(..., help="scenario YAML files", show_default=False),
             batch: Optional[str] = typer.Option(None, help="batch sizes, e.g. 1,4,16,64 (default: each scenario's)"),
             device: str = typer.Option("auto", help="auto, cpu or cuda"),
@@ -219,7 +199,7 @@ def compare(scenarios: list[Path] = typer.Argument(..., help="scenario YAML file
 
 
 @app.command()
-@_guard
+@guard
 def check(baseline: Path = typer.Option(..., help="baseline: a scenario YAML or a result JSON from `run`"),
           candidate: Path = typer.Option(..., help="candidate: a scenario YAML or a result JSON from `run`"),
           batch: Optional[str] = typer.Option(None, help="batch sizes to judge, e.g. 4,64"),
@@ -249,7 +229,7 @@ def check(baseline: Path = typer.Option(..., help="baseline: a scenario YAML or 
 
 
 @app.command()
-@_guard
+@guard
 def calibrate(results: list[Path] = typer.Argument(..., help="result JSONs of measured runs (or a bench matrix.json)",
                                                    show_default=False),
               name: str = typer.Option(..., help="profile name, e.g. h200"),

@@ -1,5 +1,9 @@
 """Expected failures: each carries one clear message and the exit code the CLI returns."""
 
+from __future__ import annotations
+
+import functools
+
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_ENVIRONMENT = 3
@@ -9,3 +13,20 @@ class Failure(Exception):
     def __init__(self, message: str, code: int = EXIT_ENVIRONMENT) -> None:
         super().__init__(message)
         self.code = code
+
+
+def guard(fn):
+    """A CLI command whose expected failures end in one line on stderr and their exit code,
+    never a traceback."""
+    import typer
+    from rich.console import Console
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Failure as e:
+            Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {e}", markup=True,
+                                                        soft_wrap=True)
+            raise typer.Exit(e.code) from None
+    return wrapper

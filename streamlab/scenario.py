@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Layer, Variant, build_layer
 from streamlab.models import MODELS, ModelConfig, RankDims, Shape
 from streamlab.schedule.program import MAIN, Launch, Op, Program, Record, WaitEvent, WaitStream
@@ -24,14 +25,14 @@ COLLECTIVES = ("auto", "emulated", "nccl", "symm_mem", "aiter")
 BACKENDS = ("auto", "reference", "triton", "aiter")
 
 
-class ScenarioError(Exception):
+class ScenarioError(Failure):
     """Bad scenario input; str() is one `file:line: message` line per problem."""
 
     def __init__(self, path: str, problems: list[tuple[int, str]]) -> None:
         self.path = path
         self.problems = problems
         super().__init__("\n".join(f"{path}:{line}: {msg}" if line else f"{path}: {msg}"
-                                   for line, msg in problems))
+                                   for line, msg in problems), EXIT_BAD_INPUT)
 
 
 class _Map(dict):

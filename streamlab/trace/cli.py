@@ -3,7 +3,6 @@ trace, and two traces side by side. Mounted by streamlab.cli as the `trace` sub-
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Optional
@@ -11,12 +10,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from streamlab.errors import Failure
+from streamlab.errors import guard
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Per-layer latency, stalls, all-reduce and stream use from profiler traces.")
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 FILE = typer.Argument(..., help="trace: Kineto / Chrome JSON, plain or .gz", show_default=False)
 REGEX = typer.Option(None, "--layer-regex",
@@ -31,19 +29,6 @@ OFFSET = typer.Option(None, "--ar-offset",
                            "(default: all-reduces per graph replay modulo --ars-per-layer)")
 
 
-def _guard(fn):
-    """Expected failures: one line on stderr and the failure's exit code, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Failure as e:
-            err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
-            raise typer.Exit(e.code) from None
-    return wrapper
-
-
 def _report(path: Path, layer_regex, ars_per_layer, nodes, ar_offset):
     from streamlab.trace.summary import summarize_trace
 
@@ -52,7 +37,7 @@ def _report(path: Path, layer_regex, ars_per_layer, nodes, ar_offset):
 
 
 @app.command()
-@_guard
+@guard
 def summary(file: Path = FILE, layer_regex: Optional[str] = REGEX,
             ars_per_layer: Optional[int] = ARS, nodes: Optional[Path] = NODES,
             ar_offset: Optional[int] = OFFSET, as_json: bool = JSON, top: int = TOP):
@@ -68,7 +53,7 @@ def summary(file: Path = FILE, layer_regex: Optional[str] = REGEX,
 
 
 @app.command()
-@_guard
+@guard
 def diff(a: Path = typer.Argument(..., help="baseline trace", show_default=False),
          b: Path = typer.Argument(..., help="candidate trace", show_default=False),
          layer_regex: Optional[str] = REGEX, ars_per_layer: Optional[int] = ARS,
