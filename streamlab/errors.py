@@ -14,6 +14,9 @@ class Failure(Exception):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self):  # keeps the exit code across processes (fresh-process runs)
+        return type(self), (str(self), self.code)
+
 
 def guard(fn):
     """A CLI command whose expected failures end in one line on stderr and their exit code,

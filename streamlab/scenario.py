@@ -138,7 +138,7 @@ class Collective:
 class Measure:
     layers: int = 4
     warmup: int = 20
-    iters: int = 200
+    iters: int = 50  # per repeat: short repeats, so clock drift between them stays small
     repeats: int = 5
     profile_replays: int = 5
 

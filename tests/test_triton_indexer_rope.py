@@ -21,6 +21,7 @@ from streamlab.kernels.quant import FP8, index_cache_read, index_cache_write, qu
 from streamlab.kernels.triton import indexer, rope
 from streamlab.layer import Variant, build_layer
 from streamlab.models import GLM5, TINY, RankDims, Shape
+from tests.tolerance import close_bf16, close_cache, close_fp8, close_index_cache, equal, same_sets
 
 TRITON = {**indexer.OPS, **rope.OPS}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -38,17 +39,6 @@ def _randn(shape, g, dtype=torch.bfloat16, std=1.0):
 
 # -- comparisons ------------------------------------------------------------------------------
 
-def _close_bf16(got, want):
-    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
-
-
-def _close_fp8(got, want):
-    """>= 99.9% identical bytes; every value within one e4m3 step (2^-3 relative) of the other."""
-    g8, w8 = got.contiguous().view(torch.uint8), want.contiguous().view(torch.uint8)
-    assert (g8 == w8).float().mean() >= 0.999
-    torch.testing.assert_close(got.float(), want.float(), rtol=0.125, atol=2.0 ** -9)
-
-
 def _close_logits(got, want):
     """Relative to each row's largest |logit|: heads' terms of both signs cancel, so an error
     relative to each element means nothing near zero. Hopper's fp8 MMA aligns its fp32
@@ -62,38 +52,16 @@ def _close_logits(got, want):
     assert torch.all(err <= tol), f"max error {err.max()} vs row scale {tol.max()}"
 
 
-def _same_sets(got, want):
-    for g_row, w_row in zip(got.tolist(), want.tolist()):
-        assert sorted(g_row) == sorted(w_row)
-
-
-def _close_cache(got, want):
-    (_close_fp8 if got.dtype == FP8 else _close_bf16)(got, want)
-
-
-def _equal(got, want):
-    assert torch.equal(got, want)
-
-
-def _close_index_cache(got, want):
-    """Whole caches, whatever the layout: scale bytes exact, K bytes by the fp8 rule."""
-    pages, page, row = got.shape
-    split = page * (row - 4)
-    g, w = got.view(pages, -1), want.view(pages, -1)
-    assert torch.equal(g[:, split:], w[:, split:])
-    _close_fp8(g[:, :split].contiguous().view(FP8), w[:, :split].contiguous().view(FP8))
-
-
 COMPARE = {
-    "rope": {"q_out": _close_bf16, "k_out": _close_bf16},
-    "hadamard": {"out": _close_bf16},
-    "act_quant": {"out": _close_fp8, "scale": _equal},
-    "index_k_cache_store": {"cache": _close_index_cache},
-    "index_weights_scale": {"out": _equal},
+    "rope": {"q_out": close_bf16, "k_out": close_bf16},
+    "hadamard": {"out": close_bf16},
+    "act_quant": {"out": close_fp8, "scale": equal},
+    "index_k_cache_store": {"cache": close_index_cache},
+    "index_weights_scale": {"out": equal},
     "paged_mqa_logits": {"out": _close_logits},
-    "topk_slots": {"out": _same_sets},
-    "rope_cat_cache": {"q_out": _close_bf16, "kv_cache": _close_cache},
-    "kv_cache_store": {"kv_cache": _close_cache},
+    "topk_slots": {"out": same_sets},
+    "rope_cat_cache": {"q_out": close_bf16, "kv_cache": close_cache},
+    "kv_cache_store": {"kv_cache": close_cache},
 }
 
 
@@ -161,8 +129,8 @@ def test_rope_strided_views(interleaved):
         for fn, (qo, ko) in zip((ref.rope, rope.rope), outs):
             fn(q=q, k=k, positions=pos, cos_sin=cs, q_out=qo, k_out=ko, rope_dim=rope_dim,
                interleaved=interleaved)
-        _close_bf16(outs[1][0], outs[0][0])
-        _close_bf16(outs[1][1], outs[0][1])
+        close_bf16(outs[1][0], outs[0][0])
+        close_bf16(outs[1][1], outs[0][1])
 
 
 def _mla_inputs(g, T=5, h=4, nope=128, rot=32, slots=40):
@@ -190,7 +158,7 @@ def test_rope_cat_cache_and_kv_cache_store(dtype):
         cache = cache0.clone()
         fn(**args, positions=pos, cos_sin=cs, q_out=q_out, kv_cache=cache)
         results.append((q_out, cache))
-    _close_bf16(results[1][0], results[0][0])
+    close_bf16(results[1][0], results[0][0])
     _check_cache_rows(results[1][1], results[0][1], cache0, args["slot_mapping"])
     store = {k: v for k, v in args.items() if not k.startswith("q_")}
     caches = [cache0.clone(), cache0.clone()]
@@ -203,7 +171,7 @@ def _check_cache_rows(got, want, before, slots):
     """Written rows close to the reference's; every other row (negative slot) untouched."""
     written = torch.zeros(got.shape[0], dtype=torch.bool, device=got.device)
     written[slots[slots >= 0]] = True
-    _close_cache(got[written], want[written])
+    close_cache(got[written], want[written])
     assert torch.equal(got[~written].view(torch.uint8), before[~written].view(torch.uint8))
 
 
@@ -216,7 +184,7 @@ def test_hadamard_rows_and_heads():
                 for _ in range(2)]
         ref.hadamard(x=x, out=outs[0])
         indexer.hadamard(x=x, out=outs[1])
-        _close_bf16(outs[1], outs[0])
+        close_bf16(outs[1], outs[0])
 
 
 def test_act_quant_bytes_and_ties():
@@ -236,7 +204,7 @@ def test_act_quant_bytes_and_ties():
         res.append((out, scale))
     assert torch.equal(res[1][1], res[0][1])
     assert torch.equal(res[1][0][0, 0].view(torch.uint8), res[0][0][0, 0].view(torch.uint8))
-    _close_fp8(res[1][0], res[0][0])
+    close_fp8(res[1][0], res[0][0])
 
 
 def test_index_weights_scale():
@@ -273,7 +241,7 @@ def test_index_k_cache_store_layout(page, preshuffle):
     caches = [cache0.clone(), cache0.clone()]
     ref.index_k_cache_store(k=k, slot_mapping=slots, cache=caches[0], preshuffle=preshuffle)
     indexer.index_k_cache_store(k=k, slot_mapping=slots, cache=caches[1], preshuffle=preshuffle)
-    _close_index_cache(caches[1], caches[0])
+    close_index_cache(caches[1], caches[0])
     assert (caches[1] == caches[0]).float().mean() >= 0.999
     kq, ks = quant_groups(k, ue8m0=True)
     keep = slots >= 0
@@ -281,7 +249,7 @@ def test_index_k_cache_store_layout(page, preshuffle):
     got_k, got_s = index_cache_read(caches[1], pos // page, preshuffle)
     rows = torch.arange(pos.numel(), device=DEVICE)
     assert torch.equal(got_s[rows, pos % page], ks.reshape(-1)[keep])
-    _close_fp8(got_k[rows, pos % page], kq[keep])
+    close_fp8(got_k[rows, pos % page], kq[keep])
 
 
 # -- logits and top-k ---------------------------------------------------------------------------
@@ -327,7 +295,7 @@ def test_topk_slots_sets_and_padding():
     logits[0, :50] = -logits[0, :50].abs() - 1e30  # very negative, and -inf, are valid logits
     logits[0, 50] = float("-inf")
     got, want = _topk_pair(logits, table, seq_lens, k)
-    _same_sets(got, want)
+    same_sets(got, want)
     assert torch.equal((got == -1).sum(1), (want == -1).sum(1))
 
 
@@ -417,6 +385,24 @@ def test_topk_slots_distributions(kind, path):
 
 
 # -- GPU: the real GLM-5 tp=8 shapes ------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("warps", [None, 8, 32])
+@pytest.mark.parametrize("kind", ["normal", "outliers", "infinities", "heavy_tail", "geometric",
+                                  "narrow", "constant"])
+def test_topk_slots_distributions_glm5(kind, warps):
+    """Top-2048 of rows up to 8192 held in registers, with the default warps (16) and others."""
+    g = _gen(11)
+    page, pps, k = 64, 128, 2048
+    seq_lens = torch.tensor([8192, 5000, 2049, 2048, 100], dtype=torch.int32, device=DEVICE)
+    table = _block_table(g, seq_lens.numel(), pps)
+    logits = _topk_rows(kind, g, (seq_lens.numel(), pps * page))
+    got, want = (torch.empty((seq_lens.numel(), k), dtype=torch.int32, device=DEVICE)
+                 for _ in range(2))
+    ref.topk_slots(logits=logits, block_table=table, seq_lens=seq_lens, out=want)
+    indexer._topk_launch(logits, table, seq_lens, got, num_warps=warps)
+    _topk_values_match(logits, table, seq_lens, got, want)
+
 
 def _glm5(batch: int, kv: str = "fp8") -> RankDims:
     return RankDims(GLM5, Shape(batch=batch, context=8192, tp=8, page_size=64, kv_cache=kv))

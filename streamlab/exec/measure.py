@@ -5,6 +5,7 @@ in a graph of its own (cold L2) for its slowdown."""
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def _bf16_flops(ms: float) -> float:
     return 2 * 8192 ** 3 / (ms * 1e9)
 
 
+WARMUP_S = 1.0
+
+
 @dataclass
 class GraphTiming:
     per_layer_us: list[list[float]]  # per repeat: per replay, graph time / layers
@@ -100,10 +104,24 @@ def _capture(work, device: torch.device, what: str,
     return graph
 
 
+def warm_up(graph: torch.cuda.CUDAGraph, replays: int, batch: int,
+            seconds: float = WARMUP_S) -> None:
+    """Untimed batches of `batch` replays with one synchronisation each, the pattern of the timed
+    repeats, for at least `replays` replays and `seconds`: clocks settle over about a second of
+    that work (H100: medians drifted ~1% after 20 replays; the first timed repeat still stood out
+    when the warm-up synchronised more often than the repeats do;
+    bench/results/h100-2026-11-21/topk_and_warmup.txt, repeat_spread.txt)."""
+    done, start = 0, time.perf_counter()
+    while done < replays or time.perf_counter() - start < seconds:
+        for _ in range(batch):
+            graph.replay()
+        done += batch
+        torch.cuda.synchronize()
+
+
 def time_graph(graph: torch.cuda.CUDAGraph, layers: int, warmup: int, iters: int,
                repeats: int) -> GraphTiming:
-    for _ in range(warmup):
-        graph.replay()
+    warm_up(graph, warmup, iters)
     out = []
     for _ in range(repeats):
         marks = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
@@ -170,7 +188,7 @@ def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: 
     intervals = [iv.__class__(iv.name, iv.stream, iv.start - origin, iv.end - origin, iv.node,
                               iv.layer, iv.kind) for iv in intervals]
     timeline = Timeline(intervals, Source("measured", torch.cuda.get_device_name(device), {
-        "backend": ",".join(sorted({b.backend for b in bound.values()})),
+        "backend": ",".join(sorted({b.backend.partition(" (")[0] for b in bound.values()})),
         "torch": torch.__version__, "scenario": scen.name}), chained_bounds(intervals, layers))
     return timing, timeline, summarize(timeline), alone, ceil
 
@@ -193,7 +211,8 @@ def measure_and_report(scen: Scenario, buffers: Buffers, bound: dict[str, Bound]
         {n: len(v.signature) for n, v in alone.items()},
         {n.name: floor_us(n, ceil.copy_gbs, ceil.bf16_tflops, ceil.fp8_tflops) for n in scen.layer.nodes},
         {n: b.backend for n, b in bound.items()},
-        next((b.backend for b in bound.values() if b.node.is_collective), "none"))
+        next((b.backend for b in bound.values() if b.node.is_collective), "none"),
+        held_us={n: b.fn.duration_us for n, b in bound.items() if b.backend == "emulated"})
     result["ceilings"] = vars(ceil)
     result["trace"] = str(trace_path)
     print_result(console, scen, result)

@@ -30,9 +30,8 @@ class Run:
 
 
 def collect(scenarios: list[Scenario], batches: list[int], console: Console, **run_options) -> list[Run]:
-    from streamlab.exec.session import run_scenario
+    from streamlab.exec.fresh import run_apart
 
-    quiet = Console(file=io.StringIO(), width=200)
     runs = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("running", total=len(scenarios) * len(batches))
@@ -40,7 +39,7 @@ def collect(scenarios: list[Scenario], batches: list[int], console: Console, **r
             for scen in scenarios:
                 progress.update(task, description=f"{scen.name} batch {batch}")
                 at = scen.override(batch=batch)
-                runs.append(Run(at, batch, run_scenario(at, quiet, **run_options)))
+                runs.append(Run(at, batch, run_apart(at, **run_options)))
                 progress.advance(task)
     return runs
 

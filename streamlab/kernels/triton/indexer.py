@@ -581,6 +581,11 @@ def _topk_slots_kernel(logits, block_table, seq_lens, out, scratch, k, row_len, 
                  mask=(j >= tl.minimum(n, k)) & (j < k) & (PHASES >= 4))
 
 
+# TOPK_WARPS_NOTE: alone, 8 and 16 warps take the same 18 us on an 8192-key row (H100), but
+# inside the layer's graph 8 warps take 38 us and 16 take 21: the resident kernel is straight-line
+# code (128 KB of SASS at 8 warps, 84 KB at 16, as 32 or 16 keys a thread are unrolled) fetched
+# cold after the rest of the layer's kernels have run, so its instruction fetch, not its work,
+# sets its time in the graph. 32 warps measured 25 us (H100, bench/results/h100-2026-11-21).
 RESIDENT_MAX = 16384  # longest row kept in registers (32 fp32 a thread at 16 warps)
 TILE = 8192  # tile of longer rows, reloaded at each phase
 TOPK_BINS = 128  # 64 is a little faster per row, but more rows need a second round
@@ -604,8 +609,8 @@ def _topk_launch(logits, block_table, seq_lens, out, *, resident_max=RESIDENT_MA
     row_len = logits.shape[1]
     resident = row_len <= resident_max
     block = max(16, triton.next_power_of_2(row_len)) if resident else tile
-    if num_warps is None:  # 8 measured a little faster than 16 at 8192 (H200); 16 above
-        num_warps = 16 if block > 8192 else max(1, min(8, block // 512))
+    if num_warps is None:  # 16 at 8192: see TOPK_WARPS_NOTE
+        num_warps = max(1, min(16, block // 512))
     rows = logits.shape[0]
     # candidate keys of each row, keyed by the output: nodes on concurrent streams never share
     # it (cap 0: rounds over the row until one key is left, no scratch)
