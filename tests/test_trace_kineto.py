@@ -6,6 +6,7 @@ floating point and is asserted with ==.
 """
 
 import gzip
+import importlib.util
 import json
 from pathlib import Path
 
@@ -21,6 +22,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces"
 MI250 = SHARED / "mi250_minitoy_train_ROCm6_2_kineto.json.gz"
 EVENT_SYNC = SHARED / "event_sync_trace.json.gz"
 TRITON = SHARED / "triton_example.json.gz"
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+H100 = ROOT / "traces" / "h100-2026-11-21" / "kineto" / "h100-a_v4_moe_dual-b4.kineto.json.gz"
 T0 = 1_000_000.0  # absolute start of synthetic traces (us), exact in binary
 
 # --- synthetic Kineto traces ----------------------------------------------------------------
@@ -217,6 +221,122 @@ def test_array_format_and_trailing_comma(tmp_path):
     (tmp_path / "b.json").write_text(
         '{"traceEvents": [' + ", ".join(json.dumps(e) for e in evs) + ",]}")
     assert len(load_trace(tmp_path / "b.json").timeline.intervals) == 2
+
+
+# --- the vectorised scanner reads what json reads ---------------------------------------
+
+# Events that make reading fields from raw bytes hard, each written as shown (the spacing is
+# part of the test). Loading them through the scanner must give exactly what json gives.
+TRICKY = [
+    # braces, brackets, escaped quotes, backslashes and a key-like text inside a name
+    '{"ph": "X", "cat": "kernel", "name": "void f<\\"a\\">{lambda()#1}[2] \\\\ \\"ts\\": 1",'
+    ' "pid": 0, "tid": 7, "ts": 1000000.5, "dur": 2.5,'
+    ' "args": {"device": 0, "stream": 7, "correlation": 11, "grid": [1, 2, 3]}}',
+    # the category of a device operation inside another field, and keys inside args
+    '{"ph": "X", "cat": "cpu_op", "name": "kernel", "pid": 1, "tid": 1, "ts": 1000001,'
+    ' "dur": 1, "args": {"cat": "kernel", "ts": 5, "stream": 9, "name": "x"}}',
+    # keys in another order, no space after ':'; a string value "ts" before a newline
+    '{"args":{"correlation":12,"stream":7,"device":0},"dur":1.25,"name":"reordered",'
+    '"ts":1000003.0,"cat":"kernel","ph":"X","tid":7,"pid":0}',
+    '{"ph": "X", "cat": "cpu_op", "ts": 1000002, "dur": 1, "name": "ts"\n}',
+    # white space before ':' and two spaces after it: read by json
+    '{"ph" : "X", "cat": "kernel", "name":  "spaced", "ts": 1000004, "dur": 1,'
+    ' "args": {"device": 0, "stream": 7, "correlation": 13}}',
+    # a second nested object, objects in an array, a duplicate key (json keeps the last)
+    '{"ph": "X", "cat": "kernel", "name": "nested", "ts": 1000005, "dur": 1, "x": {"ts": 1},'
+    ' "args": {"device": 0, "stream": 7, "correlation": 14, "l": [{"stream": 3}]}}',
+    '{"ph": "X", "cat": "kernel", "name": "twice", "ts": 1, "ts": 1000006, "dur": 1,'
+    ' "args": {"device": 0, "stream": 7, "correlation": 15}}',
+    # escapes in a category, a phase, a runtime name; a graph launch; a stream given as text
+    '{"ph": "\\u0058", "cat": "kern\\u0065l", "name": "escaped cat", "ts": 1000007, "dur": 1,'
+    ' "args": {"device": 0, "stream": "7", "correlation": 16}}',
+    '{"ph": "X", "cat": "cuda_runtime", "name": "cuda\\u004caunchKernel", "ts": 1000008,'
+    ' "dur": 1, "args": {"correlation": 17}}',
+    '{"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 1000009, "dur": 1,'
+    ' "args": {"correlation": 18}}',
+    # text that is not ASCII, raw and escaped; exponents; a negative duration; no device id
+    '{"ph": "X", "cat": "kernel", "name": "k\u00e9rnel \\u00e9", "pid": 0, "tid": 7,'
+    ' "ts": 1000009.5, "dur": 0.5, "args": {"device": 0, "stream": 7, "correlation": 21}}',
+    '{"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy \u00e9t\\u00e9 \u2192", "pid": 3,'
+    ' "ts": 1.000010e6, "dur": -1, "args": {"stream": 7, "correlation": 19}}',
+    # args that are not an object: no stream, the tid stands in
+    '{"ph": "X", "cat": "kernel", "name": "no args", "tid": 5, "ts": 1000011, "dur": 1,'
+    ' "args": 3}',
+    # flows, a sync, metadata, an instant, elements that are not objects, empty strings
+    '{"ph": "s", "id": 1, "ts": 1000012, "cat": "ac2g", "name": ""}',
+    '{"ph": "f", "id": 1, "ts": 1000013, "cat": "", "name": "ac2g", "bp": "e"}',
+    '{"ph": "X", "cat": "cuda_sync", "name": "Stream Wait Event", "ts": 1000014, "dur": 1,'
+    ' "args": {"cuda_sync_kind": "Stream Wait Event", "stream": 7, "wait_on_stream": 9}}',
+    '{"name": "thread_name", "ph": "M", "pid": 0, "tid": 7, "args": {"name": "stream 7 "\n}}',
+    '5', '"x"', '{}',
+    '{"ph": "X", "cat": "kernel", "name": "last", "pid": 0, "tid": 7, "ts": 1000020, "dur": 1,'
+    ' "args": {"device": 0, "stream": 7, "correlation": 20}}',
+]
+SEPARATORS = [",\n  ", ", ", ",", " ,\n\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t "]
+
+
+def tricky_trace(path: Path, repeat: int = 3) -> Path:
+    """The TRICKY events `repeat` times over, with every separator in turn."""
+    events = [e for _ in range(repeat) for e in TRICKY]
+    body = "".join(SEPARATORS[i % len(SEPARATORS)] + e if i else e for i, e in enumerate(events))
+    path.write_text('{"schemaVersion": 1, "traceEvents": [\n  ' + body + "\n]}\n", "utf-8")
+    return path
+
+
+def _json_only(monkeypatch, path):
+    with monkeypatch.context() as m:
+        m.setattr(kineto._Parser, "take", lambda self: 0)
+        return load_trace(path)
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 1 << 20])
+def test_scanner_reads_what_json_reads(tmp_path, monkeypatch, chunk):
+    """Events cut at chunk boundaries anywhere, the tricky ones above: the same Timeline and
+    the same counts as decoding every event with json."""
+    path = tricky_trace(tmp_path / "t.json")
+    expected = _json_only(monkeypatch, path)
+    monkeypatch.setattr(kineto, "CHUNK", chunk)
+    got = load_trace(path)
+    assert got.timeline == expected.timeline and got.info == expected.info
+    assert len(got.timeline.intervals) == 3 * 10 and got.info.flows == 6
+    assert got.info.runtime_by_name == {"cudaLaunchKernel": 3, "cudaGraphLaunch": 3}
+    assert {iv.name for iv in got.timeline.intervals} >= {
+        "void f<\"a\">{lambda()#1}[2] \\ \"ts\": 1", "twice", "k\u00e9rnel \u00e9",
+        "Memcpy \u00e9t\u00e9 \u2192"}
+
+
+def test_scanner_takes_the_events_of_a_real_trace(monkeypatch):
+    """Our own H100 trace: json decodes next to none of its events (the graph launches and
+    the event at each block's end), the scanner the rest."""
+    decoded = []
+    add = kineto._Collector.add
+    monkeypatch.setattr(kineto._Collector, "add",
+                        lambda self, ev, seq: decoded.append(ev) or add(self, ev, seq))
+    lt = load_trace(H100)
+    assert lt.info.events == 10702 and lt.info.device_ops == {"kernel": 3520, "memcpy": 32}
+    assert len(decoded) <= lt.info.graph_launches + 2
+
+
+def test_bench_trace_repeats_the_whole_trace(tmp_path):
+    """bench/trace_bench.py's big trace: every event of ours again per copy, later by the
+    trace's span, with ids of its own (each graph replay stays its own)."""
+    spec = importlib.util.spec_from_file_location("trace_bench", BENCH / "trace_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    built = bench.build(H100, tmp_path / "big.json", size_mb=7)
+    one, three = load_trace(H100), load_trace(tmp_path / "big.json")
+    assert built["repetitions"] == 3 and built["events"] == 3 * 10632 + 70
+    info = three.info
+    assert info.events == built["events"] and info.flows == 3 * one.info.flows
+    assert info.device_ops == {k: 3 * v for k, v in one.info.device_ops.items()}
+    assert info.runtime_by_name == {k: 3 * v for k, v in one.info.runtime_by_name.items()}
+    assert len(info.replays) == 3 * len(one.info.replays) == 60
+    first = one.timeline.intervals
+    for copy in range(3):
+        again = three.timeline.intervals[copy * len(first):(copy + 1) * len(first)]
+        assert [iv.name for iv in again] == [iv.name for iv in first]
+        assert [iv.start - copy * built["period_us"] for iv in again] == pytest.approx(
+            [iv.start for iv in first], abs=1e-6)
 
 
 # --- bad input: one clear message --------------------------------------------------------

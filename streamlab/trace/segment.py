@@ -35,19 +35,19 @@ RMSNorms of one layer map to `allreduce_attn`/`allreduce_moe` or `input_norm`/`p
 
 from __future__ import annotations
 
-import bisect
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from streamlab.analysis import is_allreduce
 from streamlab.errors import EXIT_BAD_INPUT, Failure
-from streamlab.timeline import Interval, Timeline
+from streamlab.timeline import Interval, Source, Timeline
+from streamlab.trace.kineto import DeviceOps
 
 DEFAULT_ARS_PER_LAYER = 2
 MIN_MATCH = 0.5  # share of names equal one period later below which there is no period
@@ -68,6 +68,7 @@ class Segmentation:
     period: int | None = None  # pattern: kernels per layer on the reference stream
     ars_per_layer: int | None = None
     ar_offset: int | None = None
+    ops: DeviceOps | None = None  # the timeline's intervals as columns, layer included
 
     @property
     def steady(self) -> int:
@@ -85,14 +86,27 @@ def segment(timeline: Timeline, *, ars_per_layer: int | None = None,
             layer_regex: str | None = None, replays: list[tuple[float, float, int]] | None = None,
             ar_offset: int | None = None, node_map: NodeMap | None = None,
             steady_only: bool = True) -> Segmentation:
-    """Layers of a Timeline whose intervals carry no layer index yet (see the module doc).
+    """Layers of a Timeline whose intervals carry no layer index yet: `segment_ops` on its
+    columns."""
+    ordered = sorted(timeline.intervals, key=lambda iv: (iv.start, iv.end))
+    return segment_ops(DeviceOps.of(ordered), timeline.source, ars_per_layer=ars_per_layer,
+                       layer_regex=layer_regex, replays=replays, ar_offset=ar_offset,
+                       node_map=node_map, steady_only=steady_only)
+
+
+def segment_ops(ops: DeviceOps, source: Source, *, ars_per_layer: int | None = None,
+                layer_regex: str | None = None,
+                replays: list[tuple[float, float, int]] | None = None,
+                ar_offset: int | None = None, node_map: NodeMap | None = None,
+                steady_only: bool = True) -> Segmentation:
+    """Layers of device operations in timeline order (see the module doc); their Timeline
+    is made once, with its layers.
 
     `replays`: graph replays (start, end, operations) from the loader, to restart all-reduce
     counting at every decode step. Raises Failure when asked for something the trace lacks."""
-    ordered = sorted(timeline.intervals, key=lambda iv: (iv.start, iv.end))
     if ars_per_layer is not None and ars_per_layer < 1:
         raise Failure("--ars-per-layer must be at least 1", EXIT_BAD_INPUT)
-    has_ar = any(is_allreduce(iv) for iv in ordered)
+    ar = ops.allreduce
     extra: dict = {}
     if layer_regex is not None:
         try:
@@ -100,71 +114,68 @@ def segment(timeline: Timeline, *, ars_per_layer: int | None = None,
         except re.error as e:
             raise Failure(f"--layer-regex {layer_regex!r} is not a valid regular expression: {e}",
                           EXIT_BAD_INPUT) from None
-        cands = _by_regex(ordered, rx, _runs(ordered, replays))
+        marks = np.array([bool(rx.search(n)) for n in ops.names], bool)[ops.name]
+        cands = _by_regex(marks, _runs(ops.start, replays))
         if not cands:
             raise Failure(f"--layer-regex {layer_regex!r} matches no kernel name", EXIT_BAD_INPUT)
         method, desc = "regex", f"a kernel matching {layer_regex!r} starts a layer"
-    elif ars_per_layer is not None or has_ar:
-        if not has_ar:
+    elif ars_per_layer is not None or ar.any():
+        if not ar.any():
             raise Failure("--ars-per-layer: the trace has no all-reduce kernels (names matching "
                           "all_reduce / allreduce / cross_device_reduce)", EXIT_BAD_INPUT)
         n = ars_per_layer or DEFAULT_ARS_PER_LAYER
-        cands, offset = _by_allreduce(ordered, n, _runs(ordered, replays), ar_offset, bool(replays))
+        cands, offset = _by_allreduce(ar, n, _runs(ops.start, replays), ar_offset, bool(replays))
         method = "allreduce"
         desc = f"a layer ends after every {n} all-reduce call{'s' if n > 1 else ''}" + (
             f", skipping the first {offset} of each step" if offset else "")
         extra = {"ars_per_layer": n, "ar_offset": offset}
     else:
-        cands, period, stream = _by_pattern(ordered, [iv.start for iv in ordered])
+        cands, period, stream = _by_pattern(ops)
         method = "pattern"
         desc = (f"the kernel sequence of stream {stream} repeats every {period} kernels"
                 if period else "no repeating kernel pattern")
         extra = {"period": period}
     if not cands:
         method, desc = "whole", desc + "; no layer structure found: the whole trace is one window"
-        cands = [_Candidate(0, len(ordered))] if ordered else []
+        cands = [_Candidate(0, len(ops))] if len(ops) else []
         steady_only = False
     found = len(cands)
     keep, dropped = _steady(cands) if steady_only else (cands, {})
-    out = _number(ordered, cands, keep, timeline)
+    layer, bounds = _number(ops, cands, keep)
+    ops = replace(ops, layer=layer)
+    out = Timeline(ops.intervals(), source, bounds)
     if node_map is not None:
         out = map_nodes(out, node_map)
-    return Segmentation(out, method, desc, found, dropped, **extra)
+        ops = replace(ops, nodes=[iv.node for iv in out.intervals])
+    return Segmentation(out, method, desc, found, dropped, ops=ops, **extra)
 
 
-def _runs(ordered: list[Interval], replays) -> list[tuple[int, int]]:
-    """Index ranges of the start-ordered intervals that belong to one graph replay (or lie
-    between replays); the whole trace when there are no replays."""
-    if not ordered:
+def _runs(starts: np.ndarray, replays) -> list[tuple[int, int]]:
+    """Index ranges of the start-ordered operations that belong to one graph replay, or lie
+    between two (or before the first, or after the last); the whole trace without replays."""
+    n = starts.size
+    if not n:
         return []
     if not replays:
-        return [(0, len(ordered))]
-    wins = sorted((s, e) for s, e, _ in replays)
-    starts = [s for s, _ in wins]
-    key = []
-    for iv in ordered:
-        k = bisect.bisect_right(starts, iv.start) - 1
-        key.append(k if k >= 0 and iv.start <= wins[k][1] else -1 - k)  # outside: between
-    runs, lo = [], 0
-    for i in range(1, len(ordered) + 1):
-        if i == len(ordered) or key[i] != key[lo]:
-            runs.append((lo, i))
-            lo = i
-    return runs
+        return [(0, n)]
+    wins = np.array(sorted((s, e) for s, e, _ in replays), np.float64)
+    k = np.searchsorted(wins[:, 0], starts, "right") - 1  # the last replay starting before
+    inside = (k >= 0) & (starts <= wins[np.maximum(k, 0), 1])
+    key = np.where(inside, 2 * k + 1, 2 * k + 2)  # inside replay k, or after it
+    bounds = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1, [n])).tolist()
+    return list(pairwise(bounds))
 
 
-def _by_allreduce(ordered, n: int, runs, offset: int | None, replayed: bool):
-    calls_per_run = []
-    for lo, hi in runs:
-        ends, prev = [], False  # index of the last kernel of each call
-        for i in range(lo, hi):
-            ar = is_allreduce(ordered[i])
-            if ar and prev:
-                ends[-1] = i
-            elif ar:
-                ends.append(i)
-            prev = ar
-        calls_per_run.append(ends)
+def _by_allreduce(ar: np.ndarray, n: int, runs, offset: int | None, replayed: bool):
+    """Cut after every n-th all-reduce call of each run; consecutive all-reduce operations
+    are one call, which ends at the last of them."""
+    ends = ar.copy()
+    ends[:-1] &= ~ar[1:]
+    last = np.array([hi - 1 for _, hi in runs], np.int64)
+    ends[last] = ar[last]  # a call ends where its run does
+    call_ends = np.flatnonzero(ends)
+    calls_per_run = [call_ends[np.searchsorted(call_ends, lo):np.searchsorted(call_ends, hi)].tolist()
+                     for lo, hi in runs]
     if offset is None:
         counts = Counter(len(c) for c in calls_per_run if c)
         offset = counts.most_common(1)[0][0] % n if replayed and counts else 0
@@ -182,13 +193,14 @@ def _by_allreduce(ordered, n: int, runs, offset: int | None, replayed: bool):
     return cands, offset
 
 
-def _by_regex(ordered, rx: re.Pattern, runs) -> list[_Candidate]:
+def _by_regex(marks: np.ndarray, runs) -> list[_Candidate]:
+    at = np.flatnonzero(marks)
     cands = []
     for lo, hi in runs:
-        marks = [i for i in range(lo, hi) if rx.search(ordered[i].name)]
-        for k, m in enumerate(marks):
-            last = k == len(marks) - 1
-            cands.append(_Candidate(m, hi if last else marks[k + 1], EPILOGUE if last else None))
+        starts = at[np.searchsorted(at, lo):np.searchsorted(at, hi)].tolist()
+        for k, m in enumerate(starts):
+            last = k == len(starts) - 1
+            cands.append(_Candidate(m, hi if last else starts[k + 1], EPILOGUE if last else None))
     return cands
 
 
@@ -212,15 +224,19 @@ def find_period(codes, max_period: int = MAX_PERIOD, sample: int = PERIOD_SAMPLE
     return int(np.flatnonzero(share >= best - tolerance)[0]) + 1
 
 
-def _by_pattern(ordered, starts: list[float]) -> tuple[list[_Candidate], int | None, str | None]:
-    kernels = [i for i, iv in enumerate(ordered) if iv.kind != "memset"]
-    if not kernels:
+def _by_pattern(ops: DeviceOps) -> tuple[list[_Candidate], int | None, str | None]:
+    kernels = np.flatnonzero(np.array([k != "memset" for k in ops.kinds])[ops.kind])
+    if not kernels.size:
         return [], None, None
-    stream = Counter(ordered[i].stream for i in kernels).most_common(1)[0][0]
-    ref = [i for i in kernels if ordered[i].stream == stream]
-    names: dict[str, int] = {}
-    codes = np.fromiter((names.setdefault(ordered[i].name, len(names)) for i in ref), np.int64,
-                        len(ref))
+    on = ops.stream[kernels]
+    count = np.bincount(on)
+    first = np.full(count.size, kernels.size)
+    np.minimum.at(first, on, np.arange(kernels.size))
+    busiest = np.flatnonzero(count == count.max())  # ties: the stream seen first
+    sid = int(busiest[np.argmin(first[busiest])])
+    stream = ops.streams[sid]
+    ref = kernels[on == sid]
+    codes = ops.name[ref]
     p = find_period(codes)
     if p is None:
         return [], None, stream
@@ -233,20 +249,18 @@ def _by_pattern(ordered, starts: list[float]) -> tuple[list[_Candidate], int | N
     if not stretches:
         return [], p, stream
     s0, _ = max(stretches, key=lambda se: se[1] - se[0])
-    pattern = codes[s0:s0 + p].tolist()
+    pattern = codes[s0:s0 + p]
     cands = []
     for s, e in stretches:
-        rot = next((o for o in range(p) if codes[s + o:s + o + p].tolist() == pattern), None)
+        rot = next((o for o in range(p) if np.array_equal(codes[s + o:s + o + p], pattern)), None)
         if rot is None:
             continue
-        blocks = list(range(s + rot, e - p + 1, p))
-        for k, b in enumerate(blocks):
-            lo = bisect.bisect_left(starts, ordered[ref[b]].start)
-            if k + 1 < len(blocks):
-                hi = bisect.bisect_left(starts, ordered[ref[blocks[k + 1]]].start)
-            else:
-                hi = bisect.bisect_left(starts, ordered[ref[b + p - 1]].end)
-            cands.append(_Candidate(lo, max(hi, lo + 1)))
+        blocks = np.arange(s + rot, e - p + 1, p)
+        if not blocks.size:
+            continue
+        lo = np.searchsorted(ops.start, ops.start[ref[blocks]], "left")
+        hi = np.append(lo[1:], np.searchsorted(ops.start, ops.end[ref[blocks[-1] + p - 1]], "left"))
+        cands += [_Candidate(a, max(b, a + 1)) for a, b in zip(lo.tolist(), hi.tolist())]
     return cands, p, stream
 
 
@@ -262,21 +276,17 @@ def _steady(cands: list[_Candidate]) -> tuple[list[_Candidate], dict[str, int]]:
     return inner, dict(dropped)
 
 
-def _number(ordered, cands: list[_Candidate], keep: list[_Candidate], timeline: Timeline) -> Timeline:
-    nxt = {c.lo: c for c in cands}
-    layer_of = [None] * len(ordered)
+def _number(ops: DeviceOps, cands: list[_Candidate], keep: list[_Candidate]):
+    """Layer index per operation (-1 outside steady layers) and each layer's window."""
+    starts = {c.lo for c in cands}
+    layer = np.full(len(ops), -1, np.int64)
     bounds = []
     for k, c in enumerate(sorted(keep, key=lambda c: c.lo)):
-        for i in range(c.lo, c.hi):
-            layer_of[i] = k
-        follower = nxt.get(c.hi)
-        end = (ordered[c.hi].start if follower is not None and c.hi < len(ordered)
-               else max(iv.end for iv in ordered[c.lo:c.hi]))
-        bounds.append((ordered[c.lo].start, end))
-    intervals = [iv if layer_of[i] == iv.layer else
-                 Interval(iv.name, iv.stream, iv.start, iv.end, iv.node, layer_of[i], iv.kind)
-                 for i, iv in enumerate(ordered)]
-    return Timeline(intervals, timeline.source, bounds)
+        layer[c.lo:c.hi] = k
+        end = (ops.start[c.hi] if c.hi in starts and c.hi < len(ops)
+               else ops.end[c.lo:c.hi].max())
+        bounds.append((float(ops.start[c.lo]), float(end)))
+    return layer, bounds
 
 
 # --- kernel names -> DAG nodes --------------------------------------------------------------

@@ -9,18 +9,20 @@ keeps the layers and nodes it was written with, so its numbers are the run's.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
-from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from streamlab.analysis import GAP_CLASSES, Stat, Summary, percentiles, summarize
 from streamlab.timeline import Interval, Timeline
-from streamlab.trace.kineto import LoadedTrace, TraceInfo, load_trace
-from streamlab.trace.segment import NodeMap, Segmentation, load_node_map, map_nodes, segment
+from streamlab.trace.kineto import DeviceOps, LoadedTrace, TraceInfo, load_trace
+from streamlab.trace.segment import NodeMap, Segmentation, load_node_map, map_nodes, segment_ops
 
 
 @dataclass
@@ -83,28 +85,51 @@ def summarize_trace(path: str | os.PathLike, *, layer_regex: str | None = None,
                    ars_per_layer=ars_per_layer, node_map=node_map, ar_offset=ar_offset)
 
 
+@contextmanager
+def _gc_paused():
+    """The cyclic garbage collector off for a while: analysis makes millions of objects that
+    form no cycles (Intervals, gaps), which it would otherwise walk again and again (a fifth
+    of the analysis time of a 1 GB trace)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def analyze(loaded: LoadedTrace, *, layer_regex: str | None = None,
             ars_per_layer: int | None = None, node_map: NodeMap | None = None,
             ar_offset: int | None = None) -> TraceReport:
-    info, timeline = loaded.info, loaded.timeline
+    """The report of a loaded trace (see the module doc), the cyclic garbage collector paused
+    meanwhile."""
+    with _gc_paused():
+        return _analyze(loaded, layer_regex, ars_per_layer, node_map, ar_offset)
+
+
+def _analyze(loaded: LoadedTrace, layer_regex: str | None, ars_per_layer: int | None,
+             node_map: NodeMap | None, ar_offset: int | None) -> TraceReport:
+    info = loaded.info
     recorded = info.format == "streamlab" and layer_regex is None and ars_per_layer is None \
-        and any(iv.layer is not None for iv in timeline.intervals)
+        and any(iv.layer is not None for iv in loaded.timeline.intervals)
     if recorded:
         seg = None
+        timeline = loaded.timeline
         if node_map is not None:
             timeline = map_nodes(timeline, node_map)
-    else:
-        if info.format == "streamlab":  # asked to find layers again: forget the recorded ones
-            timeline = Timeline([replace(iv, layer=None) for iv in timeline.intervals],
-                                timeline.source)
-        seg = segment(timeline, ars_per_layer=ars_per_layer, layer_regex=layer_regex,
-                      replays=info.replays, ar_offset=ar_offset, node_map=node_map)
-        timeline = seg.timeline
+        ops = DeviceOps.of(timeline.intervals)
+    else:  # a streamlab trace asked to find layers again forgets the recorded ones
+        seg = segment_ops(loaded.ops, loaded.source, ars_per_layer=ars_per_layer,
+                          layer_regex=layer_regex, replays=info.replays, ar_offset=ar_offset,
+                          node_map=node_map)
+        timeline, ops = seg.timeline, seg.ops
     summary = summarize(timeline)
+    layers = len(summary.layers)
     return TraceReport(info.path, info, seg, timeline, summary, _allreduce(summary),
-                       _stall_sites(summary), _kernels(timeline, len(summary.layers)),
+                       _stall_sites(summary), _kernels(ops, layers),
                        Stat.of([ls.kernels for ls in summary.layers]),
-                       _streams(timeline, len(summary.layers)), _outside(timeline))
+                       _streams(ops, layers), _outside(ops))
 
 
 def label(iv: Interval | None, edge: str) -> str:
@@ -134,42 +159,67 @@ def _allreduce(summary: Summary) -> dict | None:
             "per_layer": len(calls) / len(summary.layers)}
 
 
-def _kernels(timeline: Timeline, layers: int) -> list[dict]:
-    by: dict[str, list[Interval]] = {}
-    for iv in timeline.intervals:
-        if iv.layer is not None:
-            by.setdefault(iv.name, []).append(iv)
-    total = sum(iv.duration for ivs in by.values() for iv in ivs) or 1.0
+def _first_seen(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ids in order of first appearance, and where each first appears."""
+    uniq, first = np.unique(ids, return_index=True)
+    order = np.argsort(first)
+    return uniq[order], first[order]
+
+
+def _kernels(ops: DeviceOps, layers: int) -> list[dict]:
+    """Per kernel name over the steady layers, from columns (a large trace has a million
+    operations); sums run in timeline order, as a Python sum over the intervals would."""
+    inside = np.flatnonzero(ops.layer >= 0)
+    name, dur = ops.name[inside], (ops.end - ops.start)[inside]
+    names, first = _first_seen(name)
+    rank = np.zeros(len(ops.names), np.int64)
+    rank[names] = np.arange(names.size)
+    grouped = np.argsort(rank[name], kind="stable")  # by name, first seen first
+    total = sum(dur[grouped].tolist()) or 1.0
+    sums = np.bincount(name, weights=dur, minlength=len(ops.names))
+    calls = np.bincount(name, minlength=len(ops.names))
+    nodes: dict[int, set] = {}
+    if ops.nodes is not None:
+        for n, i in zip(name.tolist(), inside.tolist()):
+            if ops.nodes[i]:
+                nodes.setdefault(n, set()).add(ops.nodes[i])
+    streams: dict[int, list[str]] = {}
+    width = len(ops.streams)
+    for pair in np.unique(name * width + ops.stream[inside]).tolist():
+        streams.setdefault(pair // width, []).append(ops.streams[pair % width])
+    per_name = np.split(dur[grouped], np.cumsum(calls[names])[:-1])
     rows = []
-    for name, ivs in by.items():
-        d = [iv.duration for iv in ivs]
-        rows.append({"name": name, "kind": ivs[0].kind,
-                     "nodes": sorted({iv.node for iv in ivs if iv.node}),
-                     "calls": len(ivs), "per_layer": len(ivs) / max(layers, 1),
-                     "total_us": float(sum(d)), "per_layer_us": float(sum(d)) / max(layers, 1),
-                     "median_us": percentiles(d, (50,))[0], "share": float(sum(d)) / total,
-                     "streams": sorted({iv.stream for iv in ivs})})
+    for n, at, d in zip(names.tolist(), first.tolist(), per_name):
+        time = float(sums[n])
+        rows.append({"name": ops.names[n], "kind": ops.kinds[ops.kind[inside[at]]],
+                     "nodes": sorted(nodes.get(n, ())), "calls": int(calls[n]),
+                     "per_layer": int(calls[n]) / max(layers, 1), "total_us": time,
+                     "per_layer_us": time / max(layers, 1),
+                     "median_us": percentiles(d, (50,))[0], "share": time / total,
+                     "streams": sorted(streams[n])})
     rows.sort(key=lambda r: (-r["total_us"], r["name"]))
     return rows
 
 
-def _streams(timeline: Timeline, layers: int) -> list[dict]:
-    per: dict[str, list[Interval]] = {}
-    for iv in timeline.intervals:
-        per.setdefault(iv.stream, []).append(iv)
-    rows = []
-    for stream, ivs in sorted(per.items(), key=lambda kv: -len(kv[1])):
-        inside = [iv for iv in ivs if iv.layer is not None]
-        rows.append({"stream": stream, "ops": len(ivs),
-                     "per_layer": len(inside) / max(layers, 1),
-                     "time_per_layer_us": float(sum(iv.duration for iv in inside)) / max(layers, 1)})
-    return rows
+def _streams(ops: DeviceOps, layers: int) -> list[dict]:
+    inside = ops.layer >= 0
+    count = np.bincount(ops.stream, minlength=len(ops.streams))
+    per = np.bincount(ops.stream[inside], minlength=len(ops.streams))
+    time = np.bincount(ops.stream[inside], weights=(ops.end - ops.start)[inside],
+                       minlength=len(ops.streams))
+    order = sorted(_first_seen(ops.stream)[0].tolist(), key=lambda s: -count[s])
+    return [{"stream": ops.streams[s], "ops": int(count[s]),
+             "per_layer": int(per[s]) / max(layers, 1),
+             "time_per_layer_us": float(time[s]) / max(layers, 1)} for s in order]
 
 
-def _outside(timeline: Timeline) -> dict:
-    out = [iv for iv in timeline.intervals if iv.layer is None]
-    return {"ops": len(out), "time_us": float(sum(iv.duration for iv in out)),
-            "top": Counter(iv.name for iv in out).most_common(5)}
+def _outside(ops: DeviceOps) -> dict:
+    out = np.flatnonzero(ops.layer < 0)
+    name = ops.name[out]
+    counts = np.bincount(name, minlength=len(ops.names))
+    top = sorted(_first_seen(name)[0].tolist(), key=lambda n: -counts[n])[:5]
+    return {"ops": int(out.size), "time_us": float(sum((ops.end - ops.start)[out].tolist())),
+            "top": [(ops.names[n], int(counts[n])) for n in top]}
 
 
 # --- two traces ---------------------------------------------------------------------------
