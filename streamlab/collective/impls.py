@@ -173,6 +173,7 @@ class AiterAllReduce:
         except Exception as e:  # aiter raises plain Exceptions when ROCm pieces are missing
             raise Failure(f"collective.impl aiter: cannot import aiter's CustomAllreduce "
                           f"({type(e).__name__}: {e}); pip install amd-aiter on the ROCm machine") from None
+        _check_signatures(CustomAllreduce)
         size = max(max_bytes, 8 << 20)
         size = (size + (2 << 20) - 1) // (2 << 20) * (2 << 20)
         with in_collective("aiter CustomAllreduce setup"):
@@ -209,6 +210,19 @@ class AiterAllReduce:
         return {"impl": "aiter", "backend": "aiter", "class": "CustomAllreduce",
                 "aiter_version": getattr(aiter, "__version__", "?"), "max_bytes": self.max_bytes,
                 "registered_in_graph": self._reg_kw is not None}
+
+
+def _check_signatures(custom_allreduce: type) -> None:
+    """The constructor and methods we call, against the aiter entry-point table."""
+    from streamlab.kernels.aiter.api import BY_KEY
+    from streamlab.kernels.aiter.signature import live_problem
+
+    for key in ("CustomAllreduce", "CustomAllreduce.all_reduce", "CustomAllreduce.capture"):
+        entry = BY_KEY[key]
+        attr = entry.name.partition(".")[2]
+        problem = live_problem(entry, getattr(custom_allreduce, attr) if attr else custom_allreduce)
+        if problem:
+            raise Failure(f"collective.impl aiter: {entry.qualname} {problem}")
 
 
 class _Emulated:

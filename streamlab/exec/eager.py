@@ -45,7 +45,7 @@ class StreamSet:
 
 
 def bind_layer(layer: Layer, backend: str, overrides: dict | None = None) -> dict[str, Bound]:
-    return {n.name: bind(n, backend, overrides) for n in layer.nodes}
+    return {n.name: bind(n, backend, overrides, layer.tensors) for n in layer.nodes}
 
 
 def run_program(program: Program, bound: dict[str, Bound], buffers: Buffers,

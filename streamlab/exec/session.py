@@ -15,6 +15,7 @@ from streamlab.exec.buffers import Buffers, describe_bytes
 from streamlab.exec.eager import StreamSet, bind_layer
 from streamlab.exec.verify import compare_with_serial
 from streamlab.io import write_json_atomic
+from streamlab.kernels import binding_summary
 from streamlab.scenario import Scenario
 
 CPU_LAYERS = 2  # two layers catch hazards across the layer boundary
@@ -24,6 +25,7 @@ CPU_LAYERS = 2  # two layers catch hazards across the layer boundary
 class Target:
     device: torch.device
     backend: str
+    note: str = ""  # why `--backend auto` chose what it chose, where that is news
 
     @property
     def gpu(self) -> bool:
@@ -38,27 +40,28 @@ def pick_target(scen: Scenario, device: str, backend: str | None) -> Target:
         raise Failure("--device cuda: no CUDA/HIP GPU is visible to torch "
                       f"(torch {torch.__version__}, built for {'HIP' if torch.version.hip else 'CUDA' if torch.version.cuda else 'CPU only'})")
     dev = torch.device("cuda" if (device == "cuda" or (device == "auto" and has_gpu)) else "cpu")
-    choice = backend or scen.backend
+    choice, note = backend or scen.backend, ""
     if choice == "auto":
-        choice = auto_backend() if dev.type == "cuda" else "reference"
+        choice, note = auto_backend() if dev.type == "cuda" else ("reference", "")
     if choice == "aiter":
         from streamlab.kernels.aiter import require_aiter
         require_aiter()
     if choice != "reference" and dev.type != "cuda":
         raise Failure(f"backend {choice!r} needs a GPU; on the CPU use --backend reference")
-    return Target(dev, choice)
+    return Target(dev, choice, note)
 
 
-def auto_backend() -> str:
-    """aiter on ROCm where it loads, else the portable Triton kernels."""
+def auto_backend() -> tuple[str, str]:
+    """aiter on ROCm where it loads, else the portable Triton kernels; with the reason aiter
+    was passed over on ROCm."""
     if torch.version.hip:
+        from streamlab.kernels.aiter import require_aiter
         try:
-            from streamlab.kernels.aiter import require_aiter
             require_aiter()
-            return "aiter"
-        except Failure:
-            return "triton"
-    return "triton"
+            return "aiter", ""
+        except Failure as e:
+            return "triton", f"backend auto: triton, aiter not used ({e})"
+    return "triton", ""
 
 
 REDUCED = dict(model="tiny", tp=1, batch=2, context=256, page_size=64)  # fast CPU output check
@@ -81,6 +84,8 @@ def run_scenario(scen: Scenario, console: Console, *, backend: str | None, devic
              f"no GPU: simulated on profile {profile}, outputs checked with the reference kernels")
     console.print(f"[bold]{scen.name}[/]  {scen.model.name}  batch {s.batch}  context {s.context}  "
                   f"tp {s.tp}  page {s.page_size}  kv {s.kv_cache}  |  {n_layers} layers, {where}")
+    if target.note:
+        console.print(target.note, markup=False)
     checked = scen if target.gpu or verify_full else scen.override(**REDUCED)
     check_layers = n_layers if target.gpu else min(n_layers, CPU_LAYERS)
     buffers, bound, streams = _prepare(checked, target, check_layers, console, collective)
@@ -117,6 +122,9 @@ def _prepare(scen: Scenario, target: Target, layers: int, console: Console, coll
     overrides = ({"allreduce": collective} if collective is not None
                  else collective_overrides(scen, target))
     bound = bind_layer(scen.layer, target.backend, overrides)
+    if target.backend == "aiter":
+        for line in binding_summary(bound):
+            console.print(line, markup=False)
     return buffers, bound, StreamSet(target.device)
 
 
