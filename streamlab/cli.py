@@ -234,17 +234,23 @@ def calibrate(results: list[Path] = typer.Argument(..., help="result JSONs of me
                                                    show_default=False),
               name: str = typer.Option(..., help="profile name, e.g. h200"),
               out: Path = typer.Option(..., help="profile YAML to write"),
-              fence_us: float = typer.Option(1.0, help="cross-stream fence cost (not visible in serial runs)"),
-              concurrency_slowdown: float = typer.Option(0.1, help="per extra concurrent kernel (not visible in serial runs)")):
-    """Fit a simulator profile from measured serial runs; dual-stream runs stay held out."""
+              pairwise: Path = typer.Option(None, help="bench/pairwise.py result: launch gap with branches, fence, graph entry, node-pair overlaps, AR"),
+              pairwise_state: str = typer.Option(None, help="process state of the pairwise timings: clean (default) | cupti"),
+              fence_us: float = typer.Option(1.0, help="cross-stream fence cost without --pairwise"),
+              concurrency_slowdown: float = typer.Option(0.1, help="per extra concurrent kernel without --pairwise")):
+    """Fit a simulator profile from measured serial runs, isolated nodes and the pairwise
+    benchmark; dual-stream runs stay held out."""
     from streamlab.io import write_atomic
     from streamlab.sim.calibrate import calibrate as fit
     from streamlab.sim.profile import dump_profile
 
-    prof = fit(results, name, fence_us=fence_us, concurrency_slowdown=concurrency_slowdown)
+    prof = fit(results, name, fence_us=fence_us, concurrency_slowdown=concurrency_slowdown,
+               pairwise=pairwise, pairwise_state=pairwise_state)
     write_atomic(out, dump_profile(prof))
     console.print(f"wrote {out}: launch gap {prof.launch_gap_us.value:.2f} us, "
-                  f"{len(prof.node_us)} nodes at batches {sorted({b for t in prof.node_us.values() for b in t})}")
+                  f"{len(prof.node_us)} nodes at batches {sorted({b for t in prof.node_us.values() for b in t})}"
+                  + (f", fence {prof.fence_us.value:.2f} us, graph entry {prof.multi_stream_graph_entry_us.value:.1f} us, "
+                     f"{len(prof.pair_excess)} measured node pairs" if pairwise else ""))
 
 
 def _name(path: Path, results: dict) -> str:
@@ -254,7 +260,6 @@ def _name(path: Path, results: dict) -> str:
 
 def _side(path: Path, batches: list[int] | None, device: str, profile: str, out: Path) -> dict[int, dict]:
     """batch -> result, from a scenario (run now) or a result JSON written by `run`."""
-    import io
     import json
 
     if path.suffix == ".json":
@@ -269,12 +274,11 @@ def _side(path: Path, batches: list[int] | None, device: str, profile: str, out:
             raise Failure(f"{path}: not a streamlab result (no measured or simulated run in it)",
                           EXIT_BAD_INPUT)
         return {b: r for b, r in found.items() if batches is None or b in batches}
-    from streamlab.exec.session import run_scenario
+    from streamlab.exec.fresh import run_apart
 
     scen = load(path)
-    quiet = Console(file=io.StringIO(), width=200)
-    return {b: run_scenario(scen.override(batch=b), quiet, backend=None, device=device, layers=None,
-                            out=out, profile=profile)
+    return {b: run_apart(scen.override(batch=b), backend=None, device=device, layers=None, out=out,
+                         profile=profile)
             for b in (batches or [scen.shape.batch])}
 
 

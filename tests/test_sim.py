@@ -15,7 +15,7 @@ from streamlab.layer import Layer, Node, TensorSpec, Variant
 from streamlab.models import TINY, RankDims, Shape
 from streamlab.scenario import load
 from streamlab.schedule.program import Launch, Program, WaitStream
-from streamlab.sim.engine import per_layer_us, simulate
+from streamlab.sim.engine import Kernel, pair_excess, per_layer_us, simulate
 from streamlab.sim.profile import Param, Profile, load_profile
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
@@ -66,6 +66,40 @@ def test_fence_and_slowdown_and_lanes():
     assert by["c"].end == pytest.approx(3.0 + 4.0 + 6.0)  # 2 us of work in 4 us at half rate, 6 alone
     assert by["d"].start == pytest.approx(by["c"].end + 2.0)
     assert tl.streams == ["alt", "main"]
+
+
+def test_a_measured_pair_shares_by_its_excess_and_others_by_sm_demand():
+    # b and c (4 us each, b dispatched first) measured at excess 0.5: both at 1/1.5 while both run
+    p = profile(node_us={"a": {2: 1.0}, "b": {2: 4.0}, "c": {2: 4.0}, "d": {2: 1.0}},
+                pair_excess={"b|c": {2: 0.5}}, sm_demand={"b": {2: 0.75}, "c": {2: 0.5}})
+    layer, prog = diamond(0.0, 0.0)
+    by = {iv.node: iv for iv in simulate(layer, prog, p, layers=1).intervals}
+    assert by["b"].end == pytest.approx(1.0 + 6.0) and by["c"].end == pytest.approx(7.0)
+    # the other order was not measured: SM demands add up to 1.25, both run at 1/1.25
+    p.pair_excess = {"c|b": {2: 0.5}}
+    by = {iv.node: iv for iv in simulate(layer, prog, p, layers=1).intervals}
+    assert by["b"].end == pytest.approx(6.0) and by["c"].end == pytest.approx(6.0)
+
+
+def test_pair_excess_of_the_demand_model():
+    p = profile()
+    assert pair_excess(p, Kernel(10.0, 0.0, 0.5), Kernel(4.0, 0.0, 0.5)) == pytest.approx(0.0)
+    assert pair_excess(p, Kernel(10.0, 0.0, 1.0), Kernel(4.0, 0.0, 1.0)) == pytest.approx(1.0)
+    # demands 1.2: the shorter ends at 4 * 1.2, the longer has 10 - 4 left: (4.8 + 6 - 10) / 4
+    assert pair_excess(p, Kernel(10.0, 0.0, 0.6), Kernel(4.0, 0.0, 0.6)) == pytest.approx(0.2)
+    # HBM: two kernels at 80% of the bandwidth each run at 1 / 1.6
+    assert pair_excess(p, Kernel(10.0, 0.8, 0.0), Kernel(10.0, 0.8, 0.0)) == pytest.approx(0.6)
+
+
+def test_a_graph_with_branches_pays_its_entry_once_per_replay_and_its_own_launch_gap():
+    p = profile(node_us={"a": {2: 1.0}, "b": {2: 2.0}, "c": {2: 2.0}, "d": {2: 1.0}},
+                multi_stream_graph_entry_us=Param(6.0, "t"), launch_gap_us=Param(0.1, "t"),
+                multi_stream_launch_gap_us=Param(0.5, "t"))
+    layer, prog = diamond(0.0, 0.0)
+    # a, then b || c, then d on one lane: 3 gaps per layer (the replay's last one uncounted)
+    assert per_layer_us(simulate(layer, prog, p, layers=2), 2) == pytest.approx((6.0 + 2 * 4.0 + 5 * 0.5) / 2)
+    serial = Program([Launch(n, "main") for n in "abcd"])  # no branch: no entry, the plain gap
+    assert per_layer_us(simulate(layer, serial, p, layers=2), 2) == pytest.approx((2 * 6.0 + 7 * 0.1) / 2)
 
 
 def test_mi355x_profile_reproduces_the_published_layer_within_10_percent():

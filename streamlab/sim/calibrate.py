@@ -1,19 +1,32 @@
-"""Fit a device profile from measured runs (result JSONs of `streamlab run` on a GPU).
+"""Fit a device profile from measured runs (result JSONs of `streamlab run` on a GPU, or a bench
+matrix.json) and, optionally, the pairwise micro-benchmark (bench/pairwise.py).
 
-Only single-stream evidence is used, so dual-stream layouts stay a held-out test of the model:
-node latencies are the serial layout's in-graph medians per batch; the launch gap is what the
-serial layer's latency leaves after its kernels, per kernel. Cross-stream costs (fence, sharing)
-cannot be seen in a serial run: they take the values given, labelled as not calibrated.
+The dual-stream layouts stay a held-out test of the model, so only this evidence is used:
+- the serial layout: node latencies (in-graph medians per batch) and the launch gap (what the
+  serial layer's latency leaves after its kernels, per kernel);
+- a node that is a different kernel in another variant (the routed experts without the fused
+  shared expert, the shared expert itself): its in-graph latency in that variant's single-stream
+  layout (scenarios/serial_moe_unfused.yaml) where measured, else that variant's isolated
+  latency (each node alone in its own graph, from any run) scaled to the in-graph level the
+  serial layout shows;
+- pairwise.json (streamlab.sim.pairwise): fence cost, the idle of a graph with branches, the
+  overlap excess of every measured node pair (with SM demands fitted to the pairs for the
+  combinations never measured), and the all-reduce's slowdown beside another kernel.
+Without pairwise.json the cross-stream costs take the values given, labelled as not calibrated.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamlab.analysis import percentiles
 from streamlab.errors import EXIT_BAD_INPUT, Failure
-from streamlab.sim.profile import Param, Profile
+from streamlab.layer import Layer, Variant, build_layer
+from streamlab.models import MODELS, RankDims, Shape
+from streamlab.sim.pairwise import PairwiseFit, fit_pairwise, load_pairwise
+from streamlab.sim.profile import BatchTable, Param, Profile, variant_key
 
 
 def _load(paths: list[Path]) -> list[dict]:
@@ -31,39 +44,167 @@ def _load(paths: list[Path]) -> list[dict]:
     return runs
 
 
-def calibrate(paths: list[Path], name: str, serial: str = "serial", fence_us: float = 1.0,
-              concurrency_slowdown: float = 0.1) -> Profile:
-    runs = [r for r in _load(paths) if r["scenario"] == serial]
-    if not runs:
-        raise Failure(f"no measured run of the {serial!r} layout to calibrate from", EXIT_BAD_INPUT)
-    device = runs[0]["device"]
-    node_us: dict[str, dict[int, float]] = {}
-    kernels: dict[str, int] = {}
-    gaps, copy = [], []
+@dataclass
+class SerialFit:
+    """What the serial layout's runs say: node latencies, kernels per node, launch gap, HBM."""
+
+    device: str
+    variant: dict
+    node_us: dict[str, BatchTable] = field(default_factory=dict)
+    isolated_us: dict[str, BatchTable] = field(default_factory=dict)
+    kernels: dict[str, int] = field(default_factory=dict)
+    gaps: list[float] = field(default_factory=list)
+    copy_gbs: list[float] = field(default_factory=list)
+    inside_us: dict[int, tuple[float, int]] = field(default_factory=dict)  # batch -> (node time sum, kernels)
+
+    @property
+    def batches(self) -> list[int]:
+        return sorted({b for t in self.node_us.values() for b in t})
+
+
+def fit_serial(runs: list[dict]) -> SerialFit:
+    fit = SerialFit(runs[0]["device"], runs[0].get("variant", {}))
     for r in runs:
         m, batch = r["measured"], r["shape"]["batch"]
         inside = 0.0
         for node, n in m["nodes"].items():
             t = n["in_graph_us"]["median"]
-            node_us.setdefault(node, {})[batch] = t
-            kernels[node] = n["kernels"]
+            fit.node_us.setdefault(node, {})[batch] = t
+            fit.isolated_us.setdefault(node, {})[batch] = n["isolated_us"]
+            fit.kernels[node] = n["kernels"]
             inside += t
-        gaps.append((m["per_layer_us"]["median"] - inside) / m["kernels_per_layer"])
-        copy.append(m["ceilings"]["copy_gbs"])
-    # a node only in another variant (the unfused shared expert) keeps its isolated latency
-    for r in _load(paths):
-        for node, n in r["measured"]["nodes"].items():
-            node_us.setdefault(node, {}).setdefault(r["shape"]["batch"], n["isolated_us"])
-            kernels.setdefault(node, n["kernels"])
-    batches = sorted({r["shape"]["batch"] for r in runs})
-    src = f"measured: {serial} layout on {device}, batches {batches}"
-    return Profile(
+        fit.inside_us[batch] = (inside, m["kernels_per_layer"])
+        fit.gaps.append((m["per_layer_us"]["median"] - inside) / m["kernels_per_layer"])
+        fit.copy_gbs.append(m["ceilings"]["copy_gbs"])
+    return fit
+
+
+def _layer_of(run: dict, variant: dict) -> Layer | None:
+    """The run's layer built for `variant`; None when the run does not say its model and shape."""
+    model = MODELS.get(run.get("model", ""))
+    shape = run.get("shape", {})
+    if model is None or set(shape) != set(vars(Shape())):
+        return None
+    return build_layer(RankDims(model, Shape(**shape)), Variant(**variant))
+
+
+def in_graph_scale(serial: SerialFit, batch: int, node: str) -> float:
+    """In-graph / isolated latency of the serial layout: of the same node where serial has it,
+    else the median over serial's nodes at that batch. Isolated runs are timed with L2 flushed in
+    a graph of one node, so they read higher than the same kernel between its neighbours."""
+    def ratio(name: str) -> float | None:
+        g, i = serial.node_us.get(name, {}).get(batch), serial.isolated_us.get(name, {}).get(batch)
+        return g / i if g and i else None
+    own = ratio(node)
+    if own is not None:
+        return own
+    ratios = [r for r in map(ratio, serial.node_us) if r is not None]
+    return percentiles(ratios)[1] if ratios else 1.0
+
+
+def fit_variants(runs: list[dict], serial: SerialFit, variant_serials: tuple[str, ...] = ()
+                 ) -> tuple[dict[str, dict[str, BatchTable]], dict[str, int]]:
+    """Latencies of nodes that another variant runs as a different kernel than serial does.
+
+    A node counts as the same kernel when its definition (op, tensors, attributes, work) is equal
+    in both variants. Its latency is its in-graph median in that variant's own single-stream
+    layout (a scenario named in `variant_serials`) where one was measured at the batch; otherwise
+    that variant's isolated measurement (the median over its runs at the batch) times
+    `in_graph_scale`, which misses by up to ~8% (the routed experts without the shared expert,
+    H100 batch 16)."""
+    samples: dict[str, dict[str, dict[int, list[float]]]] = {}
+    direct: dict[str, dict[str, dict[int, float]]] = {}
+    kernels: dict[str, int] = {}
+    for r in runs:
+        variant = r.get("variant")
+        if not variant or variant == serial.variant:
+            continue
+        layer, base = _layer_of(r, variant), _layer_of(r, serial.variant)
+        if layer is None or base is None:
+            continue
+        batch, key = r["shape"]["batch"], variant_key(Variant(**variant))
+        for node in layer.nodes:
+            if base.by_name.get(node.name) == node or node.name not in r["measured"]["nodes"]:
+                continue
+            n = r["measured"]["nodes"][node.name]
+            if r["scenario"] in variant_serials and n["in_graph_us"]:
+                direct.setdefault(key, {}).setdefault(node.name, {})[batch] = n["in_graph_us"]["median"]
+            est = n["isolated_us"] * in_graph_scale(serial, batch, node.name)
+            samples.setdefault(key, {}).setdefault(node.name, {}).setdefault(batch, []).append(est)
+            kernels.setdefault(node.name, n["kernels"])
+    tables = {key: {node: {b: direct.get(key, {}).get(node, {}).get(b, percentiles(v)[1])
+                           for b, v in sorted(per.items())}
+                    for node, per in nodes.items()} for key, nodes in samples.items()}
+    return tables, kernels
+
+
+VARIANT_SERIALS = ("serial_moe_unfused",)  # single-stream layouts of other variants (scenarios/)
+
+
+def calibrate(paths: list[Path], name: str, serial: str = "serial", fence_us: float = 1.0,
+              concurrency_slowdown: float = 0.1, pairwise: Path | None = None,
+              pairwise_state: str | None = None) -> Profile:
+    runs = _load(paths)
+    serial_runs = [r for r in runs if r["scenario"] == serial]
+    if not serial_runs:
+        raise Failure(f"no measured run of the {serial!r} layout to calibrate from", EXIT_BAD_INPUT)
+    fit = fit_serial(serial_runs)
+    variants, variant_kernels = fit_variants(runs, fit, VARIANT_SERIALS)
+    direct = sorted({r["scenario"] for r in runs if r["scenario"] in VARIANT_SERIALS})
+    device = fit.device
+    src = f"measured: {serial} layout on {device}, batches {fit.batches}"
+    gap = max(0.0, percentiles(fit.gaps)[1])
+    prof = Profile(
         name=name, streams="hip" if "AMD" in device or "MI" in device else "cuda",
-        hbm_gbs=Param(percentiles(copy)[1], f"measured: device-to-device copy on {device}"),
-        launch_gap_us=Param(max(0.0, percentiles(gaps)[1]), f"{src}: (layer latency - node times) / kernels"),
+        hbm_gbs=Param(percentiles(fit.copy_gbs)[1], f"measured: device-to-device copy on {device}"),
+        launch_gap_us=Param(gap, f"{src}: (layer latency - node times) / kernels, median over batches"),
         fence_us=Param(fence_us, "not calibrated: a serial run has no cross-stream edge"),
         graph_entry_us=Param(0.0, "included in the launch gap"),
-        ar_concurrency_factor=Param(1.0, "one GPU: the all-reduce is emulated by a spin kernel"),
+        ar_concurrency_factor=Param(1.0, "not calibrated: one GPU, the all-reduce is emulated by a spin kernel"),
         multi_stream_entry_us=Param(0.0, "not calibrated"),
         concurrency_slowdown=Param(concurrency_slowdown, "not calibrated: a serial run has no concurrency"),
-        node_us=node_us, node_kernels=kernels, node_source=f"{src}: in-graph median per node (isolated for nodes serial lacks)")
+        node_us=fit.node_us, node_kernels={**variant_kernels, **fit.kernels},
+        node_source=f"{src}: in-graph median per node",
+        variant_node_us=variants,
+        variant_source=(f"measured on {device}: in-graph median in that variant's single-stream "
+                        f"layout ({', '.join(direct)}) where measured, else " if direct else
+                        f"measured on {device}: ") + ("isolated latency in that variant's runs x the "
+                        "serial layout's in-graph / isolated ratio (of the node, else the median)")
+        if variants else "")
+    if pairwise is not None:
+        pw = load_pairwise(pairwise)
+        pf = fit_pairwise(pw, prof, pairwise_state)
+        apply_pairwise(prof, pf, branched_gap(fit, pw.layers.get(pf.state, {}), pf.source))
+    return prof
+
+
+def branched_gap(fit: SerialFit, serial_us: dict[int, float], source: str) -> Param | None:
+    """The launch gap once graphs with branches run: the serial layer as bench/pairwise.py timed
+    it (after graphs with branches had run in its process) minus the serial node times, per
+    kernel, median over batches. On H100 a process's first graph runs its kernels ~0.1 us apart,
+    and any graph once branched graphs have run ~0.4 us apart; a graph with branches always sees
+    the latter (bench/results/h100-2026-11-21/first_run.txt)."""
+    gaps = [(serial_us[b] - inside) / kernels for b, (inside, kernels) in fit.inside_us.items() if b in serial_us]
+    if not gaps:
+        return None
+    return Param(max(0.0, percentiles(gaps)[1]), f"{source}: serial layer timed after graphs with branches "
+                 "- the serial node times, per kernel, median over batches")
+
+
+def apply_pairwise(prof: Profile, pf: PairwiseFit, gap_branched: Param | None) -> None:
+    """Replace the uncalibrated cross-stream parameters with the pairwise benchmark's."""
+    if gap_branched is not None:
+        prof.multi_stream_launch_gap_us = gap_branched
+    gap = prof.lane_gap_us(True)
+    prof.fence_us = Param(gap + pf.fence_extra_us,
+                          f"multi-stream launch gap + {pf.fence_extra_us:.3f} us: {pf.source}, fork/join ladder "
+                          "vs single-stream chain of empty kernels, per unit")
+    prof.multi_stream_graph_entry_us = Param(pf.graph_entry_us, f"{pf.source}: intercept of the "
+                                             "fork/join ladder minus the chain's, per replay")
+    prof.concurrency_slowdown = Param(0.0, "superseded by pair_excess and sm_demand (pairwise)")
+    prof.pair_excess = pf.pair_excess
+    prof.pair_source = pf.pair_note
+    prof.ar_concurrency_factor = Param(pf.ar_factor, pf.ar_source)
+    prof.sm_demand = pf.sm_demand
+    prof.default_sm_demand = Param(pf.default_sm_demand, f"{pf.source}: median of the fitted demands")
+    prof.sm_source = pf.sm_note

@@ -2,19 +2,31 @@
 
 Lanes are physical streams (HIP: the depth-first queue rule; CUDA: one lane per capture stream).
 A lane runs its nodes in dispatch order; a node starts when its lane is free (after the launch
-gap) and every graph parent has finished (plus the fence cost for a parent on another lane).
-Running kernels share the device as a fluid: each progresses at
-min(1 / max(1, total HBM demand), 1 / (1 + concurrency_slowdown * (kernels running - 1)));
-an all-reduce runs `ar_concurrency_factor` times slower while another lane is busy, or, with
-`ar_scope: graph` (what MI355X shows), in any graph that uses more than one lane. A graph of
-several lanes also idles `multi_stream_entry_us` before each layer's first kernel (what the
-MI355X trace shows as a stall at every layer's re-entry).
+gap: `launch_gap_us`, or `multi_stream_launch_gap_us` in a graph of several lanes, whose kernels
+sit further apart on H100) and every graph parent has finished (plus the fence cost for a parent
+on another lane).
+Running kernels share the device as a fluid. Two kernels whose ordered pair (the one that started
+first, then the other) was measured together by the pairwise benchmark both run at 1 / (1 + e)
+while both run, e being that pair's overlap excess (0: free overlap, 1: as slow as one after the
+other; two GEMMs that each fill the SMs measure e > 1 on H100): this reproduces the measured
+makespan for any two latencies. It slows both alike, though on H100 the one dispatched first
+slows less (router_gate beside shared_gate_up: +20% vs +67%); a split that keeps the first at
+full pace also reproduces the makespans but put the dual-stream layouts further off (MAPE 1.7%
+vs 0.9% on the in-process H100 matrix of 2026-11-21), so the simpler symmetric split stays.
+Otherwise each progresses at
+min(1 / max(1, total HBM demand, total SM demand), 1 / (1 + concurrency_slowdown * (kernels running - 1)));
+HBM demand is the node's bytes over its latency at full bandwidth, SM demand the share of the
+SMs it keeps busy alone (fitted to the same pairs). An all-reduce runs
+`ar_concurrency_factor` times slower while another lane is busy, or, with `ar_scope: graph`
+(what MI355X shows), in any graph that uses more than one lane. A graph of several lanes also
+idles `multi_stream_entry_us` before each layer's first kernel (what the MI355X trace shows as a
+stall at every layer's re-entry) and `multi_stream_graph_entry_us` once per replay (what a CUDA
+graph with branches costs to launch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from functools import lru_cache
 
 from streamlab.analysis import chained_bounds
@@ -34,8 +46,10 @@ class _Run:
     lane: str
     start: float
     remaining: float  # us of standalone work left
-    demand: float
+    demand: float  # HBM
+    sm: float
     collective: bool
+    order: int  # dispatch order: breaks ties between kernels that start together
 
 
 def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) -> Timeline:
@@ -46,15 +60,18 @@ def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) 
     else:
         lane_of = dict(graph.stream_of)
     nodes = {n.name: n for n in layer.nodes}
-    gap = profile.launch_gap_us.value
+    multi = len(set(lane_of.values())) > 1
+    gap = profile.lane_gap_us(multi)
     alone = {n.name: isolated_us(layer, profile, n.name) for n in layer.nodes}
     work = {key: alone[key[1]] + (profile.kernels(nodes[key[1]]) - 1) * gap for key in graph.nodes}
     demand = {k: profile.bandwidth_demand(nodes[k[1]], work[k]) for k in graph.nodes}
+    sm = {n: profile.node_sm_demand(n, layer.dims.tokens) for n in nodes}
+    pairs = profile.pairs_at(layer.dims.tokens)
+    order = {key: i for i, key in enumerate(graph.nodes)}
     lanes: dict[str, list[tuple[int, str]]] = {}
     for key in graph.nodes:
         lanes.setdefault(lane_of[key], []).append(key)
-    multi = len(lanes) > 1
-    entry = profile.graph_entry_us.value
+    entry = profile.graph_entry_us.value + (profile.multi_stream_graph_entry_us.value if multi else 0.0)
     first = program.launches[0].node
     layer_entry = profile.multi_stream_entry_us.value if multi else 0.0
     head = {lane: 0 for lane in lanes}
@@ -84,9 +101,10 @@ def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) 
             at = ready_at(lane)
             if at is not None and at <= t + EPS:
                 key = lanes[lane][head[lane]]
-                running[lane] = _Run(key, lane, t, work[key], demand[key], nodes[key[1]].is_collective)
+                running[lane] = _Run(key, lane, t, work[key], demand[key], sm[key[1]],
+                                     nodes[key[1]].is_collective, order[key])
                 head[lane] += 1
-        rates = _rates(running, profile, multi)
+        rates = _rates(running, profile, multi, pairs)
         finish = min((r.remaining / rates[lane] for lane, r in running.items()), default=float("inf"))
         starts = [at for lane in lanes if lane not in running and head[lane] < len(lanes[lane])
                   for at in [ready_at(lane)] if at is not None and at > t + EPS]
@@ -112,7 +130,7 @@ def isolated_us(layer: Layer, profile: Profile, name: str) -> float:
     """The profile's latency of a node alone at the layer's batch size."""
     def fit_at(batch: int) -> float:
         return profile.fit_us(_layer_at(layer.dims, layer.variant, batch).node(name))
-    return profile.isolated_us(layer.node(name), layer.dims.tokens, fit_at)
+    return profile.isolated_us(layer.node(name), layer.dims.tokens, fit_at, layer.variant)
 
 
 @lru_cache(maxsize=64)
@@ -120,10 +138,17 @@ def _layer_at(dims: RankDims, variant: Variant, batch: int) -> Layer:
     return build_layer(RankDims(dims.model, dims.shape.with_(batch=batch)), variant)
 
 
-def _rates(running: dict[str, _Run], profile: Profile, multi_lane: bool) -> dict[str, float]:
-    total = sum(r.demand for r in running.values() if not r.collective)
-    share = min(1.0 / max(1.0, total),
-                1.0 / (1.0 + profile.concurrency_slowdown.value * max(0, len(running) - 1)))
+def _rates(running: dict[str, _Run], profile: Profile, multi_lane: bool,
+           pairs: dict[tuple[str, str], float] | None = None) -> dict[str, float]:
+    """Progress per us of standalone work of each running kernel (see the module docstring).
+    `pairs`: measured overlap excess of (started first, started second) node pairs."""
+    compute = sorted((r for r in running.values() if not r.collective), key=lambda r: (r.start, r.order))
+    pair = (compute[0].key[1], compute[1].key[1]) if len(compute) == 2 else None
+    if pairs and pair in pairs:
+        share = 1.0 / (1.0 + max(0.0, pairs[pair]))
+    else:
+        share = min(1.0 / max(1.0, sum(r.demand for r in compute), sum(r.sm for r in compute)),
+                    1.0 / (1.0 + profile.concurrency_slowdown.value * max(0, len(running) - 1)))
     rates = {}
     for lane, r in running.items():
         if r.collective:
@@ -132,6 +157,33 @@ def _rates(running: dict[str, _Run], profile: Profile, multi_lane: bool) -> dict
         else:
             rates[lane] = share
     return rates
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A node as the fluid sees it: standalone latency, HBM demand, SM demand."""
+
+    us: float
+    hbm: float
+    sm: float
+
+
+def pair_excess(profile: Profile, first: Kernel, second: Kernel) -> float:
+    """Two kernels started together on two lanes, `first` dispatched first, under the demand
+    model (no measured pair): (makespan - longer latency) / shorter latency, 0 when they overlap
+    for free and 1 when they serialize. What the pairwise benchmark measures."""
+    runs = {lane: _Run((0, lane), lane, 0.0, k.us, k.hbm, k.sm, False, i)
+            for i, (lane, k) in enumerate((("a", first), ("b", second)))}
+    t = 0.0
+    while runs:
+        rates = _rates(runs, profile, True)
+        step = min(r.remaining / rates[lane] for lane, r in runs.items())
+        t += step
+        for lane in list(runs):
+            runs[lane].remaining -= rates[lane] * step
+            if runs[lane].remaining <= EPS * max(1.0, first.us, second.us):
+                del runs[lane]
+    return (t - max(first.us, second.us)) / min(first.us, second.us)
 
 
 def per_layer_us(timeline: Timeline, layers: int) -> float:
