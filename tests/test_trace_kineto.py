@@ -489,8 +489,8 @@ def pattern_trace(steps=2, layers=10):
 def test_pattern_layers(tmp_path):
     lt = load_trace(write(tmp_path / "p.json.gz", pattern_trace()))
     seg = segment(lt.timeline, replays=lt.info.replays)
-    assert (seg.method, seg.period) == ("pattern", 7)
-    assert seg.description == "the kernel sequence of stream 7 repeats every 7 kernels"
+    assert (seg.method, seg.period) == ("pattern", 8)  # topk on stream 9 counts: all streams
+    assert seg.description == "the kernel sequence of all streams (in start order) repeats every 8 kernels"
     assert seg.found == 20 and seg.steady == 20 and seg.dropped == {}
     walls = [e - s for s, e in seg.timeline.layers]
     # the last layer of a step ends at its last kernel: no trailing 0.5 us gap

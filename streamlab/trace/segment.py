@@ -13,10 +13,13 @@ Three ways to find layer boundaries (`segment`):
   replays are known, else 0. The first segment of every step holds the step's prologue
   (embedding, ...) and what follows the last full layer holds its epilogue (final norm,
   LM head, sampling): both are dropped.
-- **pattern** (no all-reduce): the period of the kernel-name sequence on the stream with the
-  most kernels (`find_period`); every maximal stretch where the sequence repeats with that
-  period is cut into blocks of one period, all in the phase of the longest stretch.
-  Kernels of other streams belong to the block their start time falls in.
+- **pattern** (no all-reduce): the period of the kernel-name sequence (`find_period`) of all
+  streams' kernels in start order, or, when concurrency scrambles that order so that repeating
+  stretches cover less than half of the kernels (or the period is one kernel), of the stream
+  with the most kernels; every
+  maximal stretch where the sequence repeats with that period is cut into blocks of one period,
+  all in the phase of the longest stretch. Operations not in the reference sequence belong to
+  the block their start time falls in.
 - **regex** (`layer_regex`): a kernel whose name matches (re.search) starts a layer; what comes
   before the first match and after the last one in a step is dropped.
 
@@ -130,9 +133,9 @@ def segment_ops(ops: DeviceOps, source: Source, *, ars_per_layer: int | None = N
             f", skipping the first {offset} of each step" if offset else "")
         extra = {"ars_per_layer": n, "ar_offset": offset}
     else:
-        cands, period, stream = _by_pattern(ops)
+        cands, period, where = _by_pattern(ops)
         method = "pattern"
-        desc = (f"the kernel sequence of stream {stream} repeats every {period} kernels"
+        desc = (f"the kernel sequence of {where} repeats every {period} kernels"
                 if period else "no repeating kernel pattern")
         extra = {"period": period}
     if not cands:
@@ -225,21 +228,33 @@ def find_period(codes, max_period: int = MAX_PERIOD, sample: int = PERIOD_SAMPLE
 
 
 def _by_pattern(ops: DeviceOps) -> tuple[list[_Candidate], int | None, str | None]:
+    """Layers from the period of the kernel-name sequence: first of all streams' kernels in start
+    order (graph replays put a layer's kernels on executor-chosen streams that repeat only per
+    replay, so one stream's period can span several layers), else, where concurrent kernels
+    scramble that order, of the stream with the most kernels."""
     kernels = np.flatnonzero(np.array([k != "memset" for k in ops.kinds])[ops.kind])
     if not kernels.size:
         return [], None, None
+    cands, p, covered = _pattern_blocks(ops, kernels)
+    if p is not None and p > 1 and covered * 2 >= kernels.size:  # one kernel is no layer
+        return cands, p, "all streams (in start order)"
     on = ops.stream[kernels]
     count = np.bincount(on)
     first = np.full(count.size, kernels.size)
     np.minimum.at(first, on, np.arange(kernels.size))
     busiest = np.flatnonzero(count == count.max())  # ties: the stream seen first
     sid = int(busiest[np.argmin(first[busiest])])
-    stream = ops.streams[sid]
-    ref = kernels[on == sid]
+    cands, p, _ = _pattern_blocks(ops, kernels[on == sid])
+    return cands, p, f"stream {ops.streams[sid]}"
+
+
+def _pattern_blocks(ops: DeviceOps, ref: np.ndarray) -> tuple[list[_Candidate], int | None, int]:
+    """Blocks of one period of the names of the operations `ref` (indices in start order), in
+    the phase of the longest repeating stretch; and how many of `ref` the blocks cover."""
     codes = ops.name[ref]
     p = find_period(codes)
     if p is None:
-        return [], None, stream
+        return [], None, 0
     eq = np.concatenate((codes[:-p] == codes[p:], [False]))
     stretches = []  # [s, e): codes[s:e] repeats with period p, at least two periods long
     flips = np.flatnonzero(np.diff(np.concatenate(([0], eq.astype(np.int8)))))
@@ -247,10 +262,10 @@ def _by_pattern(ops: DeviceOps) -> tuple[list[_Candidate], int | None, str | Non
         if e - s >= p:
             stretches.append((int(s), int(e) + p))
     if not stretches:
-        return [], p, stream
+        return [], p, 0
     s0, _ = max(stretches, key=lambda se: se[1] - se[0])
     pattern = codes[s0:s0 + p]
-    cands = []
+    cands, covered = [], 0
     for s, e in stretches:
         rot = next((o for o in range(p) if np.array_equal(codes[s + o:s + o + p], pattern)), None)
         if rot is None:
@@ -258,10 +273,11 @@ def _by_pattern(ops: DeviceOps) -> tuple[list[_Candidate], int | None, str | Non
         blocks = np.arange(s + rot, e - p + 1, p)
         if not blocks.size:
             continue
+        covered += blocks.size * p
         lo = np.searchsorted(ops.start, ops.start[ref[blocks]], "left")
         hi = np.append(lo[1:], np.searchsorted(ops.start, ops.end[ref[blocks[-1] + p - 1]], "left"))
         cands += [_Candidate(a, max(b, a + 1)) for a, b in zip(lo.tolist(), hi.tolist())]
-    return cands, p, stream
+    return cands, p, covered
 
 
 def _steady(cands: list[_Candidate]) -> tuple[list[_Candidate], dict[str, int]]:
