@@ -2,7 +2,7 @@
 each element of the traceEvents array begins and ends and reads the few fields the loader uses,
 so that events it never uses (CPU ops, Python functions, annotations, metadata) are never
 decoded, and those it uses are read column-wise rather than as one dict each: a 1 GB trace of
-ours loads in 7.8 s instead of 19 s (bench/results/trace-2026-11-21).
+ours loads in 8-9 s instead of 19 s (bench/results/trace-2026-11-21).
 
 How a block is read (`Block`):
 - the unescaped quotes delimit the strings; brackets outside strings give the nesting depth,
