@@ -19,7 +19,7 @@ from streamlab.exec.attribute import Signature, attribute
 from streamlab.exec.buffers import Buffers
 from streamlab.exec.eager import StreamSet, run_layers, run_program
 from streamlab.exec.profile import device_events
-from streamlab.kernels import Bound
+from streamlab.kernels import Bound, backend_kind
 from streamlab.scenario import Scenario
 from streamlab.schedule.graph import capture
 from streamlab.schedule.program import Launch, Program
@@ -188,7 +188,7 @@ def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: 
     intervals = [iv.__class__(iv.name, iv.stream, iv.start - origin, iv.end - origin, iv.node,
                               iv.layer, iv.kind) for iv in intervals]
     timeline = Timeline(intervals, Source("measured", torch.cuda.get_device_name(device), {
-        "backend": ",".join(sorted({b.backend.partition(" (")[0] for b in bound.values()})),
+        "backend": ",".join(sorted({backend_kind(b.backend) for b in bound.values()})),
         "torch": torch.__version__, "scenario": scen.name}), chained_bounds(intervals, layers))
     return timing, timeline, summarize(timeline), alone, ceil
 

@@ -76,9 +76,14 @@ def fallback_label(used: str, wanted: str, why: str) -> str:
     return f"{used} ({wanted} fallback: {why})"
 
 
+def backend_kind(label: str) -> str:
+    """The backend a node ran on, without the fallback reason of `fallback_label`."""
+    return label.partition(" (")[0]
+
+
 def binding_summary(bound: Mapping[str, Bound]) -> list[str]:
     """What ran where, for the printed report: nodes per backend, then each fallback and why."""
-    kinds = Counter(b.backend.partition(" (")[0] for b in bound.values())
+    kinds = Counter(backend_kind(b.backend) for b in bound.values())
     fallbacks = [(name, b.backend) for name, b in bound.items() if " fallback: " in b.backend]
     head = "kernels: " + ", ".join(f"{kind} {n} nodes" for kind, n in kinds.most_common())
     if fallbacks:

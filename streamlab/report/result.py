@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streamlab.analysis import Stat, Summary, percentiles, spread
+from streamlab.kernels import backend_kind
 from streamlab.models.hardware import FP8_OPS
 from streamlab.scenario import Scenario
 
@@ -124,7 +125,7 @@ def print_result(console: Console, scen: Scenario, m: dict) -> None:
     for name, n in m["nodes"].items():
         g = n["in_graph_us"]
         far = n["isolated_us"] / n["floor_us"] if n["floor_us"] > 0 else float("inf")
-        table.add_row(name, n["backend"].partition(" (")[0], str(n["kernels"]), f"{g['median']:.2f}" if g else "-",
+        table.add_row(name, backend_kind(n["backend"]), str(n["kernels"]), f"{g['median']:.2f}" if g else "-",
                       f"{g['p20']:.1f}-{g['p80']:.1f}" if g else "-", f"{n['isolated_us']:.2f}",
                       f"{n['slowdown']:.2f}", f"{n['floor_us']:.2f}",
                       f"[red]{far:.1f}[/]" if far > 10 else f"{far:.1f}")
