@@ -3,7 +3,7 @@
 They come from git history, not from copies in the scripts. Fill the git-ignored folder once,
 then carry it to the device (`carry: [".baseline"]`):
 
-    mkdir -p .baseline && for m in gemm moe indexer attention; do
+    mkdir -p .baseline && for m in gemm moe topk attention; do
       git show REV:streamlab/kernels/triton/$m.py > .baseline/old_$m.py; done
 """
 

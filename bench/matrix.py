@@ -56,10 +56,10 @@ def markdown(results: list[dict]) -> str:
     if ok:
         r0 = ok[0]
         out.write(f"Device: {r0['device']}; versions: {r0['versions']}\n\n")
-    out.write("| scenario | batch | layer us median | p20 | p80 | repeat spread | vs serial | "
+    out.write("| scenario | batch | layer us median | p20 | p80 | repeat spread | drift | vs serial | "
               "wall (profiled) | kernel sum | overlap | bubble launch/fence/stall | AR/call | streams | "
               "equal to serial | latency / budget | without AR set time |\n")
-    out.write("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    out.write("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     serial = {r["batch"]: r["measured"]["per_layer_us"]["median"] for r in ok if r["scenario"] == "serial"}
     for r in results:
         if "measured" not in r:
@@ -72,7 +72,8 @@ def markdown(results: list[dict]) -> str:
         base = serial.get(r["batch"])
         delta = f"{lay['median'] - base:+.1f}" if base else "-"
         out.write(f"| {r['scenario']} | {r['batch']} | {lay['median']:.1f} | {lay['p20']:.1f} | "
-                  f"{lay['p80']:.1f} | {100 * m['repeat_spread']:.2f}% | {delta} | "
+                  f"{lay['p80']:.1f} | {100 * m['repeat_spread']:.2f}% | "
+                  f"{100 * m.get('drift', 0.0):.2f}% | {delta} | "
                   f"{p['wall_us']['median']:.1f} | {p['kernel_sum_us']['median']:.1f} | "
                   f"{p['overlap']['median']:.2f} | {b['launch']['median']:.1f}/{b['fence']['median']:.1f}/"
                   f"{b['stall']['median']:.1f} | {ar['median'] if ar else 0:.1f} | "
@@ -90,7 +91,10 @@ def markdown(results: list[dict]) -> str:
     out.write("\nlatency / budget: per-layer median over (sum of node floors + 2 us per kernel); a "
               "node's floor is max(bytes / copy bandwidth, FLOPs / peak), and the emulated "
               "all-reduce's floor is its set time (it holds the stream that long by design); the "
-              "last column counts only its bytes.\n")
+              "last column counts only its bytes.\n\nrepeat spread: max - min of the medians of 5 "
+              "interleaved repeats (replay i in repeat i mod 5) over a timed window of >= 2 s, "
+              "over their median; drift: the same over the medians of consecutive blocks of 50 "
+              "replays (how much the layer's speed wandered during the window).\n")
     return out.getvalue()
 
 

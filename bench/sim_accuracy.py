@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
+from streamlab.check import run_noise
 from streamlab.io import write_atomic
 from streamlab.scenario import load
 from streamlab.sim.calibrate import calibrate
@@ -30,18 +31,19 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = ("serial", "pr23562", "a_v4", "a_v4_moe_dual")
 CALIBRATION = "serial"
 TIE_RULE = ("two layouts tie when their measured medians differ by less than the larger of their "
-            "repeat spreads (max - min of the 5 repeat medians, in us)")
+            "noises (`streamlab.check.run_noise` x the median, in us: the larger of the repeat "
+            "spread and half the drift within the timed window, how far a fresh run could land)")
 
 
 @dataclass(frozen=True)
 class Measured:
     us: float  # per-layer median
-    noise_us: float  # repeat spread in us
+    noise_us: float  # run_noise in us
 
 
 def measured_runs(matrix: Path) -> dict[tuple[str, int], Measured]:
     return {(r["scenario"], r["batch"]): Measured(r["measured"]["per_layer_us"]["median"],
-                                                   r["measured"]["repeat_spread"] * r["measured"]["per_layer_us"]["median"])
+                                                   run_noise(r["measured"]) * r["measured"]["per_layer_us"]["median"])
             for r in json.loads(matrix.read_text()) if "measured" in r}
 
 
@@ -83,7 +85,7 @@ def ranking_lines(batch: int, sim: dict[str, float], meas: dict[str, Measured]) 
 def report(matrix: Path, profile: Profile, origin: str) -> str:
     runs = measured_runs(matrix)
     lines = [f"profile {profile.name} ({origin}) vs {matrix}", "",
-             "| batch | layout | simulated us | measured us | repeat spread us | error | held out |",
+             "| batch | layout | simulated us | measured us | noise us | error | held out |",
              "|---|---|---|---|---|---|---|"]
     errors, rankings = [], []
     for batch in sorted({b for _, b in runs}):

@@ -36,8 +36,8 @@ import triton.language as tl  # noqa: E402
 import baseline  # noqa: E402
 from streamlab.kernels import reference as ref  # noqa: E402
 from streamlab.kernels.quant import FP8  # noqa: E402
-from streamlab.kernels.triton import attention, indexer  # noqa: E402
-from streamlab.kernels.triton.indexer import _split_bins, _tile_bounds  # noqa: E402
+from streamlab.kernels.triton import attention, topk  # noqa: E402
+from streamlab.kernels.triton.topk import _split_bins, _tile_bounds  # noqa: E402
 
 REPS = 20
 REPLAYS = 7
@@ -140,7 +140,7 @@ def topk_check(logits, table, seq, out):
     return None
 
 
-TOPK_SWEEP = [dict(bins=b, cap=c, pair=p, num_warps=w, pick_rounds=r, pages_in_regs=g)
+TOPK_SWEEP = [dict(chunk=0, bins=b, cap=c, pair=p, num_warps=w, pick_rounds=r, pages_in_regs=g)
               for b, c, p, w, r, g in [
                   (128, 256, 32, 8, True, True), (64, 256, 32, 8, True, True),
                   (128, 256, 32, 8, True, False), (128, 256, 32, 16, True, True),
@@ -149,11 +149,11 @@ TOPK_PHASES = {1: "bounds only", 2: "+ rounds over the row", 3: "+ exact k-th (n
 
 
 def new_topk(cfg):
-    return lambda lg, tb, sq, o: indexer._topk_launch(lg, tb, sq, o, **cfg)
+    return lambda lg, tb, sq, o: topk._topk_launch(lg, tb, sq, o, **cfg)
 
 
 def cfg_name(c):
-    return (f"bins{c['bins']} cap{c['cap']} w{c['num_warps']} "
+    return (f"one program: bins{c['bins']} cap{c['cap']} w{c['num_warps']} "
             f"{'rounds' if c['pick_rounds'] or not c['cap'] else 'pairwise'} "
             f"table-in-{'regs' if c['pages_in_regs'] else 'memory'}")
 
@@ -199,7 +199,7 @@ def run_topk(batches, old_topk, sweep, budget, results):
     for batch in (1, 4):
         lg, tb, sq, o = topk_inputs(batch, "normal", ctx=long_ctx, seed=7)
         try:
-            us, det = graph_us(lambda: indexer.topk_slots(logits=lg, block_table=tb, seq_lens=sq,
+            us, det = graph_us(lambda: topk.topk_slots(logits=lg, block_table=tb, seq_lens=sq,
                                                           out=o), [o])
             err = topk_check(lg, tb, sq, o)
             results.append(("idx_topk", batch, f"normal-ctx{long_ctx}", "after", us,
@@ -370,7 +370,7 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     print(torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch",
           torch.__version__, "triton", __import__("triton").__version__, flush=True)
-    old_topk, old_attn = baseline.load("indexer"), baseline.load("attention")
+    old_topk, old_attn = baseline.load("topk"), baseline.load("attention")
     results = []
     if args.only in (None, "topk"):
         run_topk(batches, old_topk, not args.no_sweep, args.budget * 0.3, results)

@@ -89,6 +89,7 @@ class NodeStats:
     median: float  # of the per-occurrence sum of kernel durations
     p20: float
     p80: float
+    mean: float  # what a replay timed with events sees: a node may differ by layer (its routing)
 
 
 @dataclass
@@ -278,13 +279,15 @@ def _node_stats(groups: dict[tuple[int, int], list[Interval]]) -> dict[str, Node
             occ.setdefault(node, []).append(kernels)
     out = {}
     for node, occurrences in occ.items():
-        p20, p50, p80 = percentiles(sum(iv.duration for iv in o) for o in occurrences)
+        times = [sum(iv.duration for iv in o) for o in occurrences]
+        p20, p50, p80 = percentiles(times)
         flat = [iv for o in occurrences for iv in o]
         out[node] = NodeStats(
             node=node, occurrences=len(occurrences), kernels=len(flat),
             kernels_per_occurrence=percentiles((len(o) for o in occurrences), (50,))[0],
             kernel_names=list(dict.fromkeys(iv.name for iv in flat)),
-            streams=sorted({iv.stream for iv in flat}), median=p50, p20=p20, p80=p80)
+            streams=sorted({iv.stream for iv in flat}), median=p50, p20=p20, p80=p80,
+            mean=sum(times) / len(times))
     return out
 
 

@@ -1,7 +1,7 @@
 """The regression gate before enabling a layout (SGLANG_ENABLE_HIP_DUAL_STREAM): candidate vs
 baseline at each batch size, decided against the measured noise, with where the difference goes.
 
-A difference is a verdict only when it exceeds the noise band: twice the larger repeat spread of
+A difference is a verdict only when it exceeds the noise band: twice the larger `run_noise` of
 the two runs (times the baseline latency), and never less than `MIN_BAND` of it. Simulated runs
 have no spread; the floor band applies.
 """
@@ -13,6 +13,15 @@ from dataclasses import asdict, dataclass
 ENABLE, DO_NOT_ENABLE, INCONCLUSIVE = "enable", "do not enable", "inconclusive"
 EXIT = {ENABLE: 0, DO_NOT_ENABLE: 1, INCONCLUSIVE: 2}
 MIN_BAND = 0.005  # 0.5% of the baseline
+
+
+def run_noise(part: dict) -> float:
+    """How far another run of the same layout could land, as a fraction of the median: the
+    larger of the repeat spread (how well the timed window pins its median) and half the drift
+    (the layer's speed wanders within a window, so a fresh run's window can sit elsewhere: on an
+    H100 three fresh runs of serial at batch 4 measured 200.1 / 203.9 / 200.1 us with drifts of
+    2.4 / 4.6 / 2.7%; bench/results/h100-2026-11-22/fresh_process_rounds.json)."""
+    return max(part.get("repeat_spread", 0.0), part.get("drift", 0.0) / 2)
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ def attribute(base: dict, cand: dict) -> Attribution:
 def judge_batch(batch: int, base: dict, cand: dict) -> BatchVerdict:
     b, c = _part(base), _part(cand)
     bu, cu = b["per_layer_us"]["median"], c["per_layer_us"]["median"]
-    band = bu * max(MIN_BAND, 2 * max(b.get("repeat_spread", 0.0), c.get("repeat_spread", 0.0)))
+    band = bu * max(MIN_BAND, 2 * max(run_noise(b), run_noise(c)))
     delta = cu - bu
     verdict = DO_NOT_ENABLE if delta > band else ENABLE if delta < -band else INCONCLUSIVE
     return BatchVerdict(batch, bu, cu, delta, band, verdict, attribute(base, cand))

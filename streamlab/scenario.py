@@ -138,8 +138,9 @@ class Collective:
 class Measure:
     layers: int = 4
     warmup: int = 20
-    iters: int = 50  # per repeat: short repeats, so clock drift between them stays small
-    repeats: int = 5
+    iters: int = 50  # replays per block between synchronisations (the unit of `drift`)
+    repeats: int = 5  # interleaved over the timed window (exec.measure.time_graph)
+    seconds: float = 2.0  # the timed window lasts at least this long
     profile_replays: int = 5
 
 

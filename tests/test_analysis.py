@@ -169,6 +169,7 @@ def test_node_stats_multi_kernel_across_replays():
     # sums 10 20 30 40: p20 at rank 0.6 -> 16, median 25, p80 at rank 2.4 -> 34
     assert (moe.occurrences, moe.kernels, moe.kernels_per_occurrence) == (4, 8, 2)
     assert (moe.p20, moe.median, moe.p80) == (pytest.approx(16), 25, pytest.approx(34))
+    assert moe.mean == 25
     assert moe.kernel_names == ["gemm1", "gemm2"] and moe.streams == ["0"]
     idx = s.nodes["indexer"]
     assert (idx.occurrences, idx.kernels, idx.median, idx.p20, idx.p80) == (4, 8, 7.5, 7.5, 7.5)

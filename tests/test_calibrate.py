@@ -60,6 +60,29 @@ def test_profile_from_serial_runs_reproduces_them(tmp_path):
     assert prof.node_kernels["experts"] == 2
 
 
+def test_the_launch_gap_is_per_batch_and_a_node_enters_at_its_mean_over_layers(tmp_path):
+    """The serial layer is reproduced at every measured batch, with a gap below 0 too (its node
+    times, from the profiler, read longer than the replay timed with events); a node whose layers
+    differ (p80 far above the median) counts at the mean of p20, median and p80."""
+    serial = load(SCENARIOS / "serial.yaml")
+    n = len(serial.layer.nodes)
+    b1 = measured("serial", 1, 3.0, 3.0 * n - 0.1 * 2 * n)  # 2 kernels per node, each 0.1 us shorter
+    b64 = measured("serial", 64, 5.0, 5.0 * (n - 1) + 8.0 + 0.3 * 2 * n)
+    b64["measured"]["nodes"]["experts"]["in_graph_us"] = {"median": 5.0, "p20": 4.0, "p80": 15.0, "n": 20}
+    prof = calibrate([write(tmp_path, "m.json", [b1, b64])], "x")
+    assert prof.node_us["experts"] == {1: 3.0, 64: pytest.approx(8.0)}
+    assert prof.launch_gap_us.by_batch == {1: pytest.approx(-0.1), 64: pytest.approx(0.3)}
+    assert prof.launch_gap_us.at(8) == pytest.approx(0.1)  # halfway in log(batch)
+    assert "per batch" in prof.launch_gap_us.source
+    # a result that has each node's mean (streamlab writes it) is taken at its word
+    b64["measured"]["nodes"]["experts"]["in_graph_us"]["mean"] = 9.0
+    assert calibrate([write(tmp_path, "m.json", [b1, b64])], "x").node_us["experts"][64] == 9.0
+    for batch, layer_us in ((1, 3.0 * n - 0.2 * n), (64, 5.0 * (n - 1) + 8.0 + 0.6 * n - 0.3 / 4)):
+        scen = serial.override(batch=batch)  # the replay's last gap is not counted
+        tl = simulate(scen.layer, scen.program, prof, layers=4)
+        assert per_layer_us(tl, 4) == pytest.approx(layer_us)
+
+
 def test_a_variant_takes_its_own_isolated_latency_on_the_serial_in_graph_scale(tmp_path):
     # serial: every node 3 us in the graph, isolated 1.1x; experts isolated 4 us (ratio 0.75)
     serial = measured("serial", 4, 3.0, 200.0, iso={"experts": 4.0})
@@ -109,12 +132,13 @@ ALONE_US = {"q_b_proj": 7.0, "idx_wq_b": 8.0, "experts": 300.0, "shared_down": 5
 EXCESS = {("q_b_proj", "idx_wq_b"): 1.2, ("idx_wq_b", "q_b_proj"): 1.0,
           ("experts", "shared_down"): 0.25, ("shared_down", "experts"): -0.3}  # noise below 0
 HARNESS_US, GAP, FENCE_EXTRA, ENTRY, AR_FACTOR = 2.0, 0.4, 0.3, 6.0, 1.25
-BRANCHED_SERIAL_US = 230.0  # the serial layer once graphs with branches ran (matrix: 200 us)
+SERIAL_US = {4: 200.0, 64: 260.0}  # the serial layer in a fresh process (matrix)
+BRANCHED_SERIAL_US = {4: 220.0, 64: 300.0}  # the same once graphs with branches ran: 20, 40 us more
 
 
 def serial_runs(tmp_path: Path) -> Path:
-    """Serial runs at 200 us per layer, nodes so short that the launch gap is nearly all of it."""
-    return write(tmp_path, "m.json", [measured("serial", b, 0.001, 200.0) for b in (4, 64)])
+    """Serial runs of nodes so short that the launch gap is nearly all of the layer."""
+    return write(tmp_path, "m.json", [measured("serial", b, 0.001, us) for b, us in SERIAL_US.items()])
 
 
 def pairwise_doc(states: tuple[str, ...] = ("clean", "cupti")) -> dict:
@@ -144,18 +168,22 @@ def pairwise_doc(states: tuple[str, ...] = ("clean", "cupti")) -> dict:
     return {"device": "NVIDIA H200", "model": "glm5",
             "shape": {k: v for k, v in vars(scen.shape).items() if k != "batch"},
             "variant": vars(scen.variant), "records": records, "noop_us": 1.0,
-            "serial_layer_us": {s: {"4": BRANCHED_SERIAL_US, "64": BRANCHED_SERIAL_US} for s in states}}
+            "serial_layer_us": {s: {str(b): us for b, us in BRANCHED_SERIAL_US.items()} for s in states}}
 
 
 def test_pairwise_fit_recovers_the_parameters_that_made_the_data(tmp_path):
     n = len(load(SCENARIOS / "serial.yaml").layer.nodes)
     pw = write(tmp_path, "pairwise.json", pairwise_doc())
     prof = calibrate([serial_runs(tmp_path)], "x", pairwise=pw)
-    gap, branched = ((us - 0.001 * n) / (2 * n) for us in (200.0, BRANCHED_SERIAL_US))
-    assert prof.launch_gap_us.value == pytest.approx(gap)  # from the matrix's serial runs
-    assert prof.multi_stream_launch_gap_us.value == pytest.approx(branched)  # from pairwise's
-    assert prof.lane_gap_us(False) == pytest.approx(gap) and prof.lane_gap_us(True) == pytest.approx(branched)
-    assert prof.fence_us.value == pytest.approx(branched + FENCE_EXTRA)
+    gap = {b: (us - 0.001 * n) / (2 * n) for b, us in SERIAL_US.items()}  # from the matrix's serial runs
+    # from pairwise's: each batch's gap + the median of what the serial layer gains per kernel
+    branched = {b: g + 30.0 / (2 * n) for b, g in gap.items()}
+    assert prof.launch_gap_us.by_batch == pytest.approx(gap)
+    assert prof.multi_stream_launch_gap_us.by_batch == pytest.approx(branched)
+    for b in gap:
+        assert prof.lane_gap_us(False, b) == pytest.approx(gap[b])
+        assert prof.lane_gap_us(True, b) == pytest.approx(branched[b])
+    assert prof.fence_us.by_batch == pytest.approx({b: g + FENCE_EXTRA for b, g in branched.items()})
     assert prof.multi_stream_graph_entry_us.value == pytest.approx(ENTRY)
     assert "clean process state" in prof.fence_us.source
     assert prof.ar_concurrency_factor.value == pytest.approx(AR_FACTOR)
@@ -174,7 +202,7 @@ def test_pairwise_fit_recovers_the_parameters_that_made_the_data(tmp_path):
         assert getattr(again, table) == {k: {b: pytest.approx(v, abs=1e-3) for b, v in t.items()}
                                          for k, t in getattr(prof, table).items()}
     assert again.multi_stream_graph_entry_us == prof.multi_stream_graph_entry_us
-    assert again.lane_gap_us(True) == pytest.approx(branched, abs=1e-4)
+    assert again.lane_gap_us(True, 64) == pytest.approx(branched[64], abs=1e-4)
     # the engine realizes a measured pair: q_b_proj then idx_wq_b together take 8 + 1.2 * 7 us
     p = replace(again, node_us={"q_b_proj": {4: 7.0}, "idx_wq_b": {4: 8.0}})
     assert pair_makespan(p, "q_b_proj", "idx_wq_b", 4) == pytest.approx(8.0 + 1.2 * 7.0)

@@ -14,11 +14,12 @@ from streamlab.cli import app
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 
 
-def result(latency, spread=0.0, wall=None, kernel_sum=200.0, bubble=10.0, stall=0.0, ar=10.0):
+def result(latency, spread=0.0, wall=None, kernel_sum=200.0, bubble=10.0, stall=0.0, ar=10.0,
+           drift=0.0):
     wall = latency if wall is None else wall
     stat = lambda v: {"median": v, "p20": v, "p80": v, "n": 4}  # noqa: E731
     return {"measured": {
-        "source": "synthetic", "per_layer_us": stat(latency), "repeat_spread": spread,
+        "source": "synthetic", "per_layer_us": stat(latency), "repeat_spread": spread, "drift": drift,
         "repeat_medians_us": [latency] * 5,
         "profile": {"wall_us": stat(wall), "kernel_sum_us": stat(kernel_sum), "bubble_us": stat(bubble),
                     "bubble_by_class_us": {"launch": stat(bubble - stall), "fence": stat(0.0), "stall": stat(stall)},
@@ -30,6 +31,16 @@ def test_difference_inside_the_noise_is_inconclusive():
     v = judge("a", "b", [(4, result(300.0, spread=0.01), result(304.0, spread=0.002))])
     assert v.batches[0].band_us == pytest.approx(6.0)  # 2 x 1% of 300
     assert v.verdict == INCONCLUSIVE and v.exit_code == 2
+
+
+def test_a_run_that_drifted_widens_the_band_by_half_its_drift():
+    """Interleaved repeats agree closely even while the layer's speed wanders; a fresh run can
+    land anywhere in about half that wander."""
+    base, cand = result(200.0, spread=0.001, drift=0.04), result(205.0, spread=0.001)
+    v = judge("a", "b", [(4, base, cand)])
+    assert v.batches[0].band_us == pytest.approx(8.0)  # 2 x 2% of 200
+    assert v.verdict == INCONCLUSIVE
+    assert judge("a", "b", [(4, result(200.0, spread=0.001), cand)]).verdict == DO_NOT_ENABLE
 
 
 def test_regression_at_any_batch_fails():

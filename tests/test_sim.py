@@ -16,7 +16,7 @@ from streamlab.models import TINY, RankDims, Shape
 from streamlab.scenario import load
 from streamlab.schedule.program import Launch, Program, WaitStream
 from streamlab.sim.engine import Kernel, pair_excess, per_layer_us, simulate
-from streamlab.sim.profile import Param, Profile, load_profile
+from streamlab.sim.profile import Param, Profile, dump_profile, load_profile, per_batch
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 
@@ -31,13 +31,13 @@ def profile(**over) -> Profile:
     return p
 
 
-def diamond(bytes_b: float, bytes_c: float) -> tuple[Layer, Program]:
+def diamond(bytes_b: float, bytes_c: float, batch: int = 2) -> tuple[Layer, Program]:
     """a -> (b on main || c on alt) -> d; b and c move the given bytes."""
     tensors = {t: TensorSpec(t, (1,), "fp32") for t in ("x", "y", "z", "w")}
     nodes = [Node("a", "noop", {}, {"o": "x"}), Node("b", "noop", {"i": "x"}, {"o": "y"}, bytes=bytes_b),
              Node("c", "noop", {"i": "x"}, {"o": "z"}, bytes=bytes_c),
              Node("d", "noop", {"i": "y", "j": "z"}, {"o": "w"})]
-    layer = Layer(RankDims(TINY, Shape(tp=1, batch=2)), Variant(), tensors, nodes, {})
+    layer = Layer(RankDims(TINY, Shape(tp=1, batch=batch)), Variant(), tensors, nodes, {})
     prog = Program([Launch("a", "main"), WaitStream("alt", "main"), Launch("b", "main"),
                     Launch("c", "alt"), WaitStream("main", "alt"), Launch("d", "main")])
     return layer, prog
@@ -100,6 +100,35 @@ def test_a_graph_with_branches_pays_its_entry_once_per_replay_and_its_own_launch
     assert per_layer_us(simulate(layer, prog, p, layers=2), 2) == pytest.approx((6.0 + 2 * 4.0 + 5 * 0.5) / 2)
     serial = Program([Launch(n, "main") for n in "abcd"])  # no branch: no entry, the plain gap
     assert per_layer_us(simulate(layer, serial, p, layers=2), 2) == pytest.approx((2 * 6.0 + 7 * 0.1) / 2)
+
+
+def test_launch_gap_and_fence_per_batch_and_a_gap_below_0_shortens_every_kernel():
+    """Measured at batches 1 and 4, interpolated on log(batch) between. Below 0 the profiled node
+    times read longer than the kernels run: each kernel (b has two) is that much shorter."""
+    p = profile(node_us={n: {1: 2.0, 4: 2.0} for n in "abcd"}, node_kernels={"b": 2},
+                launch_gap_us=per_batch({1: -0.2, 4: 0.4}, "t"), fence_us=per_batch({1: 1.0, 4: 3.0}, "t"))
+    serial = Program([Launch(n, "main") for n in "abcd"])
+
+    def layer_us(batch: int, prog: Program | None = None) -> float:
+        layer, diamond_prog = diamond(0.0, 0.0, batch)
+        return per_layer_us(simulate(layer, prog or diamond_prog, p, layers=1), 1)
+    assert layer_us(1, serial) == pytest.approx(4 * 2.0 - 5 * 0.2)
+    assert layer_us(4, serial) == pytest.approx(4 * 2.0 + 4 * 0.4)  # after a, inside b, after b, after c
+    assert layer_us(2, serial) == pytest.approx(4 * 2.0 + 4 * 0.1)  # gap halfway in log(batch)
+    # the diamond: a, fence, c on alt (its one kernel shortened), fence, d
+    assert layer_us(1) == pytest.approx(3 * 1.8 + 2 * 1.0)
+    assert layer_us(4) == pytest.approx(3 * 2.0 + 2 * 3.0)
+
+
+def test_a_per_batch_parameter_round_trips_and_one_value_still_loads(tmp_path):
+    p = profile(launch_gap_us=per_batch({1: -0.143, 64: 0.25}, "serial layout"))
+    assert p.launch_gap_us.value == pytest.approx(0.0535)  # the median, for one-line summaries
+    (tmp_path / "p.yaml").write_text(dump_profile(p))
+    again = load_profile(str(tmp_path / "p.yaml"))
+    assert again.launch_gap_us == p.launch_gap_us and again.launch_gap_us.at(8) == pytest.approx(0.0535)
+    assert ("launch_gap_us", "-0.143 at b1, 0.25 at b64", "serial layout") in again.describe()
+    mi = load_profile("mi355x")
+    assert mi.launch_gap_us.by_batch is None and mi.launch_gap_us.at(64) == mi.launch_gap_us.value == 0.8
 
 
 def test_mi355x_profile_reproduces_the_published_layer_within_10_percent():

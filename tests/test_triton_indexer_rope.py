@@ -18,12 +18,12 @@ import torch
 from streamlab.exec.buffers import Buffers
 from streamlab.kernels import reference as ref
 from streamlab.kernels.quant import FP8, index_cache_read, index_cache_write, quant_groups
-from streamlab.kernels.triton import indexer, rope
+from streamlab.kernels.triton import indexer, rope, topk
 from streamlab.layer import Variant, build_layer
 from streamlab.models import GLM5, TINY, RankDims, Shape
 from tests.tolerance import close_bf16, close_cache, close_fp8, close_index_cache, equal, same_sets
 
-TRITON = {**indexer.OPS, **rope.OPS}
+TRITON = {**indexer.OPS, **topk.OPS, **rope.OPS}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -280,7 +280,7 @@ def _topk_pair(logits, table, seq_lens, k):
     columns must stay untouched."""
     bufs = [torch.full((logits.shape[0], k + 8), 12345, dtype=torch.int32, device=DEVICE)
             for _ in range(2)]
-    for fn, buf in zip((ref.topk_slots, indexer.topk_slots), bufs):
+    for fn, buf in zip((ref.topk_slots, topk.topk_slots), bufs):
         fn(logits=logits, block_table=table, seq_lens=seq_lens, out=buf[:, :k])
         assert torch.all(buf[:, k:] == 12345)
     return [buf[:, :k] for buf in bufs]
@@ -354,14 +354,20 @@ def _topk_rows(kind, g, shape):
     return x
 
 
-# (kwargs of `_topk_launch`): the defaults; rows walked tile by tile; a candidate capacity so
-# small that several rounds run over the row; no compaction (rounds over the row down to one
-# key); key digits from the first round on; candidates ranked pairwise instead of by rounds;
-# block-table entries gathered from memory instead of registers
+# (kwargs of `_topk_launch`): the defaults (rows this short take one program); rows walked
+# tile by tile; a candidate capacity so small that several rounds run over the row; no
+# compaction (rounds over the row down to one key); key digits from the first round on;
+# candidates ranked pairwise instead of by rounds; block-table entries gathered from memory
+# instead of registers; rows cut into chunks of 64 (5 programs a row), alone, with a capacity
+# so small that most rows are finished whole by their last chunk, with pairwise ranks, and
+# with key digits
 TOPK_PATHS = {"default": {}, "tiled": dict(resident_max=128, tile=128),
               "small_cap": dict(cap=16, pair=16), "no_compaction": dict(cap=0),
               "key_digits": dict(float_rounds=0), "pairwise": dict(pick_rounds=False),
-              "table_in_memory": dict(pages_in_regs=False)}
+              "table_in_memory": dict(pages_in_regs=False), "chunked": dict(chunk=64),
+              "chunked_small_cap": dict(chunk=64, cap=16, pair=16),
+              "chunked_pairwise": dict(chunk=64, pick_rounds=False),
+              "chunked_key_digits": dict(chunk=64, float_rounds=0)}
 
 
 @pytest.mark.parametrize("path", list(TOPK_PATHS))
@@ -379,19 +385,47 @@ def test_topk_slots_distributions(kind, path):
     bufs = [torch.full((logits.shape[0], k + 8), 12345, dtype=torch.int32, device=DEVICE)
             for _ in range(2)]
     ref.topk_slots(logits=logits, block_table=table, seq_lens=seq_lens, out=bufs[0][:, :k])
-    indexer._topk_launch(logits, table, seq_lens, bufs[1][:, :k], **TOPK_PATHS[path])
+    topk._topk_launch(logits, table, seq_lens, bufs[1][:, :k], **TOPK_PATHS[path])
     assert torch.all(bufs[1][:, k:] == 12345)
     _topk_values_match(logits, table, seq_lens, bufs[1][:, :k], bufs[0][:, :k])
 
 
+def test_topk_chunked_rows_finish_in_their_last_chunk():
+    """On ordinary logits a chunked row is not finished whole by its last program: its slots
+    come out as three runs in position order (keys above the threshold's bin, placed by every
+    chunk; those of the bin above the k-th; the k-th), where one program writes two (keys above
+    the k-th; the k-th)."""
+    g = _gen(12)
+    page, pps, k = 16, 256, 1024  # 64 first-round bins leave ~100 keys in the threshold's bin
+    seq_lens = torch.tensor([4096, 3000], dtype=torch.int32, device=DEVICE)
+    table = torch.arange(2 * pps, dtype=torch.int32, device=DEVICE).reshape(2, pps)  # slot = pos
+    logits = torch.randn(2, pps * page, generator=g, device=DEVICE)
+    want = torch.empty(2, k, dtype=torch.int32, device=DEVICE)
+    ref.topk_slots(logits=logits, block_table=table, seq_lens=seq_lens, out=want)
+    for chunk, runs in ((0, 2), (512, 3)):
+        got = torch.empty_like(want)
+        topk._topk_launch(logits, table, seq_lens, got, chunk=chunk, chunk_bins=64)
+        _topk_values_match(logits, table, seq_lens, got, want)
+        descents = (got[:, 1:] < got[:, :-1]).sum(1)
+        assert descents.tolist() == [runs - 1] * 2, chunk
+
+
 # -- GPU: the real GLM-5 tp=8 shapes ------------------------------------------------------------
 
+# at 8192 keys: the default (8 chunks of 1024), chunks with 128 first-round bins or pairwise
+# ranks, and one program a row with its default warps (16) and others
+TOPK_GLM5_PATHS = {"default": {}, "chunk_bins_128": dict(chunk_bins=128),
+                   "chunked_pairwise": dict(pick_rounds=False), "one_program": dict(chunk=0),
+                   "one_program_8_warps": dict(chunk=0, num_warps=8),
+                   "one_program_32_warps": dict(chunk=0, num_warps=32)}
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("warps", [None, 8, 32])
+@pytest.mark.parametrize("path", list(TOPK_GLM5_PATHS))
 @pytest.mark.parametrize("kind", ["normal", "outliers", "infinities", "heavy_tail", "geometric",
                                   "narrow", "constant"])
-def test_topk_slots_distributions_glm5(kind, warps):
-    """Top-2048 of rows up to 8192 held in registers, with the default warps (16) and others."""
+def test_topk_slots_distributions_glm5(kind, path):
+    """Top-2048 of rows up to 8192, through the paths of the kernel that serve that shape."""
     g = _gen(11)
     page, pps, k = 64, 128, 2048
     seq_lens = torch.tensor([8192, 5000, 2049, 2048, 100], dtype=torch.int32, device=DEVICE)
@@ -400,7 +434,7 @@ def test_topk_slots_distributions_glm5(kind, warps):
     got, want = (torch.empty((seq_lens.numel(), k), dtype=torch.int32, device=DEVICE)
                  for _ in range(2))
     ref.topk_slots(logits=logits, block_table=table, seq_lens=seq_lens, out=want)
-    indexer._topk_launch(logits, table, seq_lens, got, num_warps=warps)
+    topk._topk_launch(logits, table, seq_lens, got, **TOPK_GLM5_PATHS[path])
     _topk_values_match(logits, table, seq_lens, got, want)
 
 
@@ -468,7 +502,7 @@ def test_topk_slots_long_and_skewed_gpu(context, kind):
     _topk_values_match(logits, table, seq_lens, got, want)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        indexer.topk_slots(logits=logits, block_table=table, seq_lens=seq_lens, out=got)
+        topk.topk_slots(logits=logits, block_table=table, seq_lens=seq_lens, out=got)
     first = got.clone()
     for _ in range(2):
         got.fill_(-7)

@@ -71,15 +71,60 @@ WARMUP_S = 1.0
 
 @dataclass
 class GraphTiming:
-    per_layer_us: list[list[float]]  # per repeat: per replay, graph time / layers
+    """Per-layer times of consecutive timed replays (graph time / layers), taken in blocks of
+    `block` replays, and how they are read: `repeats` interleaved repeats (replay i belongs to
+    repeat i mod repeats) and contiguous blocks."""
+    per_replay_us: list[float]
+    block: int
+    repeats: int
 
     @property
     def repeat_medians(self) -> list[float]:
-        return [percentiles(r)[1] for r in self.per_layer_us]
+        return [percentiles(self.per_replay_us[r::self.repeats])[1] for r in range(self.repeats)]
 
     @property
-    def all(self) -> list[float]:
-        return [v for r in self.per_layer_us for v in r]
+    def block_medians(self) -> list[float]:
+        v, n = self.per_replay_us, self.block
+        return [percentiles(v[i:i + n])[1] for i in range(0, len(v) - n + 1, n)]
+
+
+def warm_up(graph: torch.cuda.CUDAGraph, replays: int, batch: int,
+            seconds: float = WARMUP_S) -> None:
+    """Untimed batches of `batch` replays with one synchronisation each, the pattern of the timed
+    blocks, for at least `replays` replays and `seconds`: clocks settle over about a second of
+    that work (H100: medians drifted ~1% after 20 replays; bench/results/h100-2026-11-21/
+    topk_and_warmup.txt, repeat_spread.txt)."""
+    done, start = 0, time.perf_counter()
+    while done < replays or time.perf_counter() - start < seconds:
+        for _ in range(batch):
+            graph.replay()
+        done += batch
+        torch.cuda.synchronize()
+
+
+def time_graph(graph: torch.cuda.CUDAGraph, layers: int, warmup: int, iters: int,
+               repeats: int, seconds: float = 0.0) -> GraphTiming:
+    """Blocks of `iters` replays, each replay between device events, for at least `repeats`
+    blocks and `seconds`, after the warm-up.
+
+    Why repeats are interleaved: on an H100 the layer's speed wanders by up to 5% over seconds
+    with the SM clock pinned at its maximum and no throttle reason (bench/results/
+    h100-2026-11-22/repeat_protocol.txt). Contiguous repeats of a fraction of a second each
+    would sample different phases of that; interleaved ones each span the whole window, so
+    their spread says how well the window's median is pinned down, and the blocks' medians
+    (`block_medians`, reported as drift) show the wander itself."""
+    warm_up(graph, warmup, iters)
+    out: list[float] = []
+    start = time.perf_counter()
+    while len(out) < repeats * iters or time.perf_counter() - start < seconds:
+        marks = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
+        marks[0].record()
+        for i in range(iters):
+            graph.replay()
+            marks[i + 1].record()
+        marks[-1].synchronize()
+        out += [marks[i].elapsed_time(marks[i + 1]) * 1e3 / layers for i in range(iters)]
+    return GraphTiming(out, iters, repeats)
 
 
 @dataclass
@@ -102,36 +147,6 @@ def _capture(work, device: torch.device, what: str,
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise Failure(f"graph capture of {what} failed: {first}") from None
     return graph
-
-
-def warm_up(graph: torch.cuda.CUDAGraph, replays: int, batch: int,
-            seconds: float = WARMUP_S) -> None:
-    """Untimed batches of `batch` replays with one synchronisation each, the pattern of the timed
-    repeats, for at least `replays` replays and `seconds`: clocks settle over about a second of
-    that work (H100: medians drifted ~1% after 20 replays; the first timed repeat still stood out
-    when the warm-up synchronised more often than the repeats do;
-    bench/results/h100-2026-11-21/topk_and_warmup.txt, repeat_spread.txt)."""
-    done, start = 0, time.perf_counter()
-    while done < replays or time.perf_counter() - start < seconds:
-        for _ in range(batch):
-            graph.replay()
-        done += batch
-        torch.cuda.synchronize()
-
-
-def time_graph(graph: torch.cuda.CUDAGraph, layers: int, warmup: int, iters: int,
-               repeats: int) -> GraphTiming:
-    warm_up(graph, warmup, iters)
-    out = []
-    for _ in range(repeats):
-        marks = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
-        marks[0].record()
-        for i in range(iters):
-            graph.replay()
-            marks[i + 1].record()
-        marks[-1].synchronize()
-        out.append([marks[i].elapsed_time(marks[i + 1]) * 1e3 / layers for i in range(iters)])
-    return GraphTiming(out)
 
 
 def isolated(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: StreamSet,
@@ -175,7 +190,7 @@ def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: 
     with _status(console, "capturing and timing the layer graph"):
         graph = _capture(lambda: run_layers(scen.program, bound, buffers, streams), device,
                          f"{layers} layers of {scen.name}", capture_hook(bound))
-        timing = time_graph(graph, layers, m.warmup, m.iters, m.repeats)
+        timing = time_graph(graph, layers, m.warmup, m.iters, m.repeats, m.seconds)
     with _status(console, "profiling replays and nodes alone"):
         events = device_events(lambda: [graph.replay() for _ in range(m.profile_replays)], device)
         alone = isolated(scen, buffers, bound, streams, m.profile_replays)
@@ -206,13 +221,14 @@ def measure_and_report(scen: Scenario, buffers: Buffers, bound: dict[str, Bound]
     trace_path = out / f"{scen.name}-b{scen.shape.batch}.trace.json.gz"
     write_chrome(timeline, trace_path)
     result = layer_result(
-        scen, f"measured on {timeline.source.device}", timing.all, timing.repeat_medians, summary,
+        scen, f"measured on {timeline.source.device}", timing.per_replay_us, timing.repeat_medians, summary,
         {n: percentiles(v.kernel_us)[1] for n, v in alone.items()},
         {n: len(v.signature) for n, v in alone.items()},
         {n.name: floor_us(n, ceil.copy_gbs, ceil.bf16_tflops, ceil.fp8_tflops) for n in scen.layer.nodes},
         {n: b.backend for n, b in bound.items()},
         next((b.backend for b in bound.values() if b.node.is_collective), "none"),
-        held_us={n: b.fn.duration_us for n, b in bound.items() if b.backend == "emulated"})
+        held_us={n: b.fn.duration_us for n, b in bound.items() if b.backend == "emulated"},
+        block_medians=timing.block_medians)
     result["ceilings"] = vars(ceil)
     result["trace"] = str(trace_path)
     print_result(console, scen, result)

@@ -64,6 +64,7 @@ def layer_table(runs: list[Run], batch: int) -> Table:
     row("p20 - p80", lambda r: f"{r.part['per_layer_us']['p20']:.1f} - {r.part['per_layer_us']['p80']:.1f}")
     row("delta vs first", lambda r: f"{r.part['per_layer_us']['median'] - base.part['per_layer_us']['median']:+.1f}")
     row("repeat spread", lambda r: f"{100 * r.part['repeat_spread']:.2f}%")
+    row("drift (blocks)", lambda r: f"{100 * r.part.get('drift', 0.0):.2f}%")
     for cls in ("launch", "fence", "stall"):
         row(f"bubble {cls} us", lambda r, c=cls: _fmt(r.part["profile"]["bubble_by_class_us"][c]["median"]))
     row("AR us per call", lambda r: _fmt((r.part["profile"]["allreduce_per_call_us"] or {}).get("median")))

@@ -34,8 +34,11 @@ def floor_us(node, copy_gbs: float, bf16_tflops: float, fp8_tflops: float) -> fl
 def layer_result(scen: Scenario, source: str, per_layer_us: list[float], repeat_medians: list[float],
                  summary: Summary, isolated_us: dict[str, float], kernels: dict[str, int],
                  floors: dict[str, float], backends: dict[str, str], allreduce: str,
-                 held_us: dict[str, float] | None = None) -> dict:
-    """per_layer_us: every timed replay's graph time / layers (one value for a simulation).
+                 held_us: dict[str, float] | None = None,
+                 block_medians: list[float] | None = None) -> dict:
+    """per_layer_us: every timed replay's graph time / layers (one value for a simulation);
+    block_medians: those of consecutive blocks of replays, whose spread is the drift over the
+    timed window.
 
     held_us: nodes that hold their stream for a set time by design (the emulated all-reduce);
     that time is their floor, so the budget judges the kernels, not the stand-in."""
@@ -47,7 +50,8 @@ def layer_result(scen: Scenario, source: str, per_layer_us: list[float], repeat_
         ns = summary.nodes.get(node.name)
         iso = isolated_us[node.name]
         nodes[node.name] = {
-            "in_graph_us": _stat_dict(Stat(ns.median, ns.p20, ns.p80, ns.occurrences)) if ns else None,
+            "in_graph_us": ({**_stat_dict(Stat(ns.median, ns.p20, ns.p80, ns.occurrences)),
+                             "mean": ns.mean} if ns else None),
             "isolated_us": iso, "slowdown": ns.median / iso if ns and iso > 0 else float("nan"),
             "floor_us": floors[node.name], "kernels": kernels[node.name],
             "flops": node.flops, "bytes": node.bytes, "backend": backends[node.name],
@@ -59,6 +63,8 @@ def layer_result(scen: Scenario, source: str, per_layer_us: list[float], repeat_
         "per_layer_us": _stat(per_layer_us),
         "repeat_medians_us": repeat_medians,
         "repeat_spread": spread(repeat_medians) if len(repeat_medians) > 1 else 0.0,
+        "block_medians_us": block_medians or [],
+        "drift": spread(block_medians) if block_medians and len(block_medians) > 1 else 0.0,
         "budget_us": floor_sum + LAUNCH_US * n_kernels,
         "floor_sum_us": floor_sum,
         "floor_held_us": sum(held_us.values()),
@@ -98,7 +104,9 @@ def print_result(console: Console, scen: Scenario, m: dict) -> None:
         console.print(
             f"[bold]per-layer latency[/] {lay['median']:.1f} us (p20 {lay['p20']:.1f}, p80 "
             f"{lay['p80']:.1f}); repeat medians spread {100 * m['repeat_spread']:.2f}% over "
-            f"{len(m['repeat_medians_us'])} repeats  [dim]({m['source']})[/]")
+            f"{len(m['repeat_medians_us'])} interleaved repeats, drift "
+            f"{100 * m.get('drift', 0.0):.2f}% over {len(m.get('block_medians_us', []))} blocks  "
+            f"[dim]({m['source']})[/]")
     else:
         console.print(f"[bold]per-layer latency[/] {lay['median']:.1f} us  [dim]({m['source']})[/]")
     bub = p["bubble_by_class_us"]

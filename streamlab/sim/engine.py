@@ -3,8 +3,10 @@
 Lanes are physical streams (HIP: the depth-first queue rule; CUDA: one lane per capture stream).
 A lane runs its nodes in dispatch order; a node starts when its lane is free (after the launch
 gap: `launch_gap_us`, or `multi_stream_launch_gap_us` in a graph of several lanes, whose kernels
-sit further apart on H100) and every graph parent has finished (plus the fence cost for a parent
-on another lane).
+sit further apart on H100; both per batch where calibrated so) and every graph parent has
+finished (plus the fence cost for a parent on another lane). A gap below 0 is no idle: it is
+what each kernel runs shorter than its node latency says (node latencies come from profiled
+replays, which run slower than replays timed with events), so it shortens every kernel.
 Running kernels share the device as a fluid. Two kernels whose ordered pair (the one that started
 first, then the other) was measured together by the pairwise benchmark both run at 1 / (1 + e)
 while both run, e being that pair's overlap excess (0: free overlap, 1: as slow as one after the
@@ -61,12 +63,16 @@ def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) 
         lane_of = dict(graph.stream_of)
     nodes = {n.name: n for n in layer.nodes}
     multi = len(set(lane_of.values())) > 1
-    gap = profile.lane_gap_us(multi)
+    batch = layer.dims.tokens
+    per_kernel = profile.lane_gap_us(multi, batch)
+    gap, trim = max(0.0, per_kernel), min(0.0, per_kernel)  # idle after each kernel; or each runs shorter
     alone = {n.name: isolated_us(layer, profile, n.name) for n in layer.nodes}
-    work = {key: alone[key[1]] + (profile.kernels(nodes[key[1]]) - 1) * gap for key in graph.nodes}
+    work = {key: max(0.0, alone[key[1]] + (k - 1) * gap + k * trim)
+            for key in graph.nodes for k in [profile.kernels(nodes[key[1]])]}
     demand = {k: profile.bandwidth_demand(nodes[k[1]], work[k]) for k in graph.nodes}
-    sm = {n: profile.node_sm_demand(n, layer.dims.tokens) for n in nodes}
-    pairs = profile.pairs_at(layer.dims.tokens)
+    sm = {n: profile.node_sm_demand(n, batch) for n in nodes}
+    pairs = profile.pairs_at(batch)
+    fence = profile.fence_us.at(batch)
     order = {key: i for i, key in enumerate(graph.nodes)}
     lanes: dict[str, list[tuple[int, str]]] = {}
     for key in graph.nodes:
@@ -91,7 +97,7 @@ def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) 
             if p not in ended:
                 return None
             if lane_of[p] != lane:
-                at = max(at, ended[p] + profile.fence_us.value)
+                at = max(at, ended[p] + fence)
         return at
 
     while len(ended) < len(graph.nodes):

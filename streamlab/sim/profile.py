@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,14 +19,30 @@ from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Node, Variant
 
 
+BatchTable = dict[int, float]  # batch -> value
+
+
 @dataclass(frozen=True)
 class Param:
+    """A parameter and where it came from. `by_batch`: its value at each measured batch, for a
+    per-layer constant that the measurements show changing with the batch; `value` is then the
+    median over the batches (what a one-line summary prints)."""
+
     value: float
     source: str
+    by_batch: BatchTable | None = None
+
+    def at(self, batch: int) -> float:
+        """The value at `batch`: interpolated as node latencies are, or the one value."""
+        return interpolate(self.by_batch, batch) if self.by_batch else self.value
+
+
+def per_batch(table: BatchTable, source: str) -> Param:
+    """A parameter measured at each batch in `table`."""
+    return Param(statistics.median(table.values()), source, dict(sorted(table.items())))
 
 
 UNMODELLED = Param(0.0, "not modelled for this device")
-BatchTable = dict[int, float]  # batch -> value
 
 
 def variant_key(variant: Variant) -> str:
@@ -66,7 +83,7 @@ class Profile:
     name: str
     streams: str  # "hip" (depth-first queue rule) or "cuda" (one lane per capture stream)
     hbm_gbs: Param
-    launch_gap_us: Param  # idle time between back-to-back kernels of one stream inside a graph
+    launch_gap_us: Param  # per kernel of one stream inside a graph: idle after it (< 0: it runs shorter)
     fence_us: Param  # extra wait on a cross-stream edge (signal + wait)
     graph_entry_us: Param  # per replay: idle at the start of the graph
     ar_concurrency_factor: Param  # all-reduce duration multiplier (see ar_scope)
@@ -109,11 +126,13 @@ class Profile:
             return table[b] * fit / fit_at(b)
         return interpolate(table, batch)
 
-    def lane_gap_us(self, multi_lane: bool) -> float:
-        """Idle between back-to-back kernels of one lane; a graph with branches has its own."""
+    def lane_gap_us(self, multi_lane: bool, batch: int) -> float:
+        """What each kernel of a lane costs beyond its node latency at `batch`; a graph with
+        branches has its own. Below 0 where the node latencies (timed under the profiler)
+        read longer than the kernels run in a replay timed with events."""
         if multi_lane and self.multi_stream_launch_gap_us != UNMODELLED:
-            return self.multi_stream_launch_gap_us.value
-        return self.launch_gap_us.value
+            return self.multi_stream_launch_gap_us.at(batch)
+        return self.launch_gap_us.at(batch)
 
     def pairs_at(self, batch: int) -> dict[tuple[str, str], float]:
         """Measured overlap excess of (first, second) node pairs at `batch`."""
@@ -139,7 +158,8 @@ class Profile:
         rows = []
         for key in PARAMS:
             p: Param = getattr(self, key)
-            rows.append((key, f"{p.value:g}", p.source))
+            shown = ", ".join(f"{v:.3g} at b{b}" for b, v in p.by_batch.items()) if p.by_batch else f"{p.value:g}"
+            rows.append((key, shown, p.source))
         rows.append(("node_us", f"{len(self.node_us)} nodes", self.node_source or "roofline fit"))
         if self.variant_node_us:
             n = sum(len(t) for t in self.variant_node_us.values())
@@ -162,8 +182,11 @@ def _param(raw, key: str, path: str) -> Param:
     v = raw.get(key)
     if v is None and key in OPTIONAL_PARAMS:
         return UNMODELLED
+    if isinstance(v, dict) and "source" in v and isinstance(v.get("by_batch"), dict) and v["by_batch"]:
+        return per_batch({int(b): float(x) for b, x in v["by_batch"].items()}, str(v["source"]))
     if not isinstance(v, dict) or "value" not in v or "source" not in v:
-        raise Failure(f"{path}: {key} needs {{value: ..., source: ...}}", EXIT_BAD_INPUT)
+        raise Failure(f"{path}: {key} needs {{value: ..., source: ...}} or {{by_batch: {{batch: value}}, "
+                      "source: ...}", EXIT_BAD_INPUT)
     return Param(float(v["value"]), str(v["source"]))
 
 
@@ -208,6 +231,8 @@ def _rounded(tables: dict[str, BatchTable], digits: int = 3) -> dict:
 
 def dump_profile(profile: Profile) -> str:
     def par(p: Param) -> dict:
+        if p.by_batch:
+            return {"by_batch": {b: round(v, 4) for b, v in p.by_batch.items()}, "source": p.source}
         return {"value": round(p.value, 4), "source": p.source}
     doc = {
         "name": profile.name, "streams": profile.streams, "hip_queues": profile.hip_queues,

@@ -8,7 +8,7 @@ nothing that depends on data, never synchronise with the host, and so capture in
 
 from __future__ import annotations
 
-from streamlab.kernels.triton import attention, gemm, indexer, moe, norm, rope
+from streamlab.kernels.triton import attention, gemm, indexer, moe, norm, rope, topk
 
-MODULES = (gemm, norm, indexer, rope, attention, moe)
+MODULES = (gemm, norm, indexer, topk, rope, attention, moe)
 OPS = {name: fn for mod in MODULES for name, fn in mod.OPS.items()}
