@@ -108,7 +108,7 @@ def time_graph(graph: torch.cuda.CUDAGraph, layers: int, warmup: int, iters: int
     blocks and `seconds`, after the warm-up.
 
     Why repeats are interleaved: on an H100 the layer's speed wanders by up to 5% over seconds
-    with the SM clock pinned at its maximum and no throttle reason (bench/results/
+    while the SM clock stays at its maximum with no throttle reason (bench/results/
     h100-2026-11-22/repeat_protocol.txt). Contiguous repeats of a fraction of a second each
     would sample different phases of that; interleaved ones each span the whole window, so
     their spread says how well the window's median is pinned down, and the blocks' medians
