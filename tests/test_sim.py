@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from streamlab.analysis import summarize
 from streamlab.cli import app
+from streamlab.errors import Failure
 from streamlab.layer import Layer, Node, TensorSpec, Variant
 from streamlab.models import TINY, RankDims, Shape
 from streamlab.scenario import load
@@ -129,6 +130,14 @@ def test_a_per_batch_parameter_round_trips_and_one_value_still_loads(tmp_path):
     assert ("launch_gap_us", "-0.143 at b1, 0.25 at b64", "serial layout") in again.describe()
     mi = load_profile("mi355x")
     assert mi.launch_gap_us.by_batch is None and mi.launch_gap_us.at(64) == mi.launch_gap_us.value == 0.8
+
+
+def test_a_per_batch_parameter_that_is_not_numbers_is_one_clear_failure(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(dump_profile(profile(launch_gap_us=per_batch({1: 0.1}, "x"))).replace(
+        "1: 0.1", "1: fast"))
+    with pytest.raises(Failure, match="launch_gap_us.by_batch must map batch sizes to numbers"):
+        load_profile(str(path))
 
 
 def test_mi355x_profile_reproduces_the_published_layer_within_10_percent():

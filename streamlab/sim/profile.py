@@ -183,7 +183,12 @@ def _param(raw, key: str, path: str) -> Param:
     if v is None and key in OPTIONAL_PARAMS:
         return UNMODELLED
     if isinstance(v, dict) and "source" in v and isinstance(v.get("by_batch"), dict) and v["by_batch"]:
-        return per_batch({int(b): float(x) for b, x in v["by_batch"].items()}, str(v["source"]))
+        try:
+            table = {int(b): float(x) for b, x in v["by_batch"].items()}
+        except (TypeError, ValueError):
+            raise Failure(f"{path}: {key}.by_batch must map batch sizes to numbers, got "
+                          f"{v['by_batch']!r}", EXIT_BAD_INPUT) from None
+        return per_batch(table, str(v["source"]))
     if not isinstance(v, dict) or "value" not in v or "source" not in v:
         raise Failure(f"{path}: {key} needs {{value: ..., source: ...}} or {{by_batch: {{batch: value}}, "
                       "source: ...}", EXIT_BAD_INPUT)
