@@ -69,17 +69,38 @@ def test_fence_and_slowdown_and_lanes():
     assert tl.streams == ["alt", "main"]
 
 
-def test_a_measured_pair_shares_by_its_excess_and_others_by_sm_demand():
-    # b and c (4 us each, b dispatched first) measured at excess 0.5: both at 1/1.5 while both run
-    p = profile(node_us={"a": {2: 1.0}, "b": {2: 4.0}, "c": {2: 4.0}, "d": {2: 1.0}},
-                pair_excess={"b|c": {2: 0.5}}, sm_demand={"b": {2: 0.75}, "c": {2: 0.5}})
+def test_kernels_released_together_the_first_dispatched_keeps_its_pace():
+    """b (main, dispatched first) and c (alt) are both released by a; c one fence later, which
+    still counts as together. Their measured excess e gives the makespan max + e * min."""
+    p = profile(node_us={"a": {2: 1.0}, "b": {2: 4.0}, "c": {2: 6.0}, "d": {2: 1.0}},
+                fence_us=Param(0.5, "t"), pair_excess={"b|c": {2: 0.5}})
     layer, prog = diamond(0.0, 0.0)
     by = {iv.node: iv for iv in simulate(layer, prog, p, layers=1).intervals}
-    assert by["b"].end == pytest.approx(1.0 + 6.0) and by["c"].end == pytest.approx(7.0)
-    # the other order was not measured: SM demands add up to 1.25, both run at 1/1.25
-    p.pair_excess = {"c|b": {2: 0.5}}
+    assert by["b"].end == pytest.approx(5.0)  # full pace
+    # c at (1 - 0.5) * 4 / 4 = 0.5 from 1.5 to 5 (1.75 us of work), then 4.25 alone
+    assert by["c"].start == pytest.approx(1.5) and by["c"].end == pytest.approx(9.25)
+    # past e = 1 the second waits for the first, which itself slows to 4 / (6 + 1.5 * 4 - 6):
+    # b alone until c's release (0.5 us of work), the other 3.5 us at 2/3; c starts when b ends
+    p.pair_excess = {"b|c": {2: 1.5}}
     by = {iv.node: iv for iv in simulate(layer, prog, p, layers=1).intervals}
-    assert by["b"].end == pytest.approx(6.0) and by["c"].end == pytest.approx(6.0)
+    assert by["b"].end == pytest.approx(1.5 + 3.5 * 1.5)
+    assert by["c"].start == pytest.approx(by["b"].end) and by["c"].end == pytest.approx(by["b"].end + 6.0)
+
+
+def test_a_kernel_joining_a_running_one_shares_alike_and_unmeasured_pairs_by_sm_demand():
+    # b waits 3 us of launch gap behind a, so c (released at 1) runs first; measured c|b excess
+    # 0.5: both at 1 / 1.5 while both run
+    p = profile(node_us={"a": {2: 1.0}, "b": {2: 4.0}, "c": {2: 4.0}, "d": {2: 1.0}},
+                launch_gap_us=Param(3.0, "t"), pair_excess={"c|b": {2: 0.5}},
+                sm_demand={"b": {2: 0.75}, "c": {2: 0.5}})
+    layer, prog = diamond(0.0, 0.0)
+    by = {iv.node: iv for iv in simulate(layer, prog, p, layers=1).intervals}
+    # c alone 1 -> 4 (3 us of work), then 1 us of work at 1/1.5: ends at 5.5, b 1 us of work by then
+    assert by["c"].end == pytest.approx(5.5) and by["b"].end == pytest.approx(5.5 + 3.0)
+    # the other order was not measured: SM demands add up to 1.25, both run at 1/1.25
+    p.pair_excess = {"b|c": {2: 0.5}}
+    by = {iv.node: iv for iv in simulate(layer, prog, p, layers=1).intervals}
+    assert by["c"].end == pytest.approx(4.0 + 1.25) and by["b"].end == pytest.approx(5.25 + 4.0 - 1.0)
 
 
 def test_pair_excess_of_the_demand_model():

@@ -7,15 +7,20 @@ sit further apart on H100; both per batch where calibrated so) and every graph p
 finished (plus the fence cost for a parent on another lane). A gap below 0 is no idle: it is
 what each kernel runs shorter than its node latency says (node latencies come from profiled
 replays, which run slower than replays timed with events), so it shortens every kernel.
-Running kernels share the device as a fluid. Two kernels whose ordered pair (the one that started
-first, then the other) was measured together by the pairwise benchmark both run at 1 / (1 + e)
-while both run, e being that pair's overlap excess (0: free overlap, 1: as slow as one after the
-other; two GEMMs that each fill the SMs measure e > 1 on H100): this reproduces the measured
-makespan for any two latencies. It slows both alike, though on H100 the one dispatched first
-slows less (router_gate beside shared_gate_up: +20% vs +67%); a split that keeps the first at
-full pace also reproduces the makespans but put the dual-stream layouts further off (MAPE 1.7%
-vs 0.9% on the in-process H100 matrix of 2026-11-21), so the simpler symmetric split stays.
-Otherwise each progresses at
+Running kernels share the device as a fluid. For two kernels whose ordered pair (dispatched
+first, then the other) was measured together by the pairwise benchmark, e being that pair's
+overlap excess (0: free overlap, 1: as slow as one after the other; two GEMMs that each fill the
+SMs measure e > 1 on H100), the rates reproduce the measured makespan max + e * min:
+- released together (within one fence of each other: what one completion releasing both looks
+  like here, a cross-lane edge paying the fence), the first in dispatch order keeps its pace and
+  the other takes what is left; past e = 1 the other waits, and starts, once the first has ended.
+  This is what the H100 traces show: q_b_proj keeps its pace and idx_wq_b starts ~4 us later,
+  when q_b_proj's blocks drain; router_gate runs at its own pace beside shared_gate_up;
+- one released while the other already runs: both run at 1 / (1 + e).
+Splitting every pair alike put router_gate on the MoE dual layout's critical path at twice its
+time and misranked it at batch 1; the split by release makes node times inside the layer closer
+to the traces (bench/sim_accuracy.py --traces).
+Kernels of an unmeasured pair, or three at once, each progress at
 min(1 / max(1, total HBM demand, total SM demand), 1 / (1 + concurrency_slowdown * (kernels running - 1)));
 HBM demand is the node's bytes over its latency at full bandwidth, SM demand the share of the
 SMs it keeps busy alone (fitted to the same pairs). An all-reduce runs
@@ -46,12 +51,15 @@ EPS = 1e-9
 class _Run:
     key: tuple[int, str]
     lane: str
-    start: float
+    released: float  # when its lane dispatched it
+    start: float  # when it first progressed (later than released while it waits for the SMs)
+    work: float  # us of standalone work in all
     remaining: float  # us of standalone work left
     demand: float  # HBM
     sm: float
     collective: bool
     order: int  # dispatch order: breaks ties between kernels that start together
+    waiting: bool = False  # held back by the kernel it was released together with
 
 
 def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) -> Timeline:
@@ -107,17 +115,19 @@ def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) 
             at = ready_at(lane)
             if at is not None and at <= t + EPS:
                 key = lanes[lane][head[lane]]
-                running[lane] = _Run(key, lane, t, work[key], demand[key], sm[key[1]],
+                running[lane] = _Run(key, lane, t, t, work[key], work[key], demand[key], sm[key[1]],
                                      nodes[key[1]].is_collective, order[key])
                 head[lane] += 1
-        rates = _rates(running, profile, multi, pairs)
-        finish = min((r.remaining / rates[lane] for lane, r in running.items()), default=float("inf"))
+        rates = _rates(running, profile, multi, pairs, fence)
+        finish = min((r.remaining / rates[lane] for lane, r in running.items() if rates[lane] > 0),
+                     default=float("inf"))
         starts = [at for lane in lanes if lane not in running and head[lane] < len(lanes[lane])
                   for at in [ready_at(lane)] if at is not None and at > t + EPS]
         step = min([finish] + [s - t for s in starts])
         if step == float("inf"):
             raise RuntimeError("simulation deadlock: no node can start (a cycle in the graph?)")
         t += step
+        kernel_ended = False
         for lane in list(running):
             r = running[lane]
             r.remaining -= rates[lane] * step
@@ -125,9 +135,14 @@ def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) 
                 del running[lane]
                 ended[r.key] = t
                 lane_free[lane] = t + gap
+                kernel_ended |= not r.collective
                 node = nodes[r.key[1]]
                 out.append(Interval(node.op, lane, r.start, t, node.name, r.key[0],
                                     "allreduce" if r.collective else "kernel"))
+        for lane, r in running.items():
+            if rates[lane] == 0:  # held back: it starts, and is released anew, when it first progresses
+                r.start = r.released = t
+                r.waiting = not kernel_ended  # the kernel holding it back is the one that ended
     return Timeline(out, Source("simulated", profile.name, {"profile": profile.name}),
                     chained_bounds(out, layers))
 
@@ -145,24 +160,47 @@ def _layer_at(dims: RankDims, variant: Variant, batch: int) -> Layer:
 
 
 def _rates(running: dict[str, _Run], profile: Profile, multi_lane: bool,
-           pairs: dict[tuple[str, str], float] | None = None) -> dict[str, float]:
+           pairs: dict[tuple[str, str], float] | None = None, together_us: float = 0.0) -> dict[str, float]:
     """Progress per us of standalone work of each running kernel (see the module docstring).
-    `pairs`: measured overlap excess of (started first, started second) node pairs."""
-    compute = sorted((r for r in running.values() if not r.collective), key=lambda r: (r.start, r.order))
-    pair = (compute[0].key[1], compute[1].key[1]) if len(compute) == 2 else None
-    if pairs and pair in pairs:
-        share = 1.0 / (1.0 + max(0.0, pairs[pair]))
+    `pairs`: measured overlap excess of (dispatched first, dispatched second) node pairs;
+    `together_us`: kernels released at most this far apart count as released together."""
+    compute = [r for r in running.values() if not r.collective]
+    rates = {}
+    first, second, together = _pair_order(compute, together_us) if len(compute) == 2 else (None, None, False)
+    e = pairs.get((first.key[1], second.key[1])) if pairs and first else None
+    if e is not None and together:
+        rates[first.lane], rates[second.lane] = _first_keeps_pace(first.work, second.work, max(0.0, e))
+    elif e is not None:
+        rates[first.lane] = rates[second.lane] = 1.0 / (1.0 + max(0.0, e))
     else:
         share = min(1.0 / max(1.0, sum(r.demand for r in compute), sum(r.sm for r in compute)),
                     1.0 / (1.0 + profile.concurrency_slowdown.value * max(0, len(running) - 1)))
-    rates = {}
+        rates.update((r.lane, share) for r in compute)
     for lane, r in running.items():
         if r.collective:
             slowed = multi_lane if profile.ar_scope == "graph" else len(running) > 1
             rates[lane] = 1.0 / profile.ar_concurrency_factor.value if slowed else 1.0
-        else:
-            rates[lane] = share
     return rates
+
+
+def _pair_order(pair: list[_Run], together_us: float) -> tuple[_Run, _Run, bool]:
+    """(first, second, released together): one held back by the other stays second; two released
+    together go in dispatch order; otherwise the one released first is first."""
+    a, b = sorted(pair, key=lambda r: (r.released, r.order))
+    if a.waiting or b.waiting:
+        return (b, a, True) if a.waiting else (a, b, True)
+    if b.released - a.released <= together_us + EPS:
+        return (a, b, True) if a.order < b.order else (b, a, True)
+    return a, b, False
+
+
+def _first_keeps_pace(a: float, b: float, e: float) -> tuple[float, float]:
+    """Rates of two kernels released together, `a` us dispatched first and `b` us second, that
+    give the measured makespan max(a, b) + e * min(a, b): the first runs at full pace and the
+    second takes what is left; past e = 1 the second waits for the first, which itself slows."""
+    if e <= 1.0:
+        return 1.0, (1.0 - e) * min(a, b) / a
+    return a / (max(a, b) + e * min(a, b) - b), 0.0
 
 
 @dataclass(frozen=True)
@@ -178,7 +216,7 @@ def pair_excess(profile: Profile, first: Kernel, second: Kernel) -> float:
     """Two kernels started together on two lanes, `first` dispatched first, under the demand
     model (no measured pair): (makespan - longer latency) / shorter latency, 0 when they overlap
     for free and 1 when they serialize. What the pairwise benchmark measures."""
-    runs = {lane: _Run((0, lane), lane, 0.0, k.us, k.hbm, k.sm, False, i)
+    runs = {lane: _Run((0, lane), lane, 0.0, 0.0, k.us, k.us, k.hbm, k.sm, False, i)
             for i, (lane, k) in enumerate((("a", first), ("b", second)))}
     t = 0.0
     while runs:
