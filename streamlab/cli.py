@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from streamlab.errors import EXIT_BAD_INPUT, Failure, guard
+from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, Failure, guard
 from streamlab.models.hardware import HARDWARE
 from streamlab.scenario import Scenario, load
 
@@ -196,6 +196,42 @@ def compare(scenarios: list[Path] = typer.Argument(..., help="scenario YAML file
     folder = out / ("compare-" + "-".join(s.name for s in scens))
     written = export(runs, folder)
     console.print(f"report: {folder / 'report.md'} ({len(written)} files: JSON, Markdown, PNG and SVG plots)")
+
+
+@app.command("compile")
+@guard
+def compile_kernels(scenarios: list[Path] = typer.Argument(..., help="scenario YAML files", show_default=False),
+                    target: str = typer.Option("mi355x", "--for", help="GPU to compile for: h100, h200, mi355x"),
+                    batch: str = typer.Option("1,4,16,64", help="batch sizes whose launches to compile")):
+    """Compile the scenarios' Triton kernels for a GPU you may not have (no GPU needed), at the
+    grids and configs the layer would launch there; nothing runs."""
+    import triton
+    from rich.table import Table
+
+    from streamlab.kernels.triton.targets import compile_launch, record_launches, target as find_target
+
+    tgt = find_target(target)
+    layers = [load(p).override(batch=b).layer for p in scenarios for b in _batches(batch)]
+    launches, unrecorded = record_launches(layers, tgt)
+    table = Table(title=f"Triton {triton.__version__} kernels compiled for {tgt}")
+    for col in ("kernel", "nodes", "batches", "warps", "stages", "s", "result"):
+        table.add_column(col, justify="right" if col in ("warps", "stages", "s") else "left")
+    failed = []
+    for launch in launches:
+        result = compile_launch(launch, tgt)
+        if result.error:
+            failed.append(f"{launch.name} (nodes {', '.join(sorted(launch.nodes))}): {result.error}")
+        table.add_row(launch.name, ", ".join(sorted(launch.nodes)), ",".join(map(str, sorted(launch.batches))),
+                      str(launch.options.get("num_warps", "")), str(launch.options.get("num_stages", "")),
+                      f"{result.seconds:.1f}", "[red]FAILED[/red]" if result.error else "ok")
+    console.print(table)
+    failed += [f"node {node}: could not record its launches: {msg}" for node, msg in unrecorded.items()]
+    if failed:
+        from rich.markup import escape
+        raise Failure(f"{len(failed)} of {len(launches)} launches do not compile for {tgt}:\n  "
+                      + "\n  ".join(map(escape, failed)), EXIT_CHECK_FAILED)
+    console.print(f"all {len(launches)} distinct launches ({len({x.name for x in launches})} kernels) "
+                  f"compile for {tgt}")
 
 
 @app.command()

@@ -39,6 +39,16 @@ def _random_fp8(t: torch.Tensor, g: torch.Generator) -> None:
     t.view(torch.uint8).random_(0, 256, generator=g).bitwise_and_(0xBF)
 
 
+def with_views(layer: Layer, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` (every tensor of the layer that is not a view) plus the layer's views of them."""
+    out = dict(tensors)
+    for spec in layer.tensors.values():
+        if spec.view is not None:
+            v = spec.view
+            out[spec.name] = out[v.base].view(v.shape).narrow(v.dim, v.start, v.length)
+    return out
+
+
 class Buffers:
     """Tensors of `layers` consecutive decode layers of one rank."""
 
@@ -65,12 +75,7 @@ class Buffers:
         return self._bound[layer_index]
 
     def _bind(self, i: int) -> dict[str, torch.Tensor]:
-        out = {**self.shared, **self.per_layer[i]}
-        for spec in self.layer.tensors.values():
-            if spec.view is not None:
-                v = spec.view
-                out[spec.name] = out[v.base].view(v.shape).narrow(v.dim, v.start, v.length)
-        return out
+        return with_views(self.layer, {**self.shared, **self.per_layer[i]})
 
     # -- contents ------------------------------------------------------------------------
     def _make(self, spec: TensorSpec, layer_index: int) -> torch.Tensor:

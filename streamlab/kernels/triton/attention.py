@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from streamlab.kernels.triton.common import INTERPRET, dot_operand, workspace
+from streamlab.kernels.triton.common import INTERPRET, dot_operand, sm_count, workspace
 
 LOG2E = 1.4426950408889634
 # Slots per inner step. Small in the interpreter so CPU tests at topk 64 cover several splits
@@ -176,19 +176,13 @@ def _mla_combine_kernel(ws_m, ws_l, ws_o, out_ptr, stride_ot, stride_oh, stride_
              res.to(out_ptr.dtype.element_ty), mask=d < D_V)
 
 
-def _programs(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return INTERPRETER_PROGRAMS
-
-
 def num_splits(tokens: int, topk: int, device: torch.device, *, block_n: int = BLOCK_N,
                programs_per_sm: float = PROGRAMS_PER_SM, max_splits: int = MAX_SPLITS) -> tuple:
     """(splits, slots per split) of each token: at most `programs_per_sm` programs per SM in all
     (one wave: a second, partial one costs as much as the first), at most `max_splits`, never a
     split with less than one step."""
     steps = triton.cdiv(topk, block_n)
-    target = max(1, int(programs_per_sm * _programs(device)))
+    target = max(1, int(programs_per_sm * sm_count(device, off_gpu=INTERPRETER_PROGRAMS)))
     wanted = max(1, min(steps, max_splits, target // tokens))
     chunk = triton.cdiv(steps, wanted) * block_n
     return triton.cdiv(topk, chunk), chunk

@@ -9,11 +9,14 @@ the native conversions. Kernels take `INTERPRET` as a constexpr argument and pas
 
 Also shared by the GEMM and MoE kernels: decode tiles computed either way round (`tile_dot`,
 `by_row`, `by_col`), split reductions finished by the last program to arrive instead of a second
-launch (`last_to_arrive`, `sum_partials`) and persistent workspaces (`workspace`).
+launch (`last_to_arrive`, `sum_partials`) and persistent workspaces (`workspace`); and by all
+that size grids to the device, its SM (CU) count (`sm_count`, which `planning_for` sets off a GPU).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
@@ -23,6 +26,7 @@ import triton.language as tl
 from streamlab.kernels.quant import FP8_MAX
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_planned_sms: int | None = None  # set by `planning_for`
 _FP8_MAX = tl.constexpr(FP8_MAX)
 
 
@@ -147,6 +151,31 @@ def sum_unroll(splits: int, tile_elems: int, warps: int) -> int:
     """Partials `sum_partials` loads at once: up to 8, about 64 registers a thread at most."""
     fit = max(1, 2048 * warps // tile_elems)
     return min(8, triton.next_power_of_2(splits), 1 << (fit.bit_length() - 1))
+
+
+def sm_count(device: torch.device, off_gpu: int) -> int:
+    """The SMs (CUs) a launch plans its grid for: the GPU's own; off a GPU, those of the device
+    named by `planning_for`, else `off_gpu` (a small pretend GPU, so that the interpreter runs
+    the split paths)."""
+    if device.type == "cuda":
+        return _gpu_sms(device)
+    return _planned_sms or off_gpu
+
+
+@functools.cache
+def _gpu_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@contextlib.contextmanager
+def planning_for(sms: int):
+    """Plan grids off a GPU as for a device of `sms` SMs (CUs): what `targets` records launches under."""
+    global _planned_sms
+    before, _planned_sms = _planned_sms, sms
+    try:
+        yield
+    finally:
+        _planned_sms = before
 
 
 _WORKSPACES: dict = {}

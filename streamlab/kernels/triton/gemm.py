@@ -28,7 +28,6 @@ so cuBLAS block-scaled FP8 is not offered.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -37,8 +36,8 @@ import triton.language as tl
 
 from streamlab.kernels.quant import FP8_MAX, GROUP
 from streamlab.kernels.triton.common import (INTERPRET, by_col, by_row, exact_cast,
-                                             last_to_arrive, sum_partials, sum_unroll, tile_dot,
-                                             workspace)
+                                             last_to_arrive, sm_count, sum_partials, sum_unroll,
+                                             tile_dot, workspace)
 
 _INTERPRET = tl.constexpr(INTERPRET)
 _FP8_MAX = tl.constexpr(FP8_MAX)
@@ -201,13 +200,6 @@ _TUNED: dict[tuple[str, int, int, int, int], GemmConfig] = {
 }
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # the interpreter: a small pretend GPU, so that tests exercise split-K
-
-
 def _heuristic(op: str, m: int, n: int, k: int, batch: int, sms: int) -> GemmConfig:
     """What the table shows at decode: fp8 tiles of 128 columns with 8 warps (transposed up to
     16 rows), narrow tiles of two 128-groups per iteration for the small unscaled ops, and K
@@ -226,7 +218,7 @@ def _heuristic(op: str, m: int, n: int, k: int, batch: int, sms: int) -> GemmCon
 def gemm_config(op: str, m: int, n: int, k: int, batch: int, device: torch.device) -> GemmConfig:
     """The table's entry for the shape (the one for the nearest BLOCK_M above, else below) on a
     device with the SM count it was tuned on, else the heuristic."""
-    sms = _sm_count(device)
+    sms = sm_count(device, off_gpu=4)
     if sms == _TUNED_SMS:
         block_m = _tile(m, _MAX_BLOCK_M)
         for bm in sorted((16, 32, 64), key=lambda b: (b < block_m, abs(b - block_m))):

@@ -8,14 +8,13 @@ captures into a CUDA/HIP graph; grids depend on shapes only.
 
 from __future__ import annotations
 
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
 from streamlab.kernels.quant import FP8, GROUP, SHUFFLE_TILE
-from streamlab.kernels.triton.common import INTERPRET, dot_operand, exact_cast
+from streamlab.kernels.triton.common import INTERPRET, dot_operand, exact_cast, sm_count
 
 INTERPRETER_SMS = 4  # stands in for the SM count on the CPU: small grids, several chunks a row
 
@@ -210,13 +209,6 @@ def _paged_mqa_logits_kernel(q, weights, cache_k, cache_s, block_table, seq_lens
         tl.store(out + b * s_ot + t, tl.where(valid, logit, float("-inf")))
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return INTERPRETER_SMS
-
-
 def paged_mqa_logits(*, q, weights, cache, block_table, seq_lens, out, preshuffle):
     """Indexer logits of every context position, -inf past each row's length.
 
@@ -231,7 +223,7 @@ def paged_mqa_logits(*, q, weights, cache, block_table, seq_lens, out, preshuffl
         raise ValueError(f"unsupported index cache {tuple(cache.shape)} for q {tuple(q.shape)}")
     if out.shape[1] != pages_per_seq * page or q.stride(-1) != 1 or out.stride(-1) != 1:
         raise ValueError("logits must be [T, pages_per_seq * page] with unit-stride rows")
-    per_prog = triton.cdiv(t * pages_per_seq, 4 * _num_sms(q.device))
+    per_prog = triton.cdiv(t * pages_per_seq, 4 * sm_count(q.device, off_gpu=INTERPRETER_SMS))
     grid = (t, triton.cdiv(pages_per_seq, per_prog))
     _paged_mqa_logits_kernel[grid](
         q, weights, cache.view(FP8), cache.view(torch.float32), block_table, seq_lens, out,

@@ -21,7 +21,6 @@ else a heuristic from the SM count.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -30,8 +29,8 @@ import triton.language as tl
 
 from streamlab.kernels.quant import FP8_MAX, GROUP
 from streamlab.kernels.triton.common import (INTERPRET, by_col, by_row, exact_cast,
-                                             last_to_arrive, sum_partials, sum_unroll, tile_dot,
-                                             workspace)
+                                             last_to_arrive, sm_count, sum_partials, sum_unroll,
+                                             tile_dot, workspace)
 
 BLOCK_M = 16  # pairs per block: the smallest tl.dot tile; decode gives few tokens per expert
 
@@ -299,16 +298,9 @@ _TUNED: dict[tuple[int, int, int], MoeConfig] = {
 }
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # the interpreter: a small pretend GPU, so that tests exercise split-K
-
-
 def moe_config(tokens: int, slots: int, experts: int, hidden: int, inter: int,
                device: torch.device) -> MoeConfig:
-    sms = _sm_count(device)
+    sms = sm_count(device, off_gpu=4)
     tuned = sorted(t for t, h, i in _TUNED if (h, i) == (hidden, inter))
     if sms == _TUNED_SMS and tuned:
         t = next((t for t in tuned if t >= tokens), tuned[-1])

@@ -1,0 +1,101 @@
+"""`streamlab compile`: the layer's Triton kernels compile for MI355X (gfx950) and H100 (sm_90) at
+the configs the layer launches there, on this CPU-only machine, through Triton's own compiler.
+Compiling needs Triton without its interpreter, so these run in a fresh process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from streamlab.cli import app
+from streamlab.errors import Failure
+from streamlab.kernels.triton.targets import TARGETS, record_launches
+from streamlab.scenario import load
+
+ROOT = Path(__file__).resolve().parent.parent
+# one scenario per variant: the fused and the unfused shared expert
+SCENARIOS = [str(ROOT / "scenarios" / f"{name}.yaml") for name in ("serial", "a_v4_moe_dual")]
+KERNELS = ("_gemm_kernel", "_chunk_select_kernel", "_paged_mqa_logits_kernel", "_mla_split_kernel",
+           "_gate_up_kernel", "_down_kernel", "_rope_cat_cache_kernel")
+
+
+def compiler_process(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"COLUMNS": "200"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("target", ["mi355x", "h100"])
+def test_every_launch_of_the_shipped_layers_compiles_for(target):
+    done = compiler_process(["-m", "streamlab", "compile", *SCENARIOS, "--for", target,
+                             "--batch", "1,4,16,64"])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"compile for {TARGETS[target]}" in done.stdout
+    for kernel in KERNELS:  # the recorder saw the layer's main kernels
+        assert kernel in done.stdout
+
+
+def test_a_kernel_that_does_not_compile_is_named_with_the_compiler_message(tmp_path):
+    script = tmp_path / "bad_kernel.py"  # Triton reads a kernel's source from its file
+    script.write_text(textwrap.dedent("""
+        import triton, triton.language as tl
+        from streamlab.kernels.triton.targets import TARGETS, KernelLaunch, compile_launch
+
+        @triton.jit
+        def bad(x, BLOCK: tl.constexpr):
+            a = tl.load(x + tl.arange(0, BLOCK))
+            tl.store(x + tl.arange(0, BLOCK), tl.dot(a, a))  # tl.dot needs 2-d operands
+
+        launch = KernelLaunch(bad, {"x": "*fp32", "BLOCK": "constexpr"}, {"BLOCK": 32}, {"num_warps": 4})
+        print("ERROR", compile_launch(launch, TARGETS["mi355x"]).error)
+    """))
+    done = compiler_process([str(script)], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("ERROR"))
+    assert line != "ERROR None" and "CompilationError" in line
+
+
+def test_compiling_refuses_the_interpreter_and_unknown_targets(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(Failure, match="unset TRITON_INTERPRET"):
+        record_launches([load(SCENARIOS[0]).layer], TARGETS["mi355x"])
+    r = CliRunner().invoke(app, ["compile", SCENARIOS[0], "--for", "mi300"])
+    assert r.exit_code == 2 and "unknown compile target 'mi300'; known: h100, h200, mi355x" in r.output
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_launches_planned_for_an_h100_are_those_the_h100_makes(scenario, monkeypatch):
+    """The recorder's claim: on meta tensors, planned for 132 SMs, it sees the launches the
+    layer makes on the GPU itself."""
+    import torch
+    from triton.runtime.jit import JITFunction
+
+    from streamlab.exec.buffers import Buffers
+    from streamlab.exec.eager import bind_layer
+    from streamlab.kernels.triton.common import sm_count
+    from streamlab.kernels.triton.targets import launch_of
+
+    if sm_count(torch.device("cuda"), off_gpu=0) != TARGETS["h100"].units:
+        pytest.skip("needs a GPU with the H100's 132 SMs")
+    layer = load(scenario).override(batch=4).layer
+    planned, failed = record_launches([layer], TARGETS["h100"])
+    assert not failed
+    seen, run = set(), JITFunction.run
+
+    def spy(kernel, *args, grid, warmup, **kwargs):
+        seen.add(launch_of(kernel, args, kwargs).key)
+        return run(kernel, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(JITFunction, "run", spy)
+    tensors = Buffers(layer, device="cuda").tensors()
+    for bound in bind_layer(layer, "triton").values():
+        bound(tensors)
+    torch.cuda.synchronize()
+    assert seen == {launch.key for launch in planned} and len(seen) > 20
