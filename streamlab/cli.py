@@ -205,10 +205,14 @@ def compile_kernels(scenarios: list[Path] = typer.Argument(..., help="scenario Y
                     batch: str = typer.Option("1,4,16,64", help="batch sizes whose launches to compile")):
     """Compile the scenarios' Triton kernels for a GPU you may not have (no GPU needed), at the
     grids and configs the layer would launch there; nothing runs."""
-    import triton
     from rich.table import Table
 
-    from streamlab.kernels.triton.targets import compile_launch, record_launches, target as find_target
+    try:
+        import triton
+
+        from streamlab.kernels.triton.targets import compile_launch, record_launches, target as find_target
+    except ImportError as e:
+        raise Failure(f"streamlab compile needs Triton ({e}); pip install triton") from None
 
     tgt = find_target(target)
     layers = [load(p).override(batch=b).layer for p in scenarios for b in _batches(batch)]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from streamlab.cli import app
 from streamlab.errors import Failure
-from streamlab.kernels.triton.targets import TARGETS, record_launches
+from streamlab.kernels.triton.targets import TARGETS, record_launches, target
 from streamlab.scenario import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,12 +61,16 @@ def test_a_kernel_that_does_not_compile_is_named_with_the_compiler_message(tmp_p
     assert line != "ERROR None" and "CompilationError" in line
 
 
-def test_compiling_refuses_the_interpreter_and_unknown_targets(monkeypatch):
+def test_compiling_refuses_the_interpreter_unknown_targets_and_a_triton_without_the_backend(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(Failure, match="unset TRITON_INTERPRET"):
         record_launches([load(SCENARIOS[0]).layer], TARGETS["mi355x"])
     r = CliRunner().invoke(app, ["compile", SCENARIOS[0], "--for", "mi300"])
     assert r.exit_code == 2 and "unknown compile target 'mi300'; known: h100, h200, mi355x" in r.output
+    import triton.backends
+    monkeypatch.setattr(triton.backends, "backends", {"nvidia": triton.backends.backends["nvidia"]})
+    with pytest.raises(Failure, match=r"has no amd backend to compile for mi355x \(gfx950, 256 CUs\)"):
+        target("mi355x")
 
 
 @pytest.mark.gpu

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 import triton
+import triton.backends
 from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction, mangle_type
 
-from streamlab.errors import EXIT_BAD_INPUT, Failure
+from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
 from streamlab.exec.buffers import TORCH_DTYPES, with_views
 from streamlab.exec.eager import bind_layer
 from streamlab.kernels.triton.common import planning_for
@@ -85,9 +86,15 @@ class Compiled:
 
 
 def target(name: str) -> Target:
+    """The target called `name`, once this Triton is known to have its compiler backend."""
     if name not in TARGETS:
         raise Failure(f"unknown compile target {name!r}; known: {', '.join(TARGETS)}", EXIT_BAD_INPUT)
-    return TARGETS[name]
+    tgt = TARGETS[name]
+    backend = {"cuda": "nvidia", "hip": "amd"}[tgt.backend]
+    if backend not in triton.backends.backends:
+        raise Failure(f"this Triton ({triton.__version__}) has no {backend} backend to compile for {tgt}",
+                      EXIT_ENVIRONMENT)
+    return tgt
 
 
 def record_launches(layers: Iterable[Layer], tgt: Target) -> tuple[list[KernelLaunch], dict[str, str]]:
