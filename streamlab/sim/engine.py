@@ -58,7 +58,7 @@ class _Run:
     demand: float  # HBM
     sm: float
     collective: bool
-    order: int  # dispatch order: breaks ties between kernels that start together
+    order: int  # dispatch order: which of two kernels released together goes first
     waiting: bool = False  # held back by the kernel it was released together with
 
 
@@ -131,7 +131,7 @@ def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) 
         for lane in list(running):
             r = running[lane]
             r.remaining -= rates[lane] * step
-            if r.remaining <= EPS * max(1.0, work[r.key]):
+            if r.remaining <= EPS * max(1.0, r.work):
                 del running[lane]
                 ended[r.key] = t
                 lane_free[lane] = t + gap
