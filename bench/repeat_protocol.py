@@ -30,19 +30,11 @@ def _spread(medians: list[float]) -> float:
 def _timed_blocks(graph, layers: int, seconds: float | None, blocks: int | None) -> list[dict]:
     """Blocks of ITERS replays, each replay between device events: per block its host start time
     and per-layer times."""
-    import torch
+    from streamlab.exec.measure import replay_block
     out, start = [], time.time()
     while (blocks is not None and len(out) < blocks) or (
             seconds is not None and time.time() - start < seconds):
-        t0 = time.time()
-        marks = [torch.cuda.Event(enable_timing=True) for _ in range(ITERS + 1)]
-        marks[0].record()
-        for i in range(ITERS):
-            graph.replay()
-            marks[i + 1].record()
-        marks[-1].synchronize()
-        out.append({"t": t0, "us": [marks[i].elapsed_time(marks[i + 1]) * 1e3 / layers
-                                    for i in range(ITERS)]})
+        out.append({"t": time.time(), "us": replay_block(graph, ITERS, layers)})
     return out
 
 

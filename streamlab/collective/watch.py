@@ -278,21 +278,16 @@ def read_json(path: Path) -> dict | None:
 
 
 def heartbeats(run_dir: Path) -> dict[int, dict]:
-    out = {}
-    for p in run_dir.glob("rank*.heartbeat.json"):
-        hb = read_json(p)
-        if hb is not None:
-            out[hb["rank"]] = hb
-    return out
+    return _by_rank(run_dir, "heartbeat")
 
 
 def reports(run_dir: Path) -> dict[int, dict]:
-    out = {}
-    for p in run_dir.glob("rank*.report.json"):
-        r = read_json(p)
-        if r is not None:
-            out[r["rank"]] = r
-    return out
+    return _by_rank(run_dir, "report")
+
+
+def _by_rank(run_dir: Path, kind: str) -> dict[int, dict]:
+    """rank -> the readable rank*.KIND.json files of the run folder (one being written is skipped)."""
+    return {d["rank"]: d for p in run_dir.glob(f"rank*.{kind}.json") if (d := read_json(p)) is not None}
 
 
 PRIORITY = {ERROR: 0, "died": 1, STUCK: 2, UNRESPONSIVE: 2, WAITING: 3, PEER: 4}

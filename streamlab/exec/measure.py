@@ -117,14 +117,19 @@ def time_graph(graph: torch.cuda.CUDAGraph, layers: int, warmup: int, iters: int
     out: list[float] = []
     start = time.perf_counter()
     while len(out) < repeats * iters or time.perf_counter() - start < seconds:
-        marks = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
-        marks[0].record()
-        for i in range(iters):
-            graph.replay()
-            marks[i + 1].record()
-        marks[-1].synchronize()
-        out += [marks[i].elapsed_time(marks[i + 1]) * 1e3 / layers for i in range(iters)]
+        out += replay_block(graph, iters, layers)
     return GraphTiming(out, iters, repeats)
+
+
+def replay_block(graph: torch.cuda.CUDAGraph, iters: int, layers: int) -> list[float]:
+    """`iters` back-to-back replays, each between device events: us per layer of each."""
+    marks = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
+    marks[0].record()
+    for i in range(iters):
+        graph.replay()
+        marks[i + 1].record()
+    marks[-1].synchronize()
+    return [marks[i].elapsed_time(marks[i + 1]) * 1e3 / layers for i in range(iters)]
 
 
 @dataclass
