@@ -291,6 +291,36 @@ def _node_stats(groups: dict[tuple[int, int], list[Interval]]) -> dict[str, Node
     return out
 
 
+@dataclass(frozen=True)
+class StallSite:
+    """Where >= 2 us all-stream-idle gaps happen: between the kernel that ended last before the
+    gap (`before`) and the one that started first after it (`after`), named by node when known."""
+
+    before: str
+    after: str
+    count: int
+    per_layer: float
+    total_us: float
+    median_us: float
+    max_us: float
+
+
+def _label(iv: Interval | None, edge: str) -> str:
+    return edge if iv is None else iv.node or iv.name
+
+
+def stall_sites(summary: Summary) -> list[StallSite]:
+    """Stall sites over the summary's layers, most total time first (ties: most frequent)."""
+    sites: dict[tuple[str, str], list[float]] = {}
+    for ls in summary.layers:
+        for g in ls.stalls:
+            sites.setdefault((_label(g.before, "(start)"), _label(g.after, "(end)")), []).append(g.duration)
+    ranked = sorted(sites.items(), key=lambda kv: (-sum(kv[1]), -len(kv[1])))
+    return [StallSite(before=a, after=b, count=len(d), per_layer=len(d) / len(summary.layers),
+                      total_us=float(sum(d)), median_us=percentiles(d, (50,))[0], max_us=float(max(d)))
+            for (a, b), d in ranked]
+
+
 def summarize(timeline: Timeline) -> Summary:
     """Per-layer and per-node statistics, and their spread over layers.
 

@@ -6,10 +6,12 @@ like a measured one; `source` says which it is.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from rich.console import Console
 from rich.table import Table
 
-from streamlab.analysis import Stat, Summary, percentiles, spread
+from streamlab.analysis import Stat, Summary, percentiles, spread, stall_sites
 from streamlab.kernels import backend_kind
 from streamlab.models.hardware import FP8_OPS
 from streamlab.scenario import Scenario
@@ -78,23 +80,10 @@ def layer_result(scen: Scenario, source: str, per_layer_us: list[float], repeat_
             "allreduce_per_call_us": _stat_dict(summary.allreduce),
             "allreduce": allreduce,
             "physical_streams": len(summary.streams),
-            "stall_sites": _stall_sites(summary),
+            "stall_sites": [asdict(site) for site in stall_sites(summary)],
         },
         "nodes": nodes,
     }
-
-
-def _stall_sites(summary: Summary) -> list[dict]:
-    """Where >= 2 us all-stream-idle gaps happen, most frequent first."""
-    sites: dict[tuple[str, str], list[float]] = {}
-    for ls in summary.layers:
-        for g in ls.stalls:
-            key = (g.before.node or g.before.name if g.before else "(start)",
-                   g.after.node or g.after.name if g.after else "(end)")
-            sites.setdefault(key, []).append(g.duration)
-    ranked = sorted(sites.items(), key=lambda kv: -sum(kv[1]))
-    return [{"after": a, "before": b, "count": len(d), "median_us": percentiles(d)[1]}
-            for (a, b), d in ranked[:8]]
 
 
 def print_result(console: Console, scen: Scenario, m: dict) -> None:
@@ -125,7 +114,7 @@ def print_result(console: Console, scen: Scenario, m: dict) -> None:
                   f"{m['budget_us']:.1f} us; latency / budget = {lay['median'] / m['budget_us']:.2f}")
     for site in p["stall_sites"][:3]:
         console.print(f"  stall {site['median_us']:.1f} us x{site['count']} between "
-                      f"{site['after']} and {site['before']}")
+                      f"{site['before']} and {site['after']}")
     table = Table(title=f"{scen.name}: per node (us)", title_justify="left")
     for col in ("node", "backend", "kernels", "in-graph", "p20-p80", "isolated", "slowdown",
                 "floor", "iso/floor"):

@@ -19,8 +19,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from streamlab.analysis import GAP_CLASSES, Stat, Summary, percentiles, summarize
-from streamlab.timeline import Interval, Timeline
+from streamlab.analysis import GAP_CLASSES, Stat, Summary, percentiles, stall_sites, summarize
+from streamlab.timeline import Timeline
 from streamlab.trace.kineto import DeviceOps, LoadedTrace, TraceInfo, load_trace
 from streamlab.trace.segment import NodeMap, Segmentation, load_node_map, map_nodes, segment_ops
 
@@ -127,26 +127,9 @@ def _analyze(loaded: LoadedTrace, layer_regex: str | None, ars_per_layer: int | 
     summary = summarize(timeline)
     layers = len(summary.layers)
     return TraceReport(info.path, info, seg, timeline, summary, _allreduce(summary),
-                       _stall_sites(summary), _kernels(ops, layers),
+                       [asdict(site) for site in stall_sites(summary)], _kernels(ops, layers),
                        Stat.of([ls.kernels for ls in summary.layers]),
                        _streams(ops, layers), _outside(ops))
-
-
-def label(iv: Interval | None, edge: str) -> str:
-    return edge if iv is None else iv.node or iv.name
-
-
-def _stall_sites(summary: Summary) -> list[dict]:
-    """Where >= 2 us all-stream-idle gaps happen, most frequent first."""
-    sites: dict[tuple[str, str], list[float]] = {}
-    for ls in summary.layers:
-        for g in ls.stalls:
-            sites.setdefault((label(g.before, "(start)"), label(g.after, "(end)")), []).append(
-                g.duration)
-    ranked = sorted(sites.items(), key=lambda kv: (-len(kv[1]), -sum(kv[1])))
-    return [{"before": a, "after": b, "count": len(d), "per_layer": len(d) / len(summary.layers),
-             "total_us": float(sum(d)), "median_us": percentiles(d, (50,))[0],
-             "max_us": float(max(d))} for (a, b), d in ranked]
 
 
 def _allreduce(summary: Summary) -> dict | None:
@@ -349,7 +332,7 @@ def print_report(console: Console, r: TraceReport, top: int = 25) -> None:
     else:
         _say(console, "[bold]all-reduce[/] none")
     if r.stall_sites:
-        t = Table(title="stalls (>= 2 us all-stream idle), most frequent first", title_justify="left")
+        t = Table(title="stalls (>= 2 us all-stream idle), most time first", title_justify="left")
         for col in ("kernel before the gap", "kernel after it", "count", "per layer", "median us",
                     "max us"):
             t.add_column(col, justify="left" if col.startswith("kernel") else "right")
