@@ -170,3 +170,22 @@ def test_a_graph_replay_of_a_foreign_trace_says_its_edges_are_unknown(tmp_path):
     graph = for_trace(loaded.timeline, loaded.info)
     assert graph.origin == "stream" and "graph replay" in graph.note and "2 streams" in graph.note
     assert graph.steps == 1 and set(graph.step_of) == {0}
+
+
+@pytest.mark.gpu
+def test_a_fresh_runs_trace_respects_its_captured_graph(tmp_path):
+    """On a GPU: run a_v4 at batch 4, read its trace back; every edge of the captured graph
+    (recorded by the run, or rebuilt from the scenario) held on the device."""
+    from rich.console import Console
+
+    from streamlab.exec.session import run_scenario
+
+    scen = load(ROOT / "scenarios" / "a_v4.yaml").override(batch=4)
+    run_scenario(scen, Console(), backend=None, device="cuda", layers=None, out=tmp_path)
+    loaded = load_trace(tmp_path / "a_v4-b4.trace.json.gz")
+    graph = for_trace(loaded.timeline, loaded.info)
+    assert graph.origin in ("recorded", "scenario")
+    ivs = loaded.timeline.intervals
+    waits = [(d.before, i) for i, p in enumerate(graph.preds) for d in p if d.kind != STREAM]
+    assert len(waits) > 100
+    assert all(ivs[a].end <= ivs[b].start + 1e-3 for a, b in waits)
