@@ -198,8 +198,8 @@ def markdown(rows: list[Row], command: str) -> str:
                      f"{_f(r.timed_error, sign=True)} | {_f(r.noise_us)} | {within} |")
     judged = [r for r in rows if r.target is not None]
     if judged:
-        lines += ["", "| kind | what-ifs | median abs error vs target trace | max | within noise "
-                      "(trace) | within noise (timed) |", "|---|---|---|---|---|---|"]
+        lines += ["", ("| kind | what-ifs | median abs error vs target trace | max | within noise "
+                       "(trace) | within noise (timed) |"), "|---|---|---|---|---|---|"]
         for kind in dict.fromkeys(r.kind for r in judged):
             mine = [r for r in judged if r.kind == kind]
             err = sorted(abs(r.trace_error) / r.target_trace_us for r in mine)

@@ -22,6 +22,7 @@ comparable whether a backend launches one kernel or three.
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -158,14 +159,21 @@ COLLECTIVE_CLASSES = ("allreduce", "allgather", "reducescatter", "alltoall")
 def kernel_class(iv: Interval) -> str:
     """The class of a kernel: allreduce, one of KERNEL_CLASSES, or its kind (memcpy, memset)
     or `other` when nothing matches."""
-    if is_allreduce(iv):
+    return _class_of(iv.node, iv.name, iv.kind)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _class_of(node: str | None, name: str, kind: str) -> str:
+    """kernel_class by what decides it (a trace repeats a few hundred kernel names a million
+    times, some of them kilobytes of C++ template)."""
+    if is_allreduce(Interval(name, "", 0.0, 0.0, node, kind=kind)):
         return "allreduce"
-    for text in (iv.node, iv.name):
+    for text in (node, name):
         if text:
             for cls, rx in KERNEL_CLASSES:
                 if rx.search(text):
                     return cls
-    return iv.kind if iv.kind != "kernel" else "other"
+    return kind if kind != "kernel" else "other"
 
 
 def _union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

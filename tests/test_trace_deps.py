@@ -96,7 +96,8 @@ def test_recorded_edges_and_scenario_edges_give_the_same_graph(tmp_path):
     again = load_trace(tmp_path / "a.trace.json.gz")
     graph = for_trace(again.timeline, again.info)
     assert graph.origin == "recorded" and "774 graph edges" in graph.note
-    assert graph.preds == from_scenario.preds
+    n = len(graph.timeline.intervals)
+    assert [graph.deps(i) for i in range(n)] == [from_scenario.deps(i) for i in range(n)]
     assert graph.steps == 5 and graph.step_of[0] == 0 and graph.step_of[-1] == 4
 
 
@@ -110,7 +111,8 @@ def test_a_trace_whose_scenario_is_unknown_falls_back_to_stream_order():
     graph = for_trace(stranger, loaded.info)
     assert graph.origin == "stream" and not graph.edges_known
     assert "stream order only" in graph.note
-    assert all(d.kind == STREAM for p in graph.preds for d in p)
+    assert not graph.edges and all(d.kind == STREAM for i in range(len(tl.intervals))
+                                   for d in graph.deps(i))
 
 
 # --- Kineto event waits ----------------------------------------------------------------------
@@ -145,7 +147,7 @@ def test_stream_wait_events_become_edges(tmp_path):
     names = [iv.name for iv in loaded.timeline.intervals]
     assert names == ["a", "b", "c", "d"]
     assert graph.origin == "events" and "1 observed event waits" in graph.note
-    assert [[(names[d.before], d.kind) for d in p] for p in graph.preds] == [
+    assert [[(names[d.before], d.kind) for d in graph.deps(i)] for i in range(4)] == [
         [], [("a", "stream")], [("a", "event")], [("c", "stream")]]
 
 
@@ -154,7 +156,8 @@ def test_event_sync_trace_from_elsewhere():
     loaded = load_trace(EVENT_SYNC)
     graph = for_trace(loaded.timeline, loaded.info)
     ivs = loaded.timeline.intervals
-    events = [(ivs[d.before], ivs[i]) for i, p in enumerate(graph.preds) for d in p if d.kind == "event"]
+    events = [(ivs[d.before], ivs[i]) for i in range(len(ivs)) for d in graph.deps(i)
+              if d.kind == "event"]
     # the memset on stream 24 waits for the sgemm on stream 20 (event recorded at correlation 1385)
     assert [(a.name, a.stream, b.name, b.stream) for a, b in events] == [
         ("ampere_sgemm_128x64_nn", "20", "Memset (Device)", "24")]
@@ -186,6 +189,6 @@ def test_a_fresh_runs_trace_respects_its_captured_graph(tmp_path):
     graph = for_trace(loaded.timeline, loaded.info)
     assert graph.origin in ("recorded", "scenario")
     ivs = loaded.timeline.intervals
-    waits = [(d.before, i) for i, p in enumerate(graph.preds) for d in p if d.kind != STREAM]
+    waits = [(d.before, i) for i in range(len(ivs)) for d in graph.deps(i) if d.kind != STREAM]
     assert len(waits) > 100
     assert all(ivs[a].end <= ivs[b].start + 1e-3 for a, b in waits)

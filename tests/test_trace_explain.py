@@ -15,7 +15,7 @@ from streamlab.timeline import Edge, Interval, Source, Timeline
 from streamlab.trace.chrome import write_chrome
 from streamlab.trace.cli import app
 from streamlab.trace.comm import exposed_comm, rank_skew
-from streamlab.trace.critical import critical_paths, slack
+from streamlab.trace.critical import critical_path, slack
 from streamlab.trace.deps import dependency_graph
 from streamlab.trace.explain import explain
 from streamlab.trace.kineto import load_trace
@@ -39,7 +39,7 @@ def two_streams() -> Timeline:
 
 def test_critical_path_gaps_and_slack():
     g = dependency_graph(two_streams(), origin="events", note="")
-    [path] = critical_paths(g)
+    path = critical_path(g, 0)
     assert [(k.name, k.start, k.waited_on, k.wait_kind, k.cross, k.gap, k.slack) for k in path.kernels] == [
         ("a", 0.0, None, None, False, 0.0, None), ("c", 12.0, "a", "stream", False, 2.0, None),
         ("e", 21.0, "c", "stream", False, 1.0, 1.0)]  # d ended 1 us before c
@@ -51,7 +51,7 @@ def test_critical_path_gaps_and_slack():
 def test_critical_path_of_a_dual_stream_run_crosses_streams():
     report = summarize_trace(H100 / "a_v4-b4.trace.json.gz")
     e = explain(report)
-    assert len(e.critical) == 5 and e.graph.origin == "scenario"
+    assert len(e.spans) == 5 and e.graph.origin == "scenario"
     p = e.path
     assert p.cross_stream > 0
     # the path ends the step: its last kernel is the step's last

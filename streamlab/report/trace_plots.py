@@ -43,7 +43,7 @@ def critical_path_plot(graph: DepGraph, path: CriticalPath, title: str, out: Pat
     """One step of `graph`'s timeline with `path` on it (see the module doc); returns the
     files written (`out`.png and `out`.svg)."""
     ivs = graph.timeline.intervals
-    members = graph.step_members()[path.step]
+    members = graph.members[path.step]
     t0 = path.start
     lanes = sorted({ivs[i].stream for i in members},
                    key=lambda s: min(ivs[i].start for i in members if ivs[i].stream == s))

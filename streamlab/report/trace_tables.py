@@ -50,7 +50,7 @@ def _critical(console: Console, e: Explained, p: CriticalPath) -> None:
     span = p.end - p.start
     classes = ", ".join(f"{k} {v:.1f}" for k, v in list(p.by("class").items())[:6])
     console.print(
-        f"[bold]critical path[/] of step {p.step} (median span of {len(e.critical)}: {span:.1f} us): "
+        f"[bold]critical path[/] of step {p.step} (median span of {len(e.spans)}: {span:.1f} us): "
         f"{len(p.kernels)} kernels, {p.busy:.1f} us of kernels and {p.gaps:.1f} us of gaps, "
         f"{p.cross_stream} waits on another stream; kernel us on it by class: {classes}",
         soft_wrap=True)

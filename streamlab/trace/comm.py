@@ -23,6 +23,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+import numpy as np
+
 from streamlab.analysis import COLLECTIVE_CLASSES, Stat, busy_union, kernel_class
 from streamlab.timeline import Interval, Timeline
 from streamlab.trace.deps import DepGraph
@@ -84,23 +86,25 @@ def is_collective(iv: Interval) -> bool:
     return kernel_class(iv) in COLLECTIVE_CLASSES
 
 
-def collective_calls(timeline: Timeline, step_of: tuple[int, ...] | None = None) -> list[CollectiveCall]:
-    """Every collective call of the timeline in time order, with its exposed time."""
+def collective_calls(timeline: Timeline, step_of: np.ndarray | None = None) -> list[CollectiveCall]:
+    """Every collective call of the timeline in time order, with its exposed time (`step_of`:
+    DepGraph.step_of, per interval; None: all in step 0)."""
     ivs = timeline.intervals
-    other = busy_union([iv for iv in ivs if not is_collective(iv)])
+    comm = [is_collective(iv) for iv in ivs]
+    other = busy_union([iv for iv, c in zip(ivs, comm) if not c])
     starts = [s for s, _ in other]
     groups: dict[object, list[int]] = {}
-    for i, iv in enumerate(ivs):
-        if is_collective(iv):
-            key = (iv.layer, iv.node) if iv.node is not None and iv.layer is not None else i
-            groups.setdefault(key, []).append(i)
+    for i in (i for i, c in enumerate(comm) if c):
+        iv = ivs[i]
+        key = (iv.layer, iv.node) if iv.node is not None and iv.layer is not None else i
+        groups.setdefault(key, []).append(i)
     out = []
     for members in groups.values():
         own = busy_union([ivs[i] for i in members])
         first = ivs[members[0]]
         out.append(CollectiveCall(
             name=first.node or first.name, cls=kernel_class(first), layer=first.layer,
-            step=step_of[members[0]] if step_of else 0, start=own[0][0],
+            step=int(step_of[members[0]]) if step_of is not None else 0, start=own[0][0],
             duration=sum(e - s for s, e in own),
             exposed=sum(_uncovered(s, e, other, starts) for s, e in own)))
     return sorted(out, key=lambda c: c.start)

@@ -1,4 +1,4 @@
-"""The critical path of each step: the chain of kernels and waits that set when the step ended.
+"""The critical path of a step: the chain of kernels and waits that set when the step ended.
 
 Walking back from the step's last kernel to end, each kernel's *binding* dependency is the one
 that ended last (deps.DepGraph: its stream predecessor, a graph edge, an event wait); the walk
@@ -14,6 +14,8 @@ trace.whatif), 0 on the path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from streamlab.analysis import kernel_class
 from streamlab.timeline import Interval
@@ -73,61 +75,69 @@ class CriticalPath:
             out[key] = out.get(key, 0.0) + k.duration
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
-    def to_json(self, rows: bool = True) -> dict:
-        out = {"step": self.step, "span_us": self.end - self.start, "kernels_on_path": len(self.kernels),
-               "busy_us": self.busy, "gaps_us": self.gaps, "cross_stream_waits": self.cross_stream,
-               "by_class_us": self.by("class"), "by_stream_us": self.by("stream")}
-        if rows:
-            out["path"] = [k.to_json() for k in self.kernels]
-        return out
+    def to_json(self) -> dict:
+        return {"step": self.step, "span_us": self.end - self.start,
+                "kernels_on_path": len(self.kernels), "busy_us": self.busy, "gaps_us": self.gaps,
+                "cross_stream_waits": self.cross_stream, "by_class_us": self.by("class"),
+                "by_stream_us": self.by("stream"), "path": [k.to_json() for k in self.kernels]}
 
 
 def _label(iv: Interval) -> str:
     return iv.node or iv.name
 
 
-def critical_paths(graph: DepGraph) -> list[CriticalPath]:
-    """The critical path of every step, in step order."""
+def step_spans(graph: DepGraph) -> list[float]:
+    """First start to last end of every step with kernels, in step order."""
     ivs = graph.timeline.intervals
-    out = []
-    for step, members in enumerate(graph.step_members()):
-        if not members:
-            continue
-        inside = set(members)
-        t0 = min(ivs[i].start for i in members)
-        j = max(members, key=lambda i: (ivs[i].end, ivs[i].start, i))
-        chain = []
-        while j is not None:
-            preds = sorted((d for d in graph.preds[j] if d.before in inside),
-                           key=lambda d: (ivs[d.before].end, d.before), reverse=True)
-            iv = ivs[j]
-            bind = preds[0] if preds else None
-            chain.append(PathKernel(
-                index=j, name=iv.name, node=iv.node, cls=kernel_class(iv), stream=iv.stream,
-                start=iv.start - t0, duration=iv.duration,
-                waited_index=bind.before if bind else None,
-                waited_on=_label(ivs[bind.before]) if bind else None,
-                wait_kind=bind.kind if bind else None,
-                cross=bind is not None and ivs[bind.before].stream != iv.stream,
-                gap=iv.start - ivs[bind.before].end if bind else 0.0,
-                slack=ivs[bind.before].end - ivs[preds[1].before].end if len(preds) > 1 else None))
-            j = bind.before if bind else None
-        out.append(CriticalPath(step, t0, max(ivs[i].end for i in members), tuple(reversed(chain))))
-    return out
+    inside = graph.step_of >= 0
+    if not inside.any():
+        return []
+    step = graph.step_of[inside]
+    first = np.full(graph.steps, np.inf)
+    last = np.full(graph.steps, -np.inf)
+    np.minimum.at(first, step, np.fromiter((iv.start for iv in ivs), np.float64, len(ivs))[inside])
+    np.maximum.at(last, step, np.fromiter((iv.end for iv in ivs), np.float64, len(ivs))[inside])
+    return [float(b - a) for a, b in zip(first, last) if np.isfinite(a)]
+
+
+def critical_path(graph: DepGraph, step: int) -> CriticalPath:
+    """The critical path of one step (with kernels)."""
+    ivs = graph.timeline.intervals
+    members = graph.members[step]
+    inside = set(members)
+    t0 = min(ivs[i].start for i in members)
+    j = max(members, key=lambda i: (ivs[i].end, ivs[i].start, i))
+    chain = []
+    while j is not None:
+        preds = sorted((d for d in graph.deps(j) if d.before in inside),
+                       key=lambda d: (ivs[d.before].end, d.before), reverse=True)
+        iv = ivs[j]
+        bind = preds[0] if preds else None
+        chain.append(PathKernel(
+            index=j, name=iv.name, node=iv.node, cls=kernel_class(iv), stream=iv.stream,
+            start=iv.start - t0, duration=iv.duration,
+            waited_index=bind.before if bind else None,
+            waited_on=_label(ivs[bind.before]) if bind else None,
+            wait_kind=bind.kind if bind else None,
+            cross=bind is not None and ivs[bind.before].stream != iv.stream,
+            gap=iv.start - ivs[bind.before].end if bind else 0.0,
+            slack=ivs[bind.before].end - ivs[preds[1].before].end if len(preds) > 1 else None))
+        j = bind.before if bind else None
+    return CriticalPath(step, t0, max(ivs[i].end for i in members), tuple(reversed(chain)))
 
 
 def slack(graph: DepGraph, step: int) -> dict[int, float]:
     """Per kernel of `step`: how much later it could end without delaying the step's end, the
     lags of the trace kept (see the module doc)."""
     ivs = graph.timeline.intervals
-    members = graph.step_members()[step]
+    members = graph.members[step]
     inside = set(members)
     end = max(ivs[i].end for i in members)
     latest_end = {i: end for i in members}  # latest allowed end, tightened by successors
     out = {}
     for k in sorted(members, reverse=True):  # successors come later in time order
         out[k] = latest_end[k] - ivs[k].end
-        preds = [d.before for d in graph.preds[k] if d.before in inside]
+        preds = [d.before for d in graph.deps(k) if d.before in inside]
         if not preds:
             continue
         ready = max(ivs[p].end for p in preds)

@@ -25,11 +25,15 @@ one step.
 from __future__ import annotations
 
 import bisect
+import functools
 import gzip
 import json
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.schedule.graph import CaptureGraph, capture
@@ -41,21 +45,25 @@ STREAM = "stream"  # the kind of a stream-order dependency (Edge kinds cover the
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
 
-@dataclass(frozen=True)
-class Dep:
+class Dep(NamedTuple):
+    """A dependency (a named tuple: a trace has one per device operation, a million at times)."""
+
     before: int  # index of the interval waited for
     kind: str  # stream | graph | event | launch
 
 
 @dataclass(frozen=True)
 class DepGraph:
-    """Predecessors of every interval of `timeline` (same indices), and where they came from."""
+    """What every interval of `timeline` waited for (same indices), and where that came from.
+    Kept compact (a trace has a million operations at times): the stream predecessor of each
+    interval as an array, the other edges by waiting interval; `deps(i)` joins them."""
 
     timeline: Timeline
-    preds: tuple[tuple[Dep, ...], ...]
+    stream_pred: np.ndarray  # per interval: the one before it on its stream, -1 for none
+    edges: dict[int, tuple[Dep, ...]]  # waiting interval -> its other dependencies
     origin: str  # recorded | scenario | events | stream
     note: str  # what the edges are, in words (printed with every result that uses them)
-    step_of: tuple[int, ...]  # per interval: its step (graph replay), 0.. in time order; -1 none
+    step_of: np.ndarray  # per interval: its step (graph replay), 0.. in time order; -1 none
     steps: int
 
     @property
@@ -63,12 +71,24 @@ class DepGraph:
         """Whether cross-stream waits are known (else only stream order is)."""
         return self.origin != "stream"
 
-    def step_members(self) -> list[list[int]]:
-        out: list[list[int]] = [[] for _ in range(self.steps)]
-        for i, s in enumerate(self.step_of):
-            if s >= 0:
-                out[s].append(i)
-        return out
+    def deps(self, i: int) -> tuple[Dep, ...]:
+        """Interval i's dependencies; an edge from its stream predecessor replaces the stream
+        dependency (it says more)."""
+        extra = self.edges.get(i, ())
+        p = int(self.stream_pred[i])
+        if p >= 0 and all(d.before != p for d in extra):
+            return (Dep(p, STREAM), *extra)
+        return extra
+
+    @functools.cached_property
+    def members(self) -> tuple[tuple[int, ...], ...]:
+        """Intervals of each step, in time order."""
+        if self.steps == 0:
+            return ()
+        order = np.argsort(self.step_of, kind="stable")
+        counts = np.bincount(self.step_of[self.step_of >= 0], minlength=self.steps)
+        inside = order[int(np.count_nonzero(self.step_of < 0)):]
+        return tuple(tuple(m.tolist()) for m in np.split(inside, np.cumsum(counts)[:-1]))
 
 
 # --- building the graph -------------------------------------------------------------------
@@ -115,12 +135,13 @@ def dependency_graph(timeline: Timeline, *, origin: str, note: str, extra: list[
     loader's replay windows. Raises Failure when an edge points backwards in time order (a
     file that claims a kernel waited for one that started after it)."""
     ivs = timeline.intervals
-    preds: list[list[Dep]] = [[] for _ in ivs]
-    last: dict[str, int] = {}
-    for i, iv in enumerate(ivs):
-        if iv.stream in last:
-            preds[i].append(Dep(last[iv.stream], STREAM))
-        last[iv.stream] = i
+    ids: dict[str, int] = {}
+    code = np.fromiter((ids.setdefault(iv.stream, len(ids)) for iv in ivs), np.int64, len(ivs))
+    order = np.lexsort((np.arange(len(ivs)), code))  # by stream, then time order
+    stream_pred = np.full(len(ivs), -1, np.int64)
+    same = code[order[1:]] == code[order[:-1]]
+    stream_pred[order[1:][same]] = order[:-1][same]
+    edges: dict[int, list[Dep]] = {}
     launch_targets = set()
     for e in list(timeline.edges) + list(extra):
         if e.before >= e.after:
@@ -128,32 +149,29 @@ def dependency_graph(timeline: Timeline, *, origin: str, note: str, extra: list[
             raise Failure(f"dependency edge {a.node or a.name} ({a.start:.3f} us) -> {b.node or b.name}"
                           f" ({b.start:.3f} us): the waiting interval starts first; the edges do "
                           "not belong to this timeline", EXIT_BAD_INPUT)
-        mine = preds[e.after]  # an edge says more than stream order: it replaces it
-        mine[:] = [d for d in mine if d.before != e.before or d.kind != STREAM]
+        mine = edges.setdefault(e.after, [])
         if all(d.before != e.before for d in mine):
             mine.append(Dep(e.before, e.kind))
         if e.kind == "launch":
             launch_targets.add(e.after)
     step_of = _steps(timeline, launch_targets, replays)
-    return DepGraph(timeline, tuple(tuple(p) for p in preds), origin, note, step_of,
-                    max(step_of, default=-1) + 1)
+    return DepGraph(timeline, stream_pred, {k: tuple(v) for k, v in edges.items()}, origin, note,
+                    step_of, int(step_of.max(initial=-1)) + 1)
 
 
 def _steps(timeline: Timeline, launch_targets: set[int],
-           replays: list[tuple[float, float, int]] | None) -> tuple[int, ...]:
+           replays: list[tuple[float, float, int]] | None) -> np.ndarray:
     ivs = timeline.intervals
+    starts = np.fromiter((iv.start for iv in ivs), np.float64, len(ivs))
     if launch_targets:
-        cuts = sorted({ivs[i].start for i in launch_targets})
-        return tuple(bisect.bisect_right(cuts, iv.start) for iv in ivs)
+        cuts = np.unique([ivs[i].start for i in launch_targets])
+        return np.searchsorted(cuts, starts, side="right")
     if replays:
-        windows = sorted((start, end) for start, end, _ in replays)
-        starts = [start for start, _ in windows]
-        out = []
-        for iv in ivs:
-            k = bisect.bisect_right(starts, iv.start) - 1
-            out.append(k if k >= 0 and iv.start <= windows[k][1] else -1)
-        return tuple(out)
-    return tuple(0 for _ in ivs)
+        windows = np.array(sorted((start, end) for start, end, _ in replays), np.float64)
+        k = np.searchsorted(windows[:, 0], starts, side="right") - 1
+        inside = (k >= 0) & (starts <= windows[np.maximum(k, 0), 1])
+        return np.where(inside, k, -1)
+    return np.zeros(len(ivs), np.int64)
 
 
 def capture_edges(timeline: Timeline, program: Program, layers_per_replay: int) -> list[Edge]:

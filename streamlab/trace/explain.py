@@ -2,8 +2,8 @@
 that need the trace's dependency graph, run together for `streamlab trace summary`.
 
 - dependencies (deps): stream order plus what the trace knows of cross-stream waits;
-- critical path per step (critical), the one of the median step shown, with the kernels off
-  the path that came closest to it;
+- the critical path (critical) of the step of median span, with the kernels off the path that
+  came closest to it;
 - exposed communication (comm), and with several ranks' traces the arrival skew at each
   collective;
 - what-if (whatif): the graph replayed with `--what-if` changes;
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streamlab.trace.comm import ExposedComm, RankSkew, exposed_comm, rank_skew
-from streamlab.trace.critical import CriticalPath, critical_paths, slack
+from streamlab.trace.critical import CriticalPath, critical_path, slack, step_spans
 from streamlab.trace.deps import DepGraph, for_trace
 from streamlab.trace.roofline import Roofline, hardware_of, layer_of, roofline
 from streamlab.trace.summary import TraceReport
@@ -40,29 +40,21 @@ class NearCritical:
 @dataclass(frozen=True)
 class Explained:
     graph: DepGraph
-    critical: tuple[CriticalPath, ...]  # per step
-    shown: int  # index into `critical`: the step of median span
-    near_critical: tuple[NearCritical, ...]  # off the shown path, least slack first
+    spans: tuple[float, ...]  # per step with kernels: first start to last end (us)
+    path: CriticalPath | None  # of the step of median span; None without steps
+    near_critical: tuple[NearCritical, ...]  # off the path, least slack first
     exposed: ExposedComm | None
     skew: RankSkew | None
     what_if: WhatIf | None
     roofline: Roofline
 
-    @property
-    def path(self) -> CriticalPath | None:
-        return self.critical[self.shown] if self.critical else None
-
     def to_json(self) -> dict:
-        spans = [c.end - c.start for c in self.critical]
         return {
             "dependencies": {"origin": self.graph.origin, "note": self.graph.note,
                              "steps": self.graph.steps},
+            "step_span_us": list(self.spans),
             "critical_path": None if self.path is None else {
-                "shown_step": self.path.step,
-                "per_step": [c.to_json(rows=False) for c in self.critical],
-                "path": self.path.to_json()["path"],
-                "near_critical": [n.to_json() for n in self.near_critical],
-                "span_us_per_step": spans},
+                **self.path.to_json(), "near_critical": [n.to_json() for n in self.near_critical]},
             "exposed_communication": self.exposed.to_json() if self.exposed else None,
             "rank_skew": self.skew.to_json() if self.skew else None,
             "what_if": self.what_if.to_json() if self.what_if else None,
@@ -74,21 +66,22 @@ def explain(report: TraceReport, *, ranks: list[TraceReport] = (),
             what_ifs: list[str] = ()) -> Explained:
     """Everything in the module doc for one trace (and its other ranks' traces)."""
     graph = for_trace(report.timeline, report.info)
-    paths = critical_paths(graph)
-    shown, near = 0, ()
-    if paths:
-        order = sorted(range(len(paths)), key=lambda k: paths[k].end - paths[k].start)
-        shown = order[len(order) // 2]
-        on_path = {k.index for k in paths[shown].kernels}
+    spans = step_spans(graph)
+    path, near = None, ()
+    if spans:
+        steps = [k for k, m in enumerate(graph.members) if m]
+        shown = steps[sorted(range(len(spans)), key=spans.__getitem__)[len(spans) // 2]]
+        path = critical_path(graph, shown)
+        on_path = {k.index for k in path.kernels}
         ivs = graph.timeline.intervals
-        off = sorted((s, i) for i, s in slack(graph, paths[shown].step).items() if i not in on_path)
+        off = sorted((s, i) for i, s in slack(graph, shown).items() if i not in on_path)
         near = tuple(NearCritical(ivs[i].node or ivs[i].name, ivs[i].stream, s)
                      for s, i in off[:NEAR])
     changes = [parse_change(w, report.timeline) for w in what_ifs]
     layer, note = layer_of(report.timeline, report.path)
     return Explained(
-        graph=graph, critical=tuple(paths), shown=shown, near_critical=near,
+        graph=graph, spans=tuple(spans), path=path, near_critical=near,
         exposed=exposed_comm(graph),
         skew=rank_skew([(r.path, r.timeline) for r in [report, *ranks]]) if ranks else None,
-        what_if=what_if(graph, changes) if changes else None,
+        what_if=what_if(graph, changes, summary=report.summary) if changes else None,
         roofline=roofline(report.summary, layer, hardware_of(report.summary.source.device), note))

@@ -26,8 +26,8 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-from streamlab.analysis import (COLLECTIVE_CLASSES, KERNEL_CLASSES, STALL_US, Stat, gaps,
-                                kernel_class, summarize)
+from streamlab.analysis import (COLLECTIVE_CLASSES, KERNEL_CLASSES, STALL_US, Stat, Summary,
+                                gaps, kernel_class, summarize)
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.timeline import Interval, Timeline
 from streamlab.trace.deps import DepGraph
@@ -169,8 +169,9 @@ class WhatIf:
                 "per_step_us": [s.to_json() for s in self.per_step]}
 
 
-def what_if(graph: DepGraph, changes: list[Change]) -> WhatIf:
-    """Replay `graph` with `changes` (see the module doc) and compare with the trace."""
+def what_if(graph: DepGraph, changes: list[Change], *, summary: Summary | None = None) -> WhatIf:
+    """Replay `graph` with `changes` (see the module doc) and compare with the trace
+    (`summary`: analysis.summarize of its timeline, when already made)."""
     base = graph.timeline
     durations = [iv.duration for iv in base.intervals]
     cuts = [0.0] * len(durations)
@@ -188,8 +189,8 @@ def what_if(graph: DepGraph, changes: list[Change]) -> WhatIf:
             sum(durations[i] for i in hit) / steps)))
     start, end = _times(graph, durations, cuts)
     after = _timeline(graph, start, end)
-    sb, sa = summarize(base), summarize(after)
-    members = [m for m in graph.step_members() if m]
+    sb, sa = summary or summarize(base), summarize(after)
+    members = [m for m in graph.members if m]
     spans = [(max(base.intervals[i].end for i in m) - min(base.intervals[i].start for i in m),
               max(end[i] for i in m) - min(start[i] for i in m)) for m in members]
     walls = {(ls.layer, ls.visit): ls.wall for ls in sa.layers}
@@ -248,7 +249,7 @@ def _cut_stalls(timeline: Timeline, graph: DepGraph, change: Change,
         new = min(change.us if change.us is not None else g.duration * change.factor, g.duration)
         bound = False
         for i in first.get(g.end, []):
-            ready = max((ivs[d.before].end for d in graph.preds[i]), default=None)
+            ready = max((ivs[d.before].end for d in graph.deps(i)), default=None)
             if ready is not None and ready <= g.start:
                 cuts[i] = max(cuts[i], g.duration - new)
                 bound = True
@@ -269,7 +270,7 @@ def _times(graph: DepGraph, durations: list[float],
     ivs = graph.timeline.intervals
     start, end = [0.0] * len(ivs), [0.0] * len(ivs)
     for i, iv in enumerate(ivs):
-        preds = graph.preds[i]
+        preds = graph.deps(i)
         if preds:
             lag = iv.start - max(ivs[d.before].end for d in preds)
             cut = min(cuts[i], lag) if cuts and lag > 0 else 0.0
