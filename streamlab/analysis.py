@@ -22,6 +22,8 @@ comparable whether a backend launches one kernel or three.
 from __future__ import annotations
 
 import bisect
+import functools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -133,6 +135,47 @@ def is_allreduce(iv: Interval) -> bool:
     return iv.kind == "allreduce" or (iv.node or "").startswith("allreduce")
 
 
+# Kernel classes by name, first match wins, tried on the DAG node and then on the kernel name
+# (all-reduces by `is_allreduce`, which also knows the loaders' `allreduce` kind). Names seen in
+# our runs (Triton: _gemm_kernel, _mla_split_kernel, _gate_up_kernel, ...), in CUTLASS / cuBLAS
+# / hipBLASLt (sm90_xmma_gemm, nvjet, Cijk_...), NCCL / RCCL (ncclDevKernel_AllGather_RING_LL),
+# flash / paged attention and the MoE kernels of vLLM and SGLang.
+KERNEL_CLASSES = (
+    ("allgather", re.compile(r"all_?gather", re.IGNORECASE)),
+    ("reducescatter", re.compile(r"reduce_?scatter", re.IGNORECASE)),
+    ("alltoall", re.compile(r"all_?to_?all", re.IGNORECASE)),
+    ("moe", re.compile(r"moe|expert|gate_up|_down_kernel|^shared_", re.IGNORECASE)),
+    ("attention", re.compile(r"attn|attention|flash|fmha|mla|mqa|paged|sdpa", re.IGNORECASE)),
+    ("gemm", re.compile(r"gemm|gemv|matmul|_mm_|bmm|proj|cutlass|cublas|xmma|nvjet|^Cijk|"
+                        r"hipblaslt|wgmma", re.IGNORECASE)),
+    ("norm", re.compile(r"norm", re.IGNORECASE)),
+    ("rope", re.compile(r"rope|rotary", re.IGNORECASE)),
+    ("topk", re.compile(r"top_?k|sampl|argmax|softmax", re.IGNORECASE)),
+    ("quant", re.compile(r"quant", re.IGNORECASE)),
+)
+COLLECTIVE_CLASSES = ("allreduce", "allgather", "reducescatter", "alltoall")
+
+
+def kernel_class(iv: Interval) -> str:
+    """The class of a kernel: allreduce, one of KERNEL_CLASSES, or its kind (memcpy, memset)
+    or `other` when nothing matches."""
+    return _class_of(iv.node, iv.name, iv.kind)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _class_of(node: str | None, name: str, kind: str) -> str:
+    """kernel_class by what decides it (a trace repeats a few hundred kernel names a million
+    times, some of them kilobytes of C++ template)."""
+    if is_allreduce(Interval(name, "", 0.0, 0.0, node, kind=kind)):
+        return "allreduce"
+    for text in (node, name):
+        if text:
+            for cls, rx in KERNEL_CLASSES:
+                if rx.search(text):
+                    return cls
+    return kind if kind != "kernel" else "other"
+
+
 def _union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Merged busy periods; intervals that touch or overlap merge (a zero gap is no gap)."""
     if starts.size == 0:
@@ -221,7 +264,7 @@ def assign_layers(timeline: Timeline) -> Timeline:
         if iv.layer is None and k >= 0 and iv.start < timeline.layers[order[k]][1]:
             iv = replace(iv, layer=order[k])
         out.append(iv)
-    return Timeline(out, timeline.source, list(timeline.layers))
+    return Timeline(out, timeline.source, list(timeline.layers), list(timeline.edges))
 
 
 def visits(intervals: Sequence[Interval]) -> dict[tuple[int, int], list[Interval]]:

@@ -18,10 +18,13 @@ class Hardware:
     units: int  # SMs / CUs
     source: str
 
+    def peak_tflops(self, node: Node) -> float:
+        """The FLOP ceiling of the node's math: fp8 for the fp8 ops, else bf16."""
+        return self.fp8_tflops if node.op in FP8_OPS else self.bf16_tflops
+
     def floor_us(self, node: Node) -> float:
         """max(bytes / bandwidth, flops / peak): no kernel runs much faster than this."""
-        peak = self.fp8_tflops if node.op in FP8_OPS else self.bf16_tflops
-        return max(node.bytes / (self.hbm_gbs * 1e3), node.flops / (peak * 1e6))
+        return max(node.bytes / (self.hbm_gbs * 1e3), node.flops / (self.peak_tflops(node) * 1e6))
 
 
 HARDWARE = {

@@ -5,6 +5,10 @@ One process named after the source; one thread per stream ("stream <id>"); one "
 interval, named after its DAG node when known; layer bounds as "X" events on their own track
 above the streams. Every event's args carry the full interval (including its exact end, since
 ts + dur can differ from it in the last bit), so `from_chrome` rebuilds the Timeline exactly.
+Dependency edges (Timeline.edges: the captured graph's edges) are flow events, drawn as arrows
+by Perfetto: an "s" event inside the interval waited on and an "f" event (binding point
+"enclosing slice") at the start of the one that waited, the pair sharing an id; the "s" event's
+args name both intervals by their index among the kernel events, so they read back exactly.
 Loading traces from other tools (PyTorch profiler, rocprof) is a separate, larger job.
 """
 
@@ -17,9 +21,10 @@ import os
 from pathlib import Path
 
 from streamlab.io import write_atomic
-from streamlab.timeline import Interval, Source, Timeline
+from streamlab.timeline import EDGE_KINDS, Edge, Interval, Source, Timeline
 
 PID = 1
+FLOW_CAT = "dependency"
 
 
 def to_chrome(timeline: Timeline) -> dict:
@@ -42,14 +47,31 @@ def to_chrome(timeline: Timeline) -> dict:
                 "args": {"kernel": iv.name, "node": iv.node, "layer": iv.layer, "kind": iv.kind,
                          "stream": iv.stream, "end": iv.end}}
                for iv in timeline.intervals]
-    return {"traceEvents": meta + layers + kernels, "displayTimeUnit": "ns",
+    return {"traceEvents": meta + layers + kernels + _flows(timeline, tid), "displayTimeUnit": "ns",
             "otherData": {"source": dataclasses.asdict(timeline.source)}}
 
 
+def _flows(timeline: Timeline, tid: dict[str, int]) -> list[dict]:
+    ivs = timeline.intervals
+    out = []
+    for k, e in enumerate(timeline.edges):
+        a, b = ivs[e.before], ivs[e.after]
+        out.append({"ph": "s", "id": k, "name": e.kind, "cat": FLOW_CAT, "pid": PID,
+                    "tid": tid[a.stream], "ts": a.start,
+                    "args": {"before": e.before, "after": e.after, "kind": e.kind}})
+        out.append({"ph": "f", "bp": "e", "id": k, "name": e.kind, "cat": FLOW_CAT, "pid": PID,
+                    "tid": tid[b.stream], "ts": b.start})
+    return out
+
+
 def from_chrome(obj: dict) -> Timeline:
-    """The Timeline of a trace written by `to_chrome`."""
-    intervals, layers = [], {}
+    """The Timeline of a trace written by `to_chrome`. Raises ValueError on a dependency edge
+    that names no interval or has an unknown kind."""
+    intervals, layers, edges = [], {}, []
     for ev in obj["traceEvents"]:
+        if ev.get("ph") == "s" and ev.get("cat") == FLOW_CAT:
+            args = ev["args"]
+            edges.append(Edge(int(args["before"]), int(args["after"]), args["kind"]))
         if ev.get("ph") != "X":
             continue
         args = ev["args"]
@@ -59,8 +81,13 @@ def from_chrome(obj: dict) -> Timeline:
                                       kind=args["kind"]))
         else:
             layers[args["layer"]] = (ev["ts"], args["end"])
+    for e in edges:
+        if not (0 <= e.before < len(intervals) and 0 <= e.after < len(intervals)) \
+                or e.kind not in EDGE_KINDS:
+            raise ValueError(f"dependency edge {e.before} -> {e.after} ({e.kind}) names no interval "
+                             f"of the {len(intervals)} or a kind other than {', '.join(EDGE_KINDS)}")
     return Timeline(intervals, Source(**obj["otherData"]["source"]),
-                    [layers[i] for i in sorted(layers)])
+                    [layers[i] for i in sorted(layers)], edges)
 
 
 def write_chrome(timeline: Timeline, path: str | os.PathLike) -> Path:
