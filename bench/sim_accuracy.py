@@ -27,7 +27,7 @@ from streamlab.io import write_atomic
 from streamlab.scenario import load
 from streamlab.sim.calibrate import calibrate
 from streamlab.sim.engine import per_layer_us, simulate
-from streamlab.sim.profile import Profile, dump_profile, load_profile
+from streamlab.sim.profile import DeviceProfile, dump_profile, load_profile
 from streamlab.trace.chrome import read_chrome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,16 +50,16 @@ def measured_runs(matrix: Path) -> dict[tuple[str, int], Measured]:
             for r in json.loads(matrix.read_text()) if "measured" in r}
 
 
-def simulated_timeline(profile: Profile, name: str, batch: int):
+def simulated_timeline(profile: DeviceProfile, name: str, batch: int):
     scen = load(ROOT / "scenarios" / f"{name}.yaml").override(batch=batch)
     return simulate(scen.layer, scen.program, profile, scen.measure.layers), scen.measure.layers
 
 
-def simulated(profile: Profile, batch: int) -> dict[str, float]:
+def simulated(profile: DeviceProfile, batch: int) -> dict[str, float]:
     return {name: per_layer_us(*simulated_timeline(profile, name, batch)) for name in LAYOUTS}
 
 
-def node_lines(profile: Profile, traces: Path, batches: list[int]) -> list[str]:
+def node_lines(profile: DeviceProfile, traces: Path, batches: list[int]) -> list[str]:
     """Each node's mean time per layer inside the held-out layouts, simulated vs the run's
     profiled trace: where the overlap model stretches the wrong kernel, the layer total can still
     come out right; this shows it."""
@@ -80,9 +80,9 @@ def node_lines(profile: Profile, traces: Path, batches: list[int]) -> list[str]:
                          + ", ".join(f"{n} {sim[n].mean:.1f} / {traced[n].mean:.1f}" for n in worst) + " |")
     if not errors:
         return []
-    return ([f"Node times inside the layer, simulated vs the run traces in {traces} (profiled replays, "
+    return ([(f"Node times inside the layer, simulated vs the run traces in {traces} (profiled replays, "
              f"whose kernels read ~0.1-0.4 us longer than in replays timed with events): mean absolute "
-             f"error per node {sum(errors) / len(errors):.2f} us.", ""] + lines)
+             f"error per node {sum(errors) / len(errors):.2f} us."), ""] + lines)
 
 
 def tie(a: Measured, b: Measured) -> bool:
@@ -116,7 +116,7 @@ def ranking_lines(batch: int, sim: dict[str, float], meas: dict[str, Measured]) 
              f"ties: {'; '.join(ties) or 'none'})")]
 
 
-def report(matrix: Path, profile: Profile, origin: str, traces: Path | None = None) -> str:
+def report(matrix: Path, profile: DeviceProfile, origin: str, traces: Path | None = None) -> str:
     runs = measured_runs(matrix)
     lines = [f"profile {profile.name} ({origin}) vs {matrix}", "",
              "| batch | layout | simulated us | measured us | noise us | error | held out |",
@@ -137,7 +137,7 @@ def report(matrix: Path, profile: Profile, origin: str, traces: Path | None = No
               "", f"Ranking per batch. Tie rule: {TIE_RULE}.", ""] + rankings
     if traces is not None:
         lines += [""] + node_lines(profile, traces, sorted({b for _, b in runs}))
-    lines += ["", "Profile parameters:", ""] + [f"- {k} = {v}: {src}" for k, v, src in profile.describe()]
+    lines += ["", "DeviceProfile parameters:", ""] + [f"- {k} = {v}: {src}" for k, v, src in profile.describe()]
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ published single-stream vs A_v4 + MoE-dual picture."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,19 +18,23 @@ from streamlab.models import TINY, RankDims, Shape
 from streamlab.scenario import load
 from streamlab.schedule.program import Launch, Program, WaitStream
 from streamlab.sim.engine import Kernel, pair_excess, per_layer_us, simulate
-from streamlab.sim.profile import Param, Profile, dump_profile, load_profile, per_batch
+from streamlab.sim.profile import (
+    DeviceProfile,
+    Param,
+    dump_profile,
+    load_profile,
+    per_batch,
+)
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 
 
-def profile(**over) -> Profile:
-    p = Profile(name="test", streams="cuda", hbm_gbs=Param(1000.0, "t"), launch_gap_us=Param(0.0, "t"),
-                fence_us=Param(0.0, "t"), graph_entry_us=Param(0.0, "t"),
-                ar_concurrency_factor=Param(2.0, "t"), multi_stream_entry_us=Param(0.0, "t"),
-                concurrency_slowdown=Param(0.0, "t"))
-    for k, v in over.items():
-        setattr(p, k, v)
-    return p
+def profile(**over) -> DeviceProfile:
+    base = {"name": "test", "streams": "cuda", "hbm_gbs": Param(1000.0, "t"), "launch_gap_us": Param(0.0, "t"),
+                "fence_us": Param(0.0, "t"), "graph_entry_us": Param(0.0, "t"),
+                "ar_concurrency_factor": Param(2.0, "t"), "multi_stream_entry_us": Param(0.0, "t"),
+                "concurrency_slowdown": Param(0.0, "t")}
+    return DeviceProfile(**{**base, **over})
 
 
 def diamond(bytes_b: float, bytes_c: float, batch: int = 2) -> tuple[Layer, Program]:
@@ -81,7 +86,7 @@ def test_kernels_released_together_the_first_dispatched_keeps_its_pace():
     assert by["c"].start == pytest.approx(1.5) and by["c"].end == pytest.approx(9.25)
     # past e = 1 the second waits for the first, which itself slows to 4 / (6 + 1.5 * 4 - 6):
     # b alone until c's release (0.5 us of work), the other 3.5 us at 2/3; c starts when b ends
-    p.pair_excess = {"b|c": {2: 1.5}}
+    p = replace(p, pair_excess={"b|c": {2: 1.5}})
     by = {iv.node: iv for iv in simulate(layer, prog, p, layers=1).intervals}
     assert by["b"].end == pytest.approx(1.5 + 3.5 * 1.5)
     assert by["c"].start == pytest.approx(by["b"].end) and by["c"].end == pytest.approx(by["b"].end + 6.0)
@@ -98,7 +103,7 @@ def test_a_kernel_joining_a_running_one_shares_alike_and_unmeasured_pairs_by_sm_
     # c alone 1 -> 4 (3 us of work), then 1 us of work at 1/1.5: ends at 5.5, b 1 us of work by then
     assert by["c"].end == pytest.approx(5.5) and by["b"].end == pytest.approx(5.5 + 3.0)
     # the other order was not measured: SM demands add up to 1.25, both run at 1/1.25
-    p.pair_excess = {"b|c": {2: 0.5}}
+    p = replace(p, pair_excess={"b|c": {2: 0.5}})
     by = {iv.node: iv for iv in simulate(layer, prog, p, layers=1).intervals}
     assert by["c"].end == pytest.approx(4.0 + 1.25) and by["b"].end == pytest.approx(5.25 + 4.0 - 1.0)
 

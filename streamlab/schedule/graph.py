@@ -20,6 +20,17 @@ from streamlab.schedule.program import Launch, Program, Record, WaitEvent, WaitS
 HIP_QUEUES = 4
 
 
+@dataclass(frozen=True)
+class Captured:
+    """The capture graph by position: node i is the i-th launch in dispatch order, with its
+    parents and children as positions, in edge creation order. What the simulator walks."""
+
+    keys: list[tuple[int, str]]  # (layer, node)
+    streams: list[str]
+    parents: list[list[int]]
+    children: list[list[int]]
+
+
 @dataclass
 class CaptureGraph:
     """Kernel nodes (layer, node) with edges in creation order."""
@@ -39,33 +50,47 @@ class CaptureGraph:
                 if self.stream_of[a] != self.stream_of[b]]
 
 
+def captured(program: Program, layers: int = 1) -> Captured:
+    """The graph `layers` back-to-back runs of `program` capture, by position. Walks the ops
+    layer by layer, on positions rather than keys: the simulator captures every layout it ranks,
+    so this is on a schedule search's hot path."""
+    keys: list[tuple[int, str]] = []
+    streams: list[str] = []
+    parents: list[list[int]] = []
+    children: list[list[int]] = []
+    deps: dict[str, list[int]] = {program.main: []}
+    events: dict[str, list[int]] = {}
+    for layer in range(layers):
+        for op in program.ops:
+            if isinstance(op, Launch):
+                me = len(keys)
+                keys.append((layer, op.node))
+                streams.append(op.stream)
+                mine = deps.get(op.stream, [])
+                parents.append(mine)
+                children.append([])
+                for p in mine:
+                    children[p].append(me)
+                deps[op.stream] = [me]
+            elif isinstance(op, WaitStream):
+                deps[op.waiter] = list(dict.fromkeys(deps.get(op.waiter, []) + deps.get(op.source, [])))
+            elif isinstance(op, Record):
+                events[op.event] = list(deps.get(op.stream, []))
+            elif isinstance(op, WaitEvent):
+                deps[op.waiter] = list(dict.fromkeys(deps.get(op.waiter, []) + events.get(op.event, [])))
+    return Captured(keys, streams, parents, children)
+
+
 def capture(program: Program, layers: int = 1) -> CaptureGraph:
-    prog = program.repeated(layers)
-    launches = prog.launches
-    keys = [(op.layer, op.node) for op in launches]
-    g = CaptureGraph(keys, {(op.layer, op.node): op.stream for op in launches},
-                     {k: [] for k in keys}, {k: [] for k in keys})
-    deps: dict[str, list[tuple[int, str]]] = {prog.main: []}
-    events: dict[str, list[tuple[int, str]]] = {}
-    for op in prog.ops:
-        if isinstance(op, Launch):
-            me = (op.layer, op.node)
-            for p in deps.get(op.stream, []):
-                g.children[p].append(me)
-                g.parents[me].append(p)
-            deps[op.stream] = [me]
-        elif isinstance(op, WaitStream):
-            deps[op.waiter] = list(dict.fromkeys(deps.get(op.waiter, []) + deps.get(op.source, [])))
-        elif isinstance(op, Record):
-            events[op.event] = list(deps.get(op.stream, []))
-        elif isinstance(op, WaitEvent):
-            deps[op.waiter] = list(dict.fromkeys(deps.get(op.waiter, []) + events.get(op.event, [])))
-    return g
+    c = captured(program, layers)
+    k = c.keys
+    return CaptureGraph(list(k), dict(zip(k, c.streams)), {a: [k[j] for j in ch] for a, ch in zip(k, c.children)},
+                        {a: [k[j] for j in ps] for a, ps in zip(k, c.parents)})
 
 
-def hip_streams(g: CaptureGraph, queues: int = HIP_QUEUES) -> dict[tuple[int, str], int]:
-    """Physical stream id of every node under the HIP depth-first rule."""
-    assigned: dict[tuple[int, str], int] = {}
+def hip_queue_ids(c: Captured, queues: int = HIP_QUEUES) -> list[int]:
+    """Physical stream id of every node (by position) under the HIP depth-first rule."""
+    assigned: list[int | None] = [None] * len(c.keys)
     counter = 0
 
     def fresh() -> int:
@@ -73,21 +98,30 @@ def hip_streams(g: CaptureGraph, queues: int = HIP_QUEUES) -> dict[tuple[int, st
         counter += 1
         return counter % queues
 
-    for i, root in enumerate(g.roots):
-        if root in assigned:
+    roots = [i for i, ps in enumerate(c.parents) if not ps]
+    for n, root in enumerate(roots):
+        if assigned[root] is not None:
             continue
-        assigned[root] = 0 if i == 0 else fresh()
-        stack = [(root, iter(enumerate(g.children[root])))]
+        assigned[root] = 0 if n == 0 else fresh()
+        stack = [(root, iter(enumerate(c.children[root])))]
         while stack:  # recursive depth-first walk, unrolled (graphs of 78 layers are deep)
             node, edges = stack[-1]
             for k, child in edges:
-                if child not in assigned:
+                if assigned[child] is None:
                     assigned[child] = assigned[node] if k == 0 else fresh()
-                    stack.append((child, iter(enumerate(g.children[child]))))
+                    stack.append((child, iter(enumerate(c.children[child]))))
                     break
             else:
                 stack.pop()
     return assigned
+
+
+def hip_streams(g: CaptureGraph, queues: int = HIP_QUEUES) -> dict[tuple[int, str], int]:
+    """Physical stream id of every node under the HIP depth-first rule."""
+    at = {k: i for i, k in enumerate(g.nodes)}
+    c = Captured(g.nodes, [g.stream_of[k] for k in g.nodes], [[at[p] for p in g.parents[k]] for k in g.nodes],
+                 [[at[ch] for ch in g.children[k]] for k in g.nodes])
+    return dict(zip(g.nodes, hip_queue_ids(c, queues)))
 
 
 def max_concurrency(g: CaptureGraph) -> int:

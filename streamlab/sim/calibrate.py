@@ -18,7 +18,7 @@ Without pairwise.json the cross-stream costs take the values given, labelled as 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from streamlab.analysis import percentiles
@@ -26,7 +26,13 @@ from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Layer, Variant, build_layer
 from streamlab.models import MODELS, RankDims, Shape
 from streamlab.sim.pairwise import PairwiseFit, fit_pairwise, load_pairwise
-from streamlab.sim.profile import BatchTable, Param, Profile, per_batch, variant_key
+from streamlab.sim.profile import (
+    BatchTable,
+    DeviceProfile,
+    Param,
+    per_batch,
+    variant_key,
+)
 
 
 def _load(paths: list[Path]) -> list[dict]:
@@ -164,7 +170,7 @@ VARIANT_SERIALS = ("serial_moe_unfused",)  # single-stream layouts of other vari
 
 def calibrate(paths: list[Path], name: str, serial: str = "serial", fence_us: float = 1.0,
               concurrency_slowdown: float = 0.1, pairwise: Path | None = None,
-              pairwise_state: str | None = None) -> Profile:
+              pairwise_state: str | None = None) -> DeviceProfile:
     runs = _load(paths)
     serial_runs = [r for r in runs if r["scenario"] == serial]
     if not serial_runs:
@@ -174,7 +180,7 @@ def calibrate(paths: list[Path], name: str, serial: str = "serial", fence_us: fl
     direct = sorted({r["scenario"] for r in runs if r["scenario"] in VARIANT_SERIALS})
     device = fit.device
     src = f"measured: {serial} layout on {device}, batches {fit.batches}"
-    prof = Profile(
+    prof = DeviceProfile(
         name=name, streams="hip" if "AMD" in device or "MI" in device else "cuda",
         hbm_gbs=Param(percentiles(fit.copy_gbs)[1], f"measured: device-to-device copy on {device}"),
         launch_gap_us=per_batch(fit.gaps, f"{src}: (layer latency - node times) / kernels, per batch; "
@@ -195,7 +201,7 @@ def calibrate(paths: list[Path], name: str, serial: str = "serial", fence_us: fl
     if pairwise is not None:
         pw = load_pairwise(pairwise)
         pf = fit_pairwise(pw, prof, pairwise_state)
-        apply_pairwise(prof, pf, branched_gap(fit, pw.layers.get(pf.state, {}), pf.source))
+        prof = apply_pairwise(prof, pf, branched_gap(fit, pw.layers.get(pf.state, {}), pf.source))
     return prof
 
 
@@ -217,20 +223,18 @@ def branched_gap(fit: SerialFit, serial_us: dict[int, float], source: str) -> Pa
                      "the same in a fresh process (matrix), per kernel, median over batches")
 
 
-def apply_pairwise(prof: Profile, pf: PairwiseFit, gap_branched: Param | None) -> None:
-    """Replace the uncalibrated cross-stream parameters with the pairwise benchmark's."""
-    if gap_branched is not None:
-        prof.multi_stream_launch_gap_us = gap_branched
+def apply_pairwise(prof: DeviceProfile, pf: PairwiseFit, gap_branched: Param | None) -> DeviceProfile:
+    """The profile with its uncalibrated cross-stream parameters replaced by the pairwise benchmark's."""
     gap = gap_branched or prof.launch_gap_us
-    prof.fence_us = per_batch({b: max(0.0, g) + pf.fence_extra_us for b, g in gap.by_batch.items()},
-                              f"multi-stream launch gap (its idle part) + {pf.fence_extra_us:.3f} us: "
-                              f"{pf.source}, fork/join ladder vs single-stream chain of empty kernels, per unit")
-    prof.multi_stream_graph_entry_us = Param(pf.graph_entry_us, f"{pf.source}: intercept of the "
-                                             "fork/join ladder minus the chain's, per replay")
-    prof.concurrency_slowdown = Param(0.0, "superseded by pair_excess and sm_demand (pairwise)")
-    prof.pair_excess = pf.pair_excess
-    prof.pair_source = pf.pair_note
-    prof.ar_concurrency_factor = Param(pf.ar_factor, pf.ar_source)
-    prof.sm_demand = pf.sm_demand
-    prof.default_sm_demand = Param(pf.default_sm_demand, f"{pf.source}: median of the fitted demands")
-    prof.sm_source = pf.sm_note
+    return replace(
+        prof, multi_stream_launch_gap_us=gap_branched or prof.multi_stream_launch_gap_us,
+        fence_us=per_batch({b: max(0.0, g) + pf.fence_extra_us for b, g in gap.by_batch.items()},
+                           f"multi-stream launch gap (its idle part) + {pf.fence_extra_us:.3f} us: "
+                           f"{pf.source}, fork/join ladder vs single-stream chain of empty kernels, per unit"),
+        multi_stream_graph_entry_us=Param(pf.graph_entry_us, f"{pf.source}: intercept of the "
+                                          "fork/join ladder minus the chain's, per replay"),
+        concurrency_slowdown=Param(0.0, "superseded by pair_excess and sm_demand (pairwise)"),
+        pair_excess=pf.pair_excess, pair_source=pf.pair_note,
+        ar_concurrency_factor=Param(pf.ar_factor, pf.ar_source),
+        sm_demand=pf.sm_demand, sm_source=pf.sm_note,
+        default_sm_demand=Param(pf.default_sm_demand, f"{pf.source}: median of the fitted demands"))

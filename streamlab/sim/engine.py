@@ -29,168 +29,331 @@ SMs it keeps busy alone (fitted to the same pairs). An all-reduce runs
 idles `multi_stream_entry_us` before each layer's first kernel (what the MI355X trace shows as a
 stall at every layer's re-entry) and `multi_stream_graph_entry_us` once per replay (what a CUDA
 graph with branches costs to launch).
+
+Every pair of compute kernels that shares the device is recorded as an `Overlap` (which was
+dispatched first, whether the profile measured that ordered pair, how much work each did beside
+the other): what the prediction interval and `calibrate --for` read.
+
+Speed: the costs that do not depend on the schedule come precomputed (sim/costs.py); the
+schedule is compiled once to index arrays (`LaneGraph`); the loop touches only lists of floats
+and builds the Timeline only when asked (`Simulation.timeline`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property
 
 from streamlab.analysis import chained_bounds
-from streamlab.layer import Layer, Variant, build_layer
-from streamlab.models import RankDims
-from streamlab.schedule.graph import capture, hip_streams
+from streamlab.layer import Layer
+from streamlab.schedule.graph import captured, hip_queue_ids
 from streamlab.schedule.program import Program
-from streamlab.sim.profile import Profile
+from streamlab.sim.costs import LaneCosts, NodeCosts, node_costs
+from streamlab.sim.profile import DeviceProfile
 from streamlab.timeline import Interval, Source, Timeline
 
 EPS = 1e-9
 
 
+@dataclass(frozen=True)
+class LaneGraph:
+    """A program captured over `layers` layers, as the engine walks it: graph nodes in dispatch
+    order, each with its layer node index, lane, and parents (index, on another lane)."""
+
+    node: tuple[int, ...]  # graph node -> index in layer.nodes
+    layer: tuple[int, ...]  # graph node -> layer
+    lane: tuple[int, ...]
+    lane_names: tuple[str, ...]  # in order of each lane's first node
+    lanes: tuple[tuple[int, ...], ...]  # per lane: its graph nodes in dispatch order
+    parents: tuple[tuple[tuple[int, bool], ...], ...]
+    children: tuple[tuple[int, ...], ...]
+    layer_first: tuple[bool, ...]  # the layer's first launch (pays the layer entry)
+    layers: int
+
+    @property
+    def multi(self) -> bool:
+        return len(self.lanes) > 1
+
+
+def lane_graph(layer: Layer, program: Program, profile: DeviceProfile, layers: int) -> LaneGraph:
+    """Capture `program` over `layers` layers and map it to lanes (HIP queue rule or CUDA lanes)."""
+    c = captured(program, layers)
+    keys = c.keys
+    by_node = [str(q) for q in hip_queue_ids(c, profile.hip_queues)] if profile.streams == "hip" else c.streams
+    names = list(dict.fromkeys(by_node))
+    lane = [names.index(s) for s in by_node] if len(names) > 1 else [0] * len(keys)
+    lanes: list[list[int]] = [[] for _ in names]
+    for i, ln in enumerate(lane):
+        lanes[ln].append(i)
+    index, first = layer.index, program.launches[0].node
+    return LaneGraph(
+        node=tuple([index[k[1]] for k in keys]), layer=tuple([k[0] for k in keys]), lane=tuple(lane),
+        lane_names=tuple(names), lanes=tuple(map(tuple, lanes)),
+        parents=tuple([tuple([(p, lane[p] != ln) for p in ps]) for ps, ln in zip(c.parents, lane)]),
+        children=tuple(map(tuple, c.children)), layer_first=tuple([k[1] == first for k in keys]), layers=layers)
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Two compute kernels that shared the device, `first` the one the engine let keep its pace
+    (released first, or dispatched first when released together): the ordered pair the pairwise
+    benchmark measures as (main, alt). `first_us` / `second_us`: standalone work each did beside
+    the other, per layer."""
+
+    first: str
+    second: str
+    measured: bool
+    first_us: float
+    second_us: float
+
+    @property
+    def pair(self) -> str:
+        return f"{self.first}|{self.second}"
+
+    @property
+    def shorter_us(self) -> float:
+        return min(self.first_us, self.second_us)
+
+
 @dataclass
+class Simulation:
+    """One simulated graph replay: the per-layer latency, the overlaps it created, and its
+    Timeline (built on first use: ranking layouts needs only the latency)."""
+
+    graph: LaneGraph
+    costs: NodeCosts
+    profile: str
+    records: list[tuple[int, float, float]]  # (graph node, start, end) in end order
+    overlaps: tuple[Overlap, ...]
+    end_us: float
+
+    @property
+    def per_layer_us(self) -> float:
+        """Graph time / layers, as a replay timed with events reports it (entry gap included)."""
+        return self.end_us / self.graph.layers
+
+    @cached_property
+    def timeline(self) -> Timeline:
+        g, c = self.graph, self.costs
+        out = []
+        for i, start, end in self.records:
+            n = g.node[i]
+            out.append(Interval(c.ops[n], g.lane_names[g.lane[i]], start, end, c.names[n], g.layer[i],
+                                "allreduce" if c.collective[n] else "kernel"))
+        return Timeline(out, Source("simulated", self.profile, {"profile": self.profile}),
+                        chained_bounds(out, g.layers))
+
+
 class _Run:
-    key: tuple[int, str]
-    lane: str
-    released: float  # when its lane dispatched it
-    start: float  # when it first progressed (later than released while it waits for the SMs)
-    work: float  # us of standalone work in all
-    remaining: float  # us of standalone work left
-    demand: float  # HBM
-    sm: float
-    collective: bool
-    order: int  # dispatch order: which of two kernels released together goes first
-    waiting: bool = False  # held back by the kernel it was released together with
+    """A kernel on its lane: released when the lane dispatched it, started when it first progressed."""
+
+    __slots__ = (
+        "collective",
+        "hbm",
+        "i",
+        "lane",
+        "node",
+        "released",
+        "remaining",
+        "sm",
+        "start",
+        "waiting",
+        "work",
+    )
+
+    def __init__(self, i: int, node: int, lane: int, t: float, work: float, hbm: float, sm: float,
+                 collective: bool) -> None:
+        self.i, self.node, self.lane = i, node, lane  # graph node (dispatch order), layer node, lane
+        self.released = self.start = t
+        self.work = self.remaining = work
+        self.hbm, self.sm, self.collective = hbm, sm, collective
+        self.waiting = False  # held back by the kernel it was released together with
 
 
-def simulate(layer: Layer, program: Program, profile: Profile, layers: int = 4) -> Timeline:
-    graph = capture(program, layers)
-    if profile.streams == "hip":
-        phys = hip_streams(graph, profile.hip_queues)
-        lane_of = {k: str(v) for k, v in phys.items()}
-    else:
-        lane_of = dict(graph.stream_of)
-    nodes = {n.name: n for n in layer.nodes}
-    multi = len(set(lane_of.values())) > 1
-    batch = layer.dims.tokens
-    per_kernel = profile.lane_gap_us(multi, batch)
-    gap, trim = max(0.0, per_kernel), min(0.0, per_kernel)  # idle after each kernel; or each runs shorter
-    alone = {n.name: isolated_us(layer, profile, n.name) for n in layer.nodes}
-    work = {key: max(0.0, alone[key[1]] + (k - 1) * gap + k * trim)
-            for key in graph.nodes for k in [profile.kernels(nodes[key[1]])]}
-    demand = {k: profile.bandwidth_demand(nodes[k[1]], work[k]) for k in graph.nodes}
-    sm = {n: profile.node_sm_demand(n, batch) for n in nodes}
-    pairs = profile.pairs_at(batch)
-    fence = profile.fence_us.at(batch)
-    order = {key: i for i, key in enumerate(graph.nodes)}
-    lanes: dict[str, list[tuple[int, str]]] = {}
-    for key in graph.nodes:
-        lanes.setdefault(lane_of[key], []).append(key)
-    entry = profile.graph_entry_us.value + (profile.multi_stream_graph_entry_us.value if multi else 0.0)
-    first = program.launches[0].node
-    layer_entry = profile.multi_stream_entry_us.value if multi else 0.0
-    head = {lane: 0 for lane in lanes}
-    lane_free = {lane: entry for lane in lanes}
-    running: dict[str, _Run] = {}
-    ended: dict[tuple[int, str], float] = {}
-    out: list[Interval] = []
-    t = entry
+def run(layer: Layer, program: Program, profile: DeviceProfile, layers: int = 4) -> Simulation:
+    """Simulate `layers` consecutive layers of `program` in one graph replay."""
+    return run_graph(lane_graph(layer, program, profile, layers), node_costs(layer, profile), profile.name)
 
-    def ready_at(lane: str) -> float | None:
-        """When the lane's next node may start, or None while a parent is unfinished."""
-        key = lanes[lane][head[lane]]
-        at = lane_free[lane]
-        if key[1] == first:
-            at += layer_entry
-        for p in graph.parents[key]:
-            if p not in ended:
-                return None
-            if lane_of[p] != lane:
-                at = max(at, ended[p] + fence)
-        return at
 
-    while len(ended) < len(graph.nodes):
-        for lane in lanes:
-            if lane in running or head[lane] >= len(lanes[lane]):
-                continue
-            at = ready_at(lane)
+def simulate(layer: Layer, program: Program, profile: DeviceProfile, layers: int = 4) -> Timeline:
+    """The simulated replay as a Timeline, the currency every report reads."""
+    return run(layer, program, profile, layers).timeline
+
+
+def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Simulation:
+    """The event loop: start every lane whose next node is ready, advance to the next finish or
+    start, repeat. One kernel running alone (most of the time) takes a path without sharing."""
+    multi = len(g.lanes) > 1
+    lc = c.lane(multi)
+    work, hbm, sm, solo, gap, fence = lc.work, lc.hbm, c.sm, lc.solo, lc.gap, c.fence
+    collective, nodes, parents, children, lanes, first = c.collective, g.node, g.parents, g.children, g.lanes, g.layer_first
+    lane_of = g.lane
+    lane_ids, n_lanes = range(len(lanes)), len(lanes)
+    t = lc.graph_entry
+    head = [0] * len(lanes)
+    lane_free = [t] * len(lanes)
+    ended = [0.0] * len(nodes)
+    waiting_on = [len(p) for p in parents]  # unfinished parents
+    ready: list[float | None] = [None] * len(lanes)  # when the lane's next node may start
+    busy = [False] * len(lanes)
+    running: list[_Run] = []
+    records: list[tuple[int, float, float]] = []
+    overlap: dict[tuple[int, int], list[float]] = {}
+
+    def arm(ln: int) -> None:
+        """The lane's next node: its start time once every parent has ended."""
+        if head[ln] < len(lanes[ln]):
+            i = lanes[ln][head[ln]]
+            if not waiting_on[i]:
+                at = lane_free[ln] + lc.layer_entry if first[i] else lane_free[ln]
+                for p, cross in parents[i]:
+                    if cross and ended[p] + fence > at:
+                        at = ended[p] + fence
+                ready[ln] = at
+
+    for ln in lane_ids:
+        arm(ln)
+    done, total = 0, len(nodes)
+    while done < total:
+        for ln in lane_ids:
+            at = ready[ln]
             if at is not None and at <= t + EPS:
-                key = lanes[lane][head[lane]]
-                running[lane] = _Run(key, lane, t, t, work[key], work[key], demand[key], sm[key[1]],
-                                     nodes[key[1]].is_collective, order[key])
-                head[lane] += 1
-        rates = _rates(running, profile, multi, pairs, fence)
-        finish = min((r.remaining / rates[lane] for lane, r in running.items() if rates[lane] > 0),
-                     default=float("inf"))
-        starts = [at for lane in lanes if lane not in running and head[lane] < len(lanes[lane])
-                  for at in [ready_at(lane)] if at is not None and at > t + EPS]
-        step = min([finish] + [s - t for s in starts])
-        if step == float("inf"):
-            raise RuntimeError("simulation deadlock: no node can start (a cycle in the graph?)")
+                i = lanes[ln][head[ln]]
+                n = nodes[i]
+                running.append(_Run(i, n, ln, t, work[n], hbm[n], sm[n], collective[n]))
+                head[ln] += 1
+                busy[ln] = True
+                ready[ln] = None
+        if len(running) == 1 and ready.count(None) == n_lanes:
+            # One kernel and nothing else ready: its lane runs alone until another lane's next
+            # node is released (the steps the general path below would take, without sharing).
+            r = running[0]
+            ln, i, n, start, remaining = r.lane, r.i, r.node, r.start, r.remaining
+            while True:
+                rate = solo[n]
+                step = remaining / rate
+                t += step
+                done += 1
+                ended[i] = t
+                lane_free[ln] = t + gap
+                records.append((i, start, t))
+                busy[ln] = False
+                for ch in children[i]:
+                    waiting_on[ch] -= 1
+                    if not waiting_on[ch] and lane_of[ch] != ln:
+                        arm(lane_of[ch])
+                arm(ln)
+                at = ready[ln]
+                if at is None or ready.count(None) != n_lanes - 1:
+                    break
+                if at > t + EPS:
+                    t += at - t
+                i = lanes[ln][head[ln]]
+                n = nodes[i]
+                head[ln] += 1
+                ready[ln] = None
+                busy[ln] = True
+                start, remaining = t, work[n]
+            running = []
+            continue
+        if not running:  # every lane waits: advance to the first release
+            if ready.count(None) == n_lanes:
+                raise RuntimeError("simulation deadlock: no node can start (a cycle in the graph?)")
+            t += min(at for at in ready if at is not None) - t
+            continue
+        if len(running) == 1:
+            rates, pair = (solo[running[0].node],), None
+        else:
+            rates, pair = _rates(running, c, multi, fence)
+        step = float("inf")
+        for r, rate in zip(running, rates):
+            if rate > 0 and r.remaining / rate < step:
+                step = r.remaining / rate
+        for ln in lane_ids:
+            at = ready[ln]
+            if at is not None and at - t < step:
+                step = at - t
         t += step
+        if pair is not None:
+            a, b, ra, rb = pair
+            acc = overlap.get((a.node, b.node))
+            if acc is None:
+                acc = overlap[(a.node, b.node)] = [0.0, 0.0]
+            acc[0] += ra * step
+            acc[1] += rb * step
         kernel_ended = False
-        for lane in list(running):
-            r = running[lane]
-            r.remaining -= rates[lane] * step
+        still, held, freed = [], [], []
+        for r, rate in zip(running, rates):
+            r.remaining -= rate * step
             if r.remaining <= EPS * max(1.0, r.work):
-                del running[lane]
-                ended[r.key] = t
-                lane_free[lane] = t + gap
+                done += 1
+                ended[r.i] = t
+                lane_free[r.lane] = t + gap
+                busy[r.lane] = False
                 kernel_ended |= not r.collective
-                node = nodes[r.key[1]]
-                out.append(Interval(node.op, lane, r.start, t, node.name, r.key[0],
-                                    "allreduce" if r.collective else "kernel"))
-        for lane, r in running.items():
-            if rates[lane] == 0:  # held back: it starts, and is released anew, when it first progresses
-                r.start = r.released = t
-                r.waiting = not kernel_ended  # the kernel holding it back is the one that ended
-    return Timeline(out, Source("simulated", profile.name, {"profile": profile.name}),
-                    chained_bounds(out, layers))
+                records.append((r.i, r.start, t))
+                freed.append(r.lane)
+                for ch in children[r.i]:
+                    waiting_on[ch] -= 1
+                    if not waiting_on[ch]:
+                        freed.append(lane_of[ch])
+            else:
+                still.append(r)
+                if rate == 0:
+                    held.append(r)
+        for r in held:  # held back: it starts, and is released anew, when it first progresses
+            r.start = r.released = t
+            r.waiting = not kernel_ended  # the kernel holding it back is the one that ended
+        for ln in freed:
+            if not busy[ln] and ready[ln] is None:
+                arm(ln)
+        running = still
+    per_layer = 1.0 / g.layers
+    overlaps = tuple(Overlap(c.names[a], c.names[b], (a, b) in c.pairs, u[0] * per_layer, u[1] * per_layer)
+                     for (a, b), u in overlap.items())
+    return Simulation(g, c, profile, records, overlaps, t)
 
 
-def isolated_us(layer: Layer, profile: Profile, name: str) -> float:
-    """The profile's latency of a node alone at the layer's batch size."""
-    def fit_at(batch: int) -> float:
-        return profile.fit_us(_layer_at(layer.dims, layer.variant, batch).node(name))
-    return profile.isolated_us(layer.node(name), layer.dims.tokens, fit_at, layer.variant)
-
-
-@lru_cache(maxsize=64)
-def _layer_at(dims: RankDims, variant: Variant, batch: int) -> Layer:
-    return build_layer(RankDims(dims.model, dims.shape.with_(batch=batch)), variant)
-
-
-def _rates(running: dict[str, _Run], profile: Profile, multi_lane: bool,
-           pairs: dict[tuple[str, str], float] | None = None, together_us: float = 0.0) -> dict[str, float]:
-    """Progress per us of standalone work of each running kernel (see the module docstring).
-    `pairs`: measured overlap excess of (dispatched first, dispatched second) node pairs;
-    `together_us`: kernels released at most this far apart count as released together."""
-    compute = [r for r in running.values() if not r.collective]
-    rates = {}
-    first, second, together = _pair_order(compute, together_us) if len(compute) == 2 else (None, None, False)
-    e = pairs.get((first.key[1], second.key[1])) if pairs and first else None
-    if e is not None and together:
-        rates[first.lane], rates[second.lane] = _first_keeps_pace(first.work, second.work, max(0.0, e))
-    elif e is not None:
-        rates[first.lane] = rates[second.lane] = 1.0 / (1.0 + max(0.0, e))
+def _rates(running: list[_Run], c: NodeCosts, multi_lane: bool, together_us: float
+           ) -> tuple[list[float], tuple[_Run, _Run, float, float] | None]:
+    """Progress per us of standalone work of each running kernel (see the module docstring), and
+    the two compute kernels sharing the device with their rates (None unless exactly two).
+    Kernels released at most `together_us` apart count as released together."""
+    compute = [r for r in running if not r.collective]
+    pair = None
+    if len(compute) == 2:
+        first, second, together = _pair_order(compute[0], compute[1], together_us)
+        e = c.pairs.get((first.node, second.node))
+        if e is not None:
+            e = max(0.0, e)
+            ra, rb = _first_keeps_pace(first.work, second.work, e) if together else (1.0 / (1.0 + e),) * 2
+        else:
+            ra = rb = _shared(compute, c, len(running))
+        pair = (first, second, ra, rb)
+        rate = {first.lane: ra, second.lane: rb}
     else:
-        share = min(1.0 / max(1.0, sum(r.demand for r in compute), sum(r.sm for r in compute)),
-                    1.0 / (1.0 + profile.concurrency_slowdown.value * max(0, len(running) - 1)))
-        rates.update((r.lane, share) for r in compute)
-    for lane, r in running.items():
-        if r.collective:
-            slowed = multi_lane if profile.ar_scope == "graph" else len(running) > 1
-            rates[lane] = 1.0 / profile.ar_concurrency_factor.value if slowed else 1.0
-    return rates
+        share = _shared(compute, c, len(running))
+        rate = {r.lane: share for r in compute}
+    slowed = multi_lane if c.ar_graph_scope else len(running) > 1
+    ar = 1.0 / c.ar_factor if slowed else 1.0
+    return [ar if r.collective else rate[r.lane] for r in running], pair
 
 
-def _pair_order(pair: list[_Run], together_us: float) -> tuple[_Run, _Run, bool]:
+def _shared(compute: list[_Run], c: NodeCosts, running: int) -> float:
+    """The rate of each of several kernels sharing the device without a measured pair."""
+    return min(1.0 / max(1.0, sum(r.hbm for r in compute), sum(r.sm for r in compute)),
+               1.0 / (1.0 + c.concurrency_slowdown * max(0, running - 1)))
+
+
+def _pair_order(a: _Run, b: _Run, together_us: float) -> tuple[_Run, _Run, bool]:
     """(first, second, released together): one held back by the other stays second; two released
     together go in dispatch order; otherwise the one released first is first."""
-    a, b = sorted(pair, key=lambda r: (r.released, r.order))
+    if (b.released, b.i) < (a.released, a.i):
+        a, b = b, a
     if a.waiting or b.waiting:
         return (b, a, True) if a.waiting else (a, b, True)
     if b.released - a.released <= together_us + EPS:
-        return (a, b, True) if a.order < b.order else (b, a, True)
+        return (a, b, True) if a.i < b.i else (b, a, True)
     return a, b, False
 
 
@@ -212,22 +375,25 @@ class Kernel:
     sm: float
 
 
-def pair_excess(profile: Profile, first: Kernel, second: Kernel) -> float:
+def pair_excess(profile: DeviceProfile, first: Kernel, second: Kernel) -> float:
     """Two kernels started together on two lanes, `first` dispatched first, under the demand
     model (no measured pair): (makespan - longer latency) / shorter latency, 0 when they overlap
     for free and 1 when they serialize. What the pairwise benchmark measures."""
-    runs = {lane: _Run((0, lane), lane, 0.0, 0.0, k.us, k.us, k.hbm, k.sm, False, i)
-            for i, (lane, k) in enumerate((("a", first), ("b", second)))}
+    costs = NodeCosts((), (), (), (), (), (), {}, 0.0, profile.concurrency_slowdown.value,
+                      profile.ar_concurrency_factor.value, profile.ar_scope == "graph", _NO_LANE, _NO_LANE)
+    runs = [_Run(i, i, i, 0.0, k.us, k.hbm, k.sm, False) for i, k in enumerate((first, second))]
     t = 0.0
     while runs:
-        rates = _rates(runs, profile, True)
-        step = min(r.remaining / rates[lane] for lane, r in runs.items())
+        rates, _ = _rates(runs, costs, True, 0.0)
+        step = min(r.remaining / rate for r, rate in zip(runs, rates))
         t += step
-        for lane in list(runs):
-            runs[lane].remaining -= rates[lane] * step
-            if runs[lane].remaining <= EPS * max(1.0, first.us, second.us):
-                del runs[lane]
+        for r, rate in zip(runs, rates):
+            r.remaining -= rate * step
+        runs = [r for r in runs if r.remaining > EPS * max(1.0, first.us, second.us)]
     return (t - max(first.us, second.us)) / min(first.us, second.us)
+
+
+_NO_LANE = LaneCosts((), (), (), 0.0, 0.0, 0.0)
 
 
 def per_layer_us(timeline: Timeline, layers: int) -> float:

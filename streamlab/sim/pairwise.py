@@ -34,7 +34,7 @@ from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Variant, build_layer
 from streamlab.models import MODELS, RankDims, Shape
 from streamlab.sim.engine import Kernel, pair_excess
-from streamlab.sim.profile import BatchTable, Param, Profile
+from streamlab.sim.profile import BatchTable, DeviceProfile, Param
 
 NOOP = "noop"
 SM_GRID = [i / 50 for i in range(51)]  # candidate demands 0 .. 1 (above 1 a node would be slow alone)
@@ -174,7 +174,7 @@ def pair_measures(pw: Pairwise, state: str) -> list[PairMeasure]:
     return out
 
 
-def _kernels(pw: Pairwise, prof: Profile, pairs: list[PairMeasure]) -> dict[tuple[int, str], Kernel]:
+def _kernels(pw: Pairwise, prof: DeviceProfile, pairs: list[PairMeasure]) -> dict[tuple[int, str], Kernel]:
     """Each paired node as the engine sees it at that batch: the pairwise run's own latency (so
     the excess is judged against what ran), HBM demand from its bytes."""
     out = {}
@@ -189,7 +189,7 @@ def _kernels(pw: Pairwise, prof: Profile, pairs: list[PairMeasure]) -> dict[tupl
 
 
 def fit_sm_demand(pairs: list[PairMeasure], kernels: dict[tuple[int, str], Kernel],
-                  prof: Profile) -> dict[str, BatchTable]:
+                  prof: DeviceProfile) -> dict[str, BatchTable]:
     """Per batch, SM demands minimising the squared error of the engine's pair excess (demand
     model) against the measured one. Only a pair's sum above 1 is seen; a faint prior picks one
     split."""
@@ -200,7 +200,7 @@ def fit_sm_demand(pairs: list[PairMeasure], kernels: dict[tuple[int, str], Kerne
     return out
 
 
-def _fit_batch(ps: list[PairMeasure], kernels: dict[tuple[int, str], Kernel], prof: Profile) -> dict[str, float]:
+def _fit_batch(ps: list[PairMeasure], kernels: dict[tuple[int, str], Kernel], prof: DeviceProfile) -> dict[str, float]:
     """Coordinate descent over a grid: deterministic, and a handful of nodes per batch."""
     s = {n: PRIOR for p in ps for n in (p.main, p.alt)}
     for _ in range(SWEEPS):
@@ -216,7 +216,7 @@ def _fit_batch(ps: list[PairMeasure], kernels: dict[tuple[int, str], Kernel], pr
     return s
 
 
-def _error(p: PairMeasure, kernels: dict[tuple[int, str], Kernel], prof: Profile,
+def _error(p: PairMeasure, kernels: dict[tuple[int, str], Kernel], prof: DeviceProfile,
            sm: dict[str, float]) -> float:
     a, b = kernels[(p.batch, p.main)], kernels[(p.batch, p.alt)]
     return pair_excess(prof, replace(a, sm=sm[p.main]), replace(b, sm=sm[p.alt])) - p.excess
@@ -250,7 +250,7 @@ def ar_factor(pairs: list[PairMeasure], collectives: set[str], device: str) -> t
                f"a GEMM on the other stream, {len(fs)} batches (one GPU: a real all-reduce needs several)")
 
 
-def fit_pairwise(pw: Pairwise, prof: Profile, state: str | None = None) -> PairwiseFit:
+def fit_pairwise(pw: Pairwise, prof: DeviceProfile, state: str | None = None) -> PairwiseFit:
     """`prof`: the profile calibrated so far (node bytes over HBM bandwidth for the demand model)."""
     st = choose_state(pw, state)
     source = f"measured: bench/pairwise.py on {pw.device} ({st} process state)"

@@ -18,7 +18,6 @@ import yaml
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Node, Variant
 
-
 BatchTable = dict[int, float]  # batch -> value
 
 
@@ -62,8 +61,8 @@ def interpolate(table: BatchTable, batch: int) -> float:
     return pts[-1][1]
 
 
-@dataclass
-class Profile:
+@dataclass(frozen=True)
+class DeviceProfile:
     """Per-device costs.
 
     node_us: isolated latency of a node at a batch size: {node: {batch: us}}; between measured
@@ -106,6 +105,7 @@ class Profile:
     pair_excess: dict[str, BatchTable] = field(default_factory=dict)
     pair_source: str = ""
     reference: dict = field(default_factory=dict)  # published numbers this profile reproduces
+    cache: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # sim/costs.py, per shape
 
     def latency_table(self, name: str, variant: Variant | None = None) -> BatchTable | None:
         """The node's measured latencies: the variant's own where it has them, else the base."""
@@ -195,7 +195,7 @@ def _param(raw, key: str, path: str) -> Param:
     return Param(float(v["value"]), str(v["source"]))
 
 
-def load_profile(name_or_path: str) -> Profile:
+def load_profile(name_or_path: str) -> DeviceProfile:
     path = Path(name_or_path)
     if not path.suffix:
         path = Path(str(resources.files("streamlab.sim") / "profiles" / f"{name_or_path}.yaml"))
@@ -210,7 +210,7 @@ def load_profile(name_or_path: str) -> Profile:
     if not isinstance(raw, dict):
         raise Failure(f"{path}: a profile is a mapping", EXIT_BAD_INPUT)
     p = str(path)
-    return Profile(
+    return DeviceProfile(
         name=str(raw.get("name", path.stem)), streams=str(raw.get("streams", "cuda")),
         **{k: _param(raw, k, p) for k in PARAMS},
         ar_scope=str(raw.get("ar_scope", "concurrent")), hip_queues=int(raw.get("hip_queues", 4)),
@@ -234,7 +234,7 @@ def _rounded(tables: dict[str, BatchTable], digits: int = 3) -> dict:
     return {n: {b: round(t, digits) for b, t in sorted(bs.items())} for n, bs in tables.items()}
 
 
-def dump_profile(profile: Profile) -> str:
+def dump_profile(profile: DeviceProfile) -> str:
     def par(p: Param) -> dict:
         if p.by_batch:
             return {"by_batch": {b: round(v, 4) for b, v in p.by_batch.items()}, "source": p.source}

@@ -6,12 +6,13 @@ from streamlab.analysis import summarize
 from streamlab.models.hardware import HARDWARE
 from streamlab.report.result import floor_us, layer_result
 from streamlab.scenario import Scenario
-from streamlab.sim.engine import isolated_us, per_layer_us, simulate
-from streamlab.sim.profile import Profile
+from streamlab.sim.costs import isolated_us
+from streamlab.sim.engine import per_layer_us, simulate
+from streamlab.sim.profile import DeviceProfile
 from streamlab.timeline import Timeline
 
 
-def simulate_scenario(scen: Scenario, profile: Profile, layers: int) -> tuple[dict, Timeline]:
+def simulate_scenario(scen: Scenario, profile: DeviceProfile, layers: int) -> tuple[dict, Timeline]:
     timeline = simulate(scen.layer, scen.program, profile, layers)
     hw = HARDWARE.get(profile.name)
     peaks = (hw.bf16_tflops, hw.fp8_tflops) if hw else (1000.0, 2000.0)

@@ -1,0 +1,100 @@
+"""What a layer's nodes cost on a device profile, before any schedule: computed once per (layer
+shape, variant, profile) and reused by every layout simulated there, which is what lets a schedule
+search rank thousands of layouts a second.
+
+Per node: its latency alone at the layer's shape, its kernel count, its HBM and SM demand, and the
+work the engine runs it for in a graph of one lane and in a graph of several (the launch gap
+differs); per ordered node pair: the measured overlap excess at the layer's batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from streamlab.layer import Layer, Variant, build_layer
+from streamlab.models import RankDims
+from streamlab.sim.profile import DeviceProfile
+
+
+@dataclass(frozen=True)
+class LaneCosts:
+    """Costs that depend on whether the graph has one lane or several."""
+
+    work: tuple[float, ...]  # us of standalone work per node: latency + launch gaps inside it
+    hbm: tuple[float, ...]  # share of the HBM bandwidth the node uses alone at that work
+    solo: tuple[float, ...]  # progress rate of the node running alone (the fluid model with one kernel)
+    gap: float  # idle after each kernel (>= 0)
+    graph_entry: float  # idle at the start of every replay
+    layer_entry: float  # idle before each layer's first kernel
+
+
+@dataclass(frozen=True)
+class NodeCosts:
+    """A layer's nodes on a profile, indexed as `layer.nodes`."""
+
+    names: tuple[str, ...]
+    ops: tuple[str, ...]
+    collective: tuple[bool, ...]
+    alone_us: tuple[float, ...]
+    kernels: tuple[int, ...]
+    sm: tuple[float, ...]
+    pairs: dict[tuple[int, int], float]  # (dispatched first, second) -> measured excess at this batch
+    fence: float
+    concurrency_slowdown: float
+    ar_factor: float
+    ar_graph_scope: bool  # the all-reduce slows in any multi-lane graph, not only beside a kernel
+    single: LaneCosts
+    multi: LaneCosts
+
+    def lane(self, multi: bool) -> LaneCosts:
+        return self.multi if multi else self.single
+
+
+def node_costs(layer: Layer, profile: DeviceProfile) -> NodeCosts:
+    """The layer's costs on `profile`, cached on the profile (which is immutable)."""
+    key = (layer.dims, layer.variant)
+    cached = profile.cache.get(key)
+    if cached is None:
+        cached = profile.cache[key] = _costs(layer, profile)
+    return cached
+
+
+def _costs(layer: Layer, profile: DeviceProfile) -> NodeCosts:
+    batch = layer.dims.tokens
+    names = tuple(n.name for n in layer.nodes)
+    alone = tuple(isolated_us(layer, profile, n) for n in names)
+    kernels = tuple(profile.kernels(n) for n in layer.nodes)
+    sm = tuple(profile.node_sm_demand(n, batch) for n in names)
+    index = {n: i for i, n in enumerate(names)}
+
+    def lane(multi: bool) -> LaneCosts:
+        per_kernel = profile.lane_gap_us(multi, batch)
+        gap, trim = max(0.0, per_kernel), min(0.0, per_kernel)  # idle after each kernel; or each runs shorter
+        work = tuple(max(0.0, a + (k - 1) * gap + k * trim) for a, k in zip(alone, kernels))
+        hbm = tuple(profile.bandwidth_demand(n, w) for n, w in zip(layer.nodes, work))
+        ar = 1.0 / profile.ar_concurrency_factor.value if multi and profile.ar_scope == "graph" else 1.0
+        solo = tuple(ar if n.is_collective else min(1.0 / max(1.0, h, s), 1.0)
+                     for n, h, s in zip(layer.nodes, hbm, sm))
+        entry = profile.graph_entry_us.value + (profile.multi_stream_graph_entry_us.value if multi else 0.0)
+        return LaneCosts(work, hbm, solo, gap, entry, profile.multi_stream_entry_us.value if multi else 0.0)
+
+    pairs = {(index[a], index[b]): e for (a, b), e in profile.pairs_at(batch).items() if a in index and b in index}
+    return NodeCosts(
+        names=names, ops=tuple(n.op for n in layer.nodes), collective=tuple(n.is_collective for n in layer.nodes),
+        alone_us=alone, kernels=kernels, sm=sm,
+        pairs=pairs, fence=profile.fence_us.at(batch), concurrency_slowdown=profile.concurrency_slowdown.value,
+        ar_factor=profile.ar_concurrency_factor.value, ar_graph_scope=profile.ar_scope == "graph",
+        single=lane(False), multi=lane(True))
+
+
+def isolated_us(layer: Layer, profile: DeviceProfile, name: str) -> float:
+    """The profile's latency of a node alone at the layer's batch size."""
+    def fit_at(batch: int) -> float:
+        return profile.fit_us(_layer_at(layer.dims, layer.variant, batch).node(name))
+    return profile.isolated_us(layer.node(name), layer.dims.tokens, fit_at, layer.variant)
+
+
+@lru_cache(maxsize=64)
+def _layer_at(dims: RankDims, variant: Variant, batch: int) -> Layer:
+    return build_layer(RankDims(dims.model, dims.shape.with_(batch=batch)), variant)
