@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -27,7 +28,8 @@ from streamlab.io import write_atomic
 from streamlab.scenario import load
 from streamlab.sim.calibrate import calibrate
 from streamlab.sim.engine import per_layer_us, simulate
-from streamlab.sim.profile import DeviceProfile, dump_profile, load_profile
+from streamlab.sim.profile import DeviceProfile
+from streamlab.sim.profile_file import dump_profile, load_profile
 from streamlab.trace.chrome import read_chrome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,12 +157,19 @@ def main() -> None:
     ap.add_argument("--traces", type=Path, help="the matrix's run traces (LAYOUT-bBATCH.trace.json.gz), "
                     "to compare each node's time inside the layer")
     ap.add_argument("--out", type=Path, help="write the report here (else print it)")
+    ap.add_argument("--date", help="provenance: when the calibration runs were measured")
+    ap.add_argument("--driver", default="", help="provenance: the GPU driver they ran on")
+    ap.add_argument("--kernel-hash", help="provenance: the kernels they measured (default: the installed "
+                    "ones); for a past run: streamlab.sim.provenance.kernel_hash of `git archive COMMIT "
+                    "streamlab/kernels`")
     args = ap.parse_args()
     if args.profile:
         profile, origin = load_profile(args.profile), f"loaded from {args.profile}"
     else:
         inputs = [args.matrix, *args.calibration]
-        profile = calibrate(inputs, args.name, pairwise=args.pairwise, pairwise_state=args.pairwise_state)
+        profile = calibrate(inputs, args.name, pairwise=args.pairwise, pairwise_state=args.pairwise_state,
+                            command="python " + " ".join(sys.argv), date=args.date, driver=args.driver,
+                            kernel_hash=args.kernel_hash)
         origin = (f"calibrated from {', '.join(map(str, inputs))}"
                   + (f" and {args.pairwise}" if args.pairwise else ""))
         if args.profile_out:

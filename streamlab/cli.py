@@ -115,14 +115,22 @@ def sim(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
         kv_cache: Optional[str] = KV,
         profile: str = typer.Option("mi355x", help="device profile: a shipped name or a YAML path"),
         layers: Optional[int] = typer.Option(None, help="layers in the simulated graph"),
+        step: bool = typer.Option(False, help="also predict the whole decode step (time per output token)"),
+        explain: bool = typer.Option(False, help="the layout's cost against serial, component by component "
+                                                 "(beside the published figures where the profile has them)"),
         out: Path = typer.Option(Path("traces/runs"), help="folder for results and traces")):
-    """Simulate a scenario on a device profile (no GPU needed); the profile's parameters and
-    where each came from are printed with the result."""
+    """Simulate a scenario on a device profile (no GPU needed): the per-layer latency with its
+    prediction interval, which of the layout's overlaps the profile measured, and the profile's
+    parameters with where each came from."""
     from rich.table import Table
 
-    from streamlab.exec.session import simulate_and_report
     from streamlab.io import write_json_atomic
-    from streamlab.sim.profile import load_profile
+    from streamlab.report.result import print_result
+    from streamlab.sim.predict import measure_command, predict
+    from streamlab.sim.profile_file import load_profile
+    from streamlab.sim.provenance import kernel_warning
+    from streamlab.sim.run import simulated_result
+    from streamlab.trace import write_chrome
 
     scen = _scenario(scenario, model, batch, context, tp, page_size, kv_cache)
     prof = load_profile(profile)
@@ -132,10 +140,28 @@ def sim(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
     for row in prof.describe():
         table.add_row(*row)
     console.print(table)
-    result = simulate_and_report(scen, profile, layers or scen.measure.layers, console, out)
+    warning = kernel_warning(prof.provenance, prof.name)
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}")
+    prediction = predict(scen, prof, layers=layers, other_model=model is not None)
+    result = simulated_result(scen, prof, prediction)
+    trace = out / f"{scen.name}-b{scen.shape.batch}-sim-{prof.name}.trace.json.gz"
+    write_chrome(prediction.timeline, trace)
+    result["trace"] = str(trace)
+    print_result(console, scen, result)
+    for line in prediction.describe():
+        console.print(line)
+    if prediction.unmeasured:
+        console.print(f"  measure them: {measure_command([str(scenario)], prof)}")
+    if step:
+        from streamlab.sim.step import predict_step
+        console.print(predict_step(scen, prof, other_model=model is not None).describe())
+    if explain:
+        from streamlab.sim.explain import explain as breakdown
+        console.print(breakdown(scen, prof))
     path = out / f"{scen.name}-b{scen.shape.batch}-sim-{prof.name}.json"
-    write_json_atomic(path, {"scenario": scen.name, "shape": vars(scen.shape), **result})
-    console.print(f"result: {path}")
+    write_json_atomic(path, {"scenario": scen.name, "shape": vars(scen.shape), "simulated": result})
+    console.print(f"trace (Perfetto / chrome://tracing): {trace}\nresult: {path}")
 
 
 @app.command()
@@ -282,7 +308,7 @@ def calibrate(results: list[Path] = typer.Argument(..., help="result JSONs of me
     benchmark; dual-stream runs stay held out."""
     from streamlab.io import write_atomic
     from streamlab.sim.calibrate import calibrate as fit
-    from streamlab.sim.profile import dump_profile
+    from streamlab.sim.profile_file import dump_profile
 
     prof = fit(results, name, fence_us=fence_us, concurrency_slowdown=concurrency_slowdown,
                pairwise=pairwise, pairwise_state=pairwise_state)

@@ -16,7 +16,8 @@ from streamlab.schedule.program import Launch, Program, WaitStream
 from streamlab.sim.calibrate import calibrate
 from streamlab.sim.engine import per_layer_us, simulate
 from streamlab.sim.pairwise import NOOP
-from streamlab.sim.profile import Param, dump_profile, load_profile, variant_key
+from streamlab.sim.profile import Param, variant_key
+from streamlab.sim.profile_file import dump_profile, load_profile
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 
@@ -97,8 +98,8 @@ def test_a_variant_takes_its_own_isolated_latency_on_the_serial_in_graph_scale(t
     assert "qkv_a_proj" not in own and "mla_decode" not in own  # same kernel as serial's
     assert "moe_topk" in own  # it picks no shared-expert slot here: another kernel
     # the simulator uses the variant's latency for the dual layout and the base one for serial
-    p = replace(prof, launch_gap_us=Param(0.0, "t"), fence_us=Param(0.0, "t"),
-                concurrency_slowdown=Param(0.0, "t"))
+    p = replace(prof, launch_gap_us=Param(0.0, "t"), multi_stream_launch_gap_us=Param(0.0, "t"),
+                fence_us=Param(0.0, "t"), concurrency_slowdown=Param(0.0, "t"))
     for name, want in (("a_v4_moe_dual", 15.0), ("serial", 3.0)):
         scen = load(SCENARIOS / f"{name}.yaml")
         tl = simulate(scen.layer, scen.program, p, layers=1)

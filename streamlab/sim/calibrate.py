@@ -17,15 +17,18 @@ Without pairwise.json the cross-stream costs take the values given, labelled as 
 
 from __future__ import annotations
 
+import datetime
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from streamlab.analysis import percentiles
+from streamlab.check import run_noise
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Layer, Variant, build_layer
 from streamlab.models import MODELS, RankDims, Shape
-from streamlab.sim.pairwise import PairwiseFit, fit_pairwise, load_pairwise
+from streamlab.models.hardware import HARDWARE
+from streamlab.sim.pairwise import PairwiseFit, fit_pairwise, load_pairwise, pair_note
 from streamlab.sim.profile import (
     BatchTable,
     DeviceProfile,
@@ -33,6 +36,8 @@ from streamlab.sim.profile import (
     per_batch,
     variant_key,
 )
+from streamlab.sim.provenance import MEASURED, CalibrationShape, Provenance
+from streamlab.sim.provenance import kernel_hash as installed_kernel_hash
 
 
 def _load(paths: list[Path]) -> list[dict]:
@@ -78,6 +83,7 @@ class SerialFit:
     copy_gbs: list[float] = field(default_factory=list)
     layer_us: BatchTable = field(default_factory=dict)  # the serial layer's latency
     inside_us: dict[int, tuple[float, int]] = field(default_factory=dict)  # batch -> (node time sum, kernels)
+    noise: BatchTable = field(default_factory=dict)  # batch -> check.run_noise of the serial run
 
     @property
     def batches(self) -> list[int]:
@@ -102,6 +108,7 @@ def fit_serial(runs: list[dict]) -> SerialFit:
             inside += t
         fit.inside_us[batch] = (inside, m["kernels_per_layer"])
         fit.layer_us[batch] = m["per_layer_us"]["median"]
+        fit.noise[batch] = run_noise(m)
         fit.copy_gbs.append(m["ceilings"]["copy_gbs"])
     return fit
 
@@ -168,9 +175,13 @@ def fit_variants(runs: list[dict], serial: SerialFit, variant_serials: tuple[str
 VARIANT_SERIALS = ("serial_moe_unfused",)  # single-stream layouts of other variants (scenarios/)
 
 
-def calibrate(paths: list[Path], name: str, serial: str = "serial", fence_us: float = 1.0,
+def calibrate(paths: list[Path], name: str, *, serial: str = "serial", fence_us: float = 1.0,
               concurrency_slowdown: float = 0.1, pairwise: Path | None = None,
-              pairwise_state: str | None = None) -> DeviceProfile:
+              pairwise_state: str | None = None, command: str = "", date: str | None = None,
+              driver: str = "", kernel_hash: str | None = None) -> DeviceProfile:
+    """A profile from measured runs (and the pairwise benchmark). `kernel_hash`: of the kernels
+    the runs measured (default: the installed ones, right for a calibration run where it was
+    measured); `command`, `date`, `driver` go to its provenance."""
     runs = _load(paths)
     serial_runs = [r for r in runs if r["scenario"] == serial]
     if not serial_runs:
@@ -180,16 +191,37 @@ def calibrate(paths: list[Path], name: str, serial: str = "serial", fence_us: fl
     direct = sorted({r["scenario"] for r in runs if r["scenario"] in VARIANT_SERIALS})
     device = fit.device
     src = f"measured: {serial} layout on {device}, batches {fit.batches}"
+    first = serial_runs[0]
+    shape = {k: v for k, v in first["shape"].items() if k != "batch"}
+    prov = Provenance(
+        basis=MEASURED, device=device, shape=CalibrationShape(model=first["model"], **shape),
+        batches=tuple(fit.batches), date=date or datetime.date.today().isoformat(),
+        command=command or "streamlab calibrate " + " ".join(map(str, paths)), driver=driver,
+        versions={str(k): str(v) for k, v in first.get("versions", {}).items()},
+        kernel_hash=kernel_hash or installed_kernel_hash())
+    gap = per_batch(fit.gaps, f"{src}: (layer latency - node times) / kernels, per batch; "
+                    "below 0 the profiled node times read longer than the kernels run")
     prof = DeviceProfile(
-        name=name, streams="hip" if "AMD" in device or "MI" in device else "cuda",
+        name=name, streams="hip" if "AMD" in device or "MI" in device else "cuda", provenance=prov,
+        hardware=next((h for h in HARDWARE if h.upper() in device.upper()), ""),
         hbm_gbs=Param(percentiles(fit.copy_gbs)[1], f"measured: device-to-device copy on {device}"),
-        launch_gap_us=per_batch(fit.gaps, f"{src}: (layer latency - node times) / kernels, per batch; "
-                                "below 0 the profiled node times read longer than the kernels run"),
-        fence_us=Param(fence_us, "not calibrated: a serial run has no cross-stream edge"),
+        launch_gap_us=gap,
+        multi_stream_launch_gap_us=replace(gap, source=f"prior: not calibrated (no pairwise data): the "
+                                           f"single-stream launch gap, +-{BRANCHED_GAP_PRIOR_US} us per kernel: "
+                                           "graphs with branches ran their kernels 0.3 us further apart on H100 "
+                                           "(bench/results/h100-2026-11-22/pairwise.json)",
+                                           spread=BRANCHED_GAP_PRIOR_US),
+        fence_us=Param(fence_us, "prior: not calibrated, a serial run has no cross-stream edge",
+                       spread=fence_us),
         graph_entry_us=Param(0.0, "included in the launch gap"),
+        multi_stream_graph_entry_us=Param(0.0, f"prior: not calibrated, +-{GRAPH_ENTRY_PRIOR_US} us per replay: "
+                                          "an H100 graph with branches stalled ~9 us after its first kernel "
+                                          "(traces/h100-2026-11-22)", spread=GRAPH_ENTRY_PRIOR_US),
         ar_concurrency_factor=Param(1.0, "not calibrated: one GPU, the all-reduce is emulated by a spin kernel"),
         multi_stream_entry_us=Param(0.0, "not calibrated"),
         concurrency_slowdown=Param(concurrency_slowdown, "not calibrated: a serial run has no concurrency"),
+        calibration_noise=per_batch(fit.noise, f"measured: {serial} layout on {device}: the larger of the "
+                                    "repeat spread and half the drift (streamlab.check.run_noise), per batch"),
         node_us=fit.node_us, node_kernels={**variant_kernels, **fit.kernels},
         node_source=f"{src}: mean per layer of each node's in-graph time (`layer_mean_us`)",
         variant_node_us=variants,
@@ -201,40 +233,53 @@ def calibrate(paths: list[Path], name: str, serial: str = "serial", fence_us: fl
     if pairwise is not None:
         pw = load_pairwise(pairwise)
         pf = fit_pairwise(pw, prof, pairwise_state)
-        prof = apply_pairwise(prof, pf, branched_gap(fit, pw.layers.get(pf.state, {}), pf.source))
+        prof = apply_pairwise(prof, pf, branched_gap(fit, pw.layers, pf.state, pf.source), pw.variant)
     return prof
 
 
-def branched_gap(fit: SerialFit, serial_us: dict[int, float], source: str) -> Param | None:
+BRANCHED_GAP_PRIOR_US = 0.5
+GRAPH_ENTRY_PRIOR_US = 9.0
+
+
+def branched_gap(fit: SerialFit, serial_us: dict[str, dict[int, float]], state: str, source: str) -> Param | None:
     """The launch gap once graphs with branches run: the serial layout's own launch gap at each
     batch plus how much further apart its kernels sit after graphs with branches ran in the
-    process (bench/pairwise.py times the serial layer so) than in a fresh one (the matrix), per
-    kernel, median over batches. On H100 a process's first graph runs its kernels ~0.1 us apart,
-    and any graph once branched graphs have run ~0.4 us apart, whatever the batch; a graph with
-    branches always sees the latter (bench/results/h100-2026-11-21/first_run.txt). The pairwise
-    run's two process states disagree by up to 0.16 us per kernel at one batch (batch 64: 598 vs
-    603 us per layer), as much as any trend over batches, so the difference is one number."""
-    extra = [(serial_us[b] - fit.layer_us[b]) / k for b, (_, k) in fit.inside_us.items() if b in serial_us]
-    if not extra:
+    process (bench/pairwise.py times the serial layer so, in `state`) than in a fresh one (the
+    matrix), per kernel, median over batches. On H100 a process's first graph runs its kernels
+    ~0.1 us apart, and any graph once branched graphs have run ~0.4 us apart, whatever the batch;
+    a graph with branches always sees the latter (bench/results/h100-2026-11-21/first_run.txt).
+    The pairwise run's two process states disagree by up to 0.16 us per kernel at one batch
+    (batch 64: 598 vs 603 us per layer), as much as any trend over batches, so the difference is
+    one number. Its spread at a batch: how far that batch's own evidence, in every state, lies
+    from the number used."""
+    def extra(per: dict[int, float]) -> dict[int, float]:
+        return {b: (per[b] - fit.layer_us[b]) / k for b, (_, k) in fit.inside_us.items() if b in per}
+    used = extra(serial_us.get(state, {}))
+    if not used:
         return None
-    more = percentiles(extra)[1]
+    more = percentiles(list(used.values()))[1]
+    evidence = [extra(per) for per in serial_us.values()]
+    spread = {b: max(abs(e[b] - more) for e in evidence if b in e) for b in used}
     return per_batch({b: g + more for b, g in fit.gaps.items()},
                      f"launch gap + {more:.3f} us: {source}: serial layer timed after graphs with branches - "
-                     "the same in a fresh process (matrix), per kernel, median over batches")
+                     "the same in a fresh process (matrix), per kernel, median over batches; spread: the "
+                     "farthest process state at each batch", spread)
 
 
-def apply_pairwise(prof: DeviceProfile, pf: PairwiseFit, gap_branched: Param | None) -> DeviceProfile:
+def apply_pairwise(prof: DeviceProfile, pf: PairwiseFit, gap_branched: Param | None,
+                   variant: dict[str, bool]) -> DeviceProfile:
     """The profile with its uncalibrated cross-stream parameters replaced by the pairwise benchmark's."""
     gap = gap_branched or prof.launch_gap_us
+    default, spread = pf.overlap.params()
+    fence = pf.fence_extra_us
     return replace(
         prof, multi_stream_launch_gap_us=gap_branched or prof.multi_stream_launch_gap_us,
-        fence_us=per_batch({b: max(0.0, g) + pf.fence_extra_us for b, g in gap.by_batch.items()},
-                           f"multi-stream launch gap (its idle part) + {pf.fence_extra_us:.3f} us: "
-                           f"{pf.source}, fork/join ladder vs single-stream chain of empty kernels, per unit"),
-        multi_stream_graph_entry_us=Param(pf.graph_entry_us, f"{pf.source}: intercept of the "
-                                          "fork/join ladder minus the chain's, per replay"),
-        concurrency_slowdown=Param(0.0, "superseded by pair_excess and sm_demand (pairwise)"),
-        pair_excess=pf.pair_excess, pair_source=pf.pair_note,
-        ar_concurrency_factor=Param(pf.ar_factor, pf.ar_source),
-        sm_demand=pf.sm_demand, sm_source=pf.sm_note,
-        default_sm_demand=Param(pf.default_sm_demand, f"{pf.source}: median of the fitted demands"))
+        fence_us=per_batch({b: max(0.0, g) + fence.value for b, g in gap.by_batch.items()},
+                           f"multi-stream launch gap (its idle part) + {fence.value:.3f} us: {fence.source}; "
+                           "spread: the extra's between consecutive unit counts",
+                           {b: fence.spread for b in gap.by_batch}),
+        multi_stream_graph_entry_us=pf.graph_entry_us,
+        concurrency_slowdown=Param(0.0, "superseded by pair_measures and sm_demand (pairwise)"),
+        pair_measures=tuple(pf.pairs), pair_variant=dict(variant), pair_source=pair_note(pf.source, pf.pairs),
+        ar_concurrency_factor=pf.ar_factor, sm_demand=pf.overlap.sm_demand, sm_source=pf.overlap.note,
+        default_sm_demand=default, overlap_model_spread=spread)

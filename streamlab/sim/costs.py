@@ -10,11 +10,10 @@ differs); per ordered node pair: the measured overlap excess at the layer's batc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
-from streamlab.layer import Layer, Variant, build_layer
-from streamlab.models import RankDims
+from streamlab.layer import Layer
 from streamlab.sim.profile import DeviceProfile
+from streamlab.sim.shape import NodeLatency, node_latencies
 
 
 @dataclass(frozen=True)
@@ -36,10 +35,12 @@ class NodeCosts:
     names: tuple[str, ...]
     ops: tuple[str, ...]
     collective: tuple[bool, ...]
+    latency: tuple[NodeLatency, ...]  # alone at the layer's shape, and whether moved from a calibrated point
     alone_us: tuple[float, ...]
     kernels: tuple[int, ...]
     sm: tuple[float, ...]
     pairs: dict[tuple[int, int], float]  # (dispatched first, second) -> measured excess at this batch
+    measured_pairs: frozenset[tuple[int, int]]  # those measured at batches around this one (not only beside it)
     fence: float
     concurrency_slowdown: float
     ar_factor: float
@@ -63,7 +64,8 @@ def node_costs(layer: Layer, profile: DeviceProfile) -> NodeCosts:
 def _costs(layer: Layer, profile: DeviceProfile) -> NodeCosts:
     batch = layer.dims.tokens
     names = tuple(n.name for n in layer.nodes)
-    alone = tuple(isolated_us(layer, profile, n) for n in names)
+    latency = node_latencies(layer, profile)
+    alone = tuple(x.us for x in latency)
     kernels = tuple(profile.kernels(n) for n in layer.nodes)
     sm = tuple(profile.node_sm_demand(n, batch) for n in names)
     index = {n: i for i, n in enumerate(names)}
@@ -80,21 +82,11 @@ def _costs(layer: Layer, profile: DeviceProfile) -> NodeCosts:
         return LaneCosts(work, hbm, solo, gap, entry, profile.multi_stream_entry_us.value if multi else 0.0)
 
     pairs = {(index[a], index[b]): e for (a, b), e in profile.pairs_at(batch).items() if a in index and b in index}
+    around = {tuple(k.split("|", 1)) for k, t in profile.pair_excess.items() if min(t) <= batch <= max(t)}
     return NodeCosts(
         names=names, ops=tuple(n.op for n in layer.nodes), collective=tuple(n.is_collective for n in layer.nodes),
-        alone_us=alone, kernels=kernels, sm=sm,
-        pairs=pairs, fence=profile.fence_us.at(batch), concurrency_slowdown=profile.concurrency_slowdown.value,
+        latency=latency, alone_us=alone, kernels=kernels, sm=sm,
+        pairs=pairs, measured_pairs=frozenset((index[a], index[b]) for a, b in around if a in index and b in index),
+        fence=profile.fence_us.at(batch), concurrency_slowdown=profile.concurrency_slowdown.value,
         ar_factor=profile.ar_concurrency_factor.value, ar_graph_scope=profile.ar_scope == "graph",
         single=lane(False), multi=lane(True))
-
-
-def isolated_us(layer: Layer, profile: DeviceProfile, name: str) -> float:
-    """The profile's latency of a node alone at the layer's batch size."""
-    def fit_at(batch: int) -> float:
-        return profile.fit_us(_layer_at(layer.dims, layer.variant, batch).node(name))
-    return profile.isolated_us(layer.node(name), layer.dims.tokens, fit_at, layer.variant)
-
-
-@lru_cache(maxsize=64)
-def _layer_at(dims: RankDims, variant: Variant, batch: int) -> Layer:
-    return build_layer(RankDims(dims.model, dims.shape.with_(batch=batch)), variant)

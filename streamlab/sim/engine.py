@@ -309,7 +309,7 @@ def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Simulation:
                 arm(ln)
         running = still
     per_layer = 1.0 / g.layers
-    overlaps = tuple(Overlap(c.names[a], c.names[b], (a, b) in c.pairs, u[0] * per_layer, u[1] * per_layer)
+    overlaps = tuple(Overlap(c.names[a], c.names[b], (a, b) in c.measured_pairs, u[0] * per_layer, u[1] * per_layer)
                      for (a, b), u in overlap.items())
     return Simulation(g, c, profile, records, overlaps, t)
 
@@ -379,7 +379,7 @@ def pair_excess(profile: DeviceProfile, first: Kernel, second: Kernel) -> float:
     """Two kernels started together on two lanes, `first` dispatched first, under the demand
     model (no measured pair): (makespan - longer latency) / shorter latency, 0 when they overlap
     for free and 1 when they serialize. What the pairwise benchmark measures."""
-    costs = NodeCosts((), (), (), (), (), (), {}, 0.0, profile.concurrency_slowdown.value,
+    costs = NodeCosts((), (), (), (), (), (), (), {}, frozenset(), 0.0, profile.concurrency_slowdown.value,
                       profile.ar_concurrency_factor.value, profile.ar_scope == "graph", _NO_LANE, _NO_LANE)
     runs = [_Run(i, i, i, 0.0, k.us, k.hbm, k.sm, False) for i, k in enumerate((first, second))]
     t = 0.0

@@ -33,13 +33,13 @@ from streamlab.analysis import percentiles
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Variant, build_layer
 from streamlab.models import MODELS, RankDims, Shape
-from streamlab.sim.engine import Kernel, pair_excess
-from streamlab.sim.profile import BatchTable, DeviceProfile, Param
+from streamlab.sim.profile import BatchTable, DeviceProfile, PairMeasure, Param
 
 NOOP = "noop"
 SM_GRID = [i / 50 for i in range(51)]  # candidate demands 0 .. 1 (above 1 a node would be slow alone)
 PRIOR, PRIOR_WEIGHT = 0.5, 1e-4  # a faint pull that picks one demand where pairs allow many
 SWEEPS = 12
+SPREAD_QUANTILE = 0.9  # the overlap model's spread: this quantile of its leave-one-out misses
 
 
 @dataclass(frozen=True)
@@ -89,48 +89,57 @@ def load_pairwise(path: Path) -> Pairwise:
 
 
 @dataclass(frozen=True)
-class PairMeasure:
-    """One pair at one batch: the nodes' harness-free latencies and the measured makespan."""
+class Demand:
+    """A paired node at one batch as the demand model sees it: its HBM share at the latency it
+    ran at in the pairwise harness (the excess is judged against what ran)."""
 
-    batch: int
-    main: str  # dispatched first
-    alt: str
-    main_us: float
-    alt_us: float
-    together_us: float
+    us: float
+    hbm: float
 
-    @property
-    def excess(self) -> float:
-        """0: the pair overlaps for free; 1: it takes as long as one after the other."""
-        return (self.together_us - max(self.main_us, self.alt_us)) / min(self.main_us, self.alt_us)
+
+def demand_excess(a: Demand, b: Demand, sm_a: float, sm_b: float) -> float:
+    """The overlap excess of two kernels started together under the engine's demand model with
+    no measured pair and no per-kernel slowdown: both run at 1 / max(1, HBM sum, SM sum) until
+    the shorter ends, then the longer alone at full pace, so (makespan - longer) / shorter =
+    max(1, HBM sum, SM sum) - 1 (tests/test_calibrate.py checks it against the engine)."""
+    return max(1.0, a.hbm + b.hbm, sm_a + sm_b) - 1.0
 
 
 @dataclass
 class PairwiseFit:
     state: str
     source: str
-    fence_extra_us: float
-    graph_entry_us: float
-    pair_excess: dict[str, BatchTable]  # "first|second" -> batch -> excess (>= 0)
+    fence_extra_us: Param
+    graph_entry_us: Param
+    pairs: list[PairMeasure]
+    ar_factor: Param
+    overlap: OverlapFit
+
+
+@dataclass(frozen=True)
+class OverlapFit:
+    """The demand model fitted to measured pairs: per-node SM demands, and how far it misses a
+    pair it was not fitted to (leave-one-out over unordered node pairs, both orders left out)."""
+
     sm_demand: dict[str, BatchTable]
     default_sm_demand: float
-    ar_factor: float
-    ar_source: str
-    pairs: list[PairMeasure]
-    residuals: dict[tuple[int, str, str], float]  # demand model's predicted - measured excess
+    residuals: dict[tuple[int, str, str], float]  # (batch, first, second) -> predicted - measured excess
+    spread: float  # SPREAD_QUANTILE of |residual|
+    source: str
 
-    @property
-    def pair_note(self) -> str:
-        return (f"{self.source}: (makespan of A dispatched first beside B - the longer alone) / "
-                f"the shorter alone, each beside an empty kernel in the same fork/join harness; "
-                f"{len(self.pairs)} measurements, below 0 read as 0")
-
-    @property
-    def sm_note(self) -> str:
+    def params(self) -> tuple[Param, Param]:
+        """(default_sm_demand, overlap_model_spread) as profile parameters."""
         worst = max((abs(v) for v in self.residuals.values()), default=0.0)
-        return (f"{self.source}: fitted to the same pairs, proportional sharing, for combinations "
-                f"never measured; largest residual {worst:.2f} of the shorter node's latency (one "
-                "demand per node cannot express e > 1 or which of the two was dispatched first)")
+        return (Param(self.default_sm_demand, f"{self.source}: median of the fitted demands"),
+                Param(self.spread, f"{self.source}: {SPREAD_QUANTILE:.0%} of the demand model's excess misses "
+                      f"(leave-one-out: each unordered node pair predicted from the others at its batch), "
+                      f"{len(self.residuals)} measurements, largest {worst:.2f}"))
+
+    @property
+    def note(self) -> str:
+        return (f"{self.source}: fitted to the measured pairs, proportional sharing, for combinations "
+                "never measured (one demand per node cannot express e > 1 or which of the two was "
+                "dispatched first)")
 
 
 def choose_state(pw: Pairwise, state: str | None) -> str:
@@ -143,18 +152,31 @@ def choose_state(pw: Pairwise, state: str | None) -> str:
     return want
 
 
-def fence_and_entry(pw: Pairwise, state: str) -> tuple[float, float]:
+def fence_and_entry(pw: Pairwise, state: str, source: str) -> tuple[Param, Param]:
     """(extra us of a cross-stream edge over a same-stream one, us per replay of a graph with
-    branches): least-squares lines of replay time over unit count, ladder minus chain."""
-    def line(kind: str) -> tuple[float, float]:
-        pts = [(r.units, r.replay_us) for r in pw.records if (r.state, r.kind) == (state, kind)]
+    branches): least-squares lines of replay time over unit count, ladder minus chain. Spread:
+    how far the same difference lands between consecutive unit counts alone."""
+    def points(kind: str) -> list[tuple[int, float]]:
+        pts = sorted((r.units, r.replay_us) for r in pw.records if (r.state, r.kind) == (state, kind))
         if len({u for u, _ in pts}) < 2:
             raise Failure(f"pairwise data ({state}): the {kind} needs two unit counts", EXIT_BAD_INPUT)
+        return pts
+
+    def line(pts: list[tuple[int, float]]) -> tuple[float, float]:
         mu, mt = sum(u for u, _ in pts) / len(pts), sum(t for _, t in pts) / len(pts)
         slope = sum((u - mu) * (t - mt) for u, t in pts) / sum((u - mu) ** 2 for u, _ in pts)
         return slope, mt - slope * mu
-    (cs, ci), (ls, li) = line("chain"), line("ladder")
-    return max(0.0, ls - cs), max(0.0, li - ci)
+    chain, ladder = points("chain"), points("ladder")
+    (cs, ci), (ls, li) = line(chain), line(ladder)
+    fence, entry = max(0.0, ls - cs), max(0.0, li - ci)
+    local = [(line(ladder[i:i + 2]), line(chain[i:i + 2])) for i in range(min(len(chain), len(ladder)) - 1)
+             if chain[i][0] == ladder[i][0] and chain[i + 1][0] == ladder[i + 1][0]]
+    fence_spread = max((abs(max(0.0, lad[0] - ch[0]) - fence) for lad, ch in local), default=0.0)
+    entry_spread = max((abs(max(0.0, lad[1] - ch[1]) - entry) for lad, ch in local), default=0.0)
+    return (Param(fence, f"{source}, fork/join ladder vs single-stream chain of empty kernels, per unit",
+                  spread=fence_spread),
+            Param(entry, f"{source}: intercept of the fork/join ladder minus the chain's, per replay",
+                  spread=entry_spread))
 
 
 def pair_measures(pw: Pairwise, state: str) -> list[PairMeasure]:
@@ -174,98 +196,123 @@ def pair_measures(pw: Pairwise, state: str) -> list[PairMeasure]:
     return out
 
 
-def _kernels(pw: Pairwise, prof: DeviceProfile, pairs: list[PairMeasure]) -> dict[tuple[int, str], Kernel]:
-    """Each paired node as the engine sees it at that batch: the pairwise run's own latency (so
-    the excess is judged against what ran), HBM demand from its bytes."""
+def demands(pairs: list[PairMeasure], prof: DeviceProfile, variant: Variant) -> dict[tuple[int, str], Demand]:
+    """Each paired node at each batch: the pairwise run's own latency, HBM share from its bytes
+    at the profile's calibration shape."""
+    shape = prof.provenance.shape
     out = {}
-    variant = Variant(**pw.variant)
     for batch in sorted({p.batch for p in pairs}):
-        layer = build_layer(RankDims(MODELS[pw.model], Shape(**{**pw.shape, "batch": batch})), variant)
+        layer = build_layer(RankDims(MODELS[shape.model], Shape(batch, shape.context, shape.tp, shape.page_size,
+                                                                 shape.kv_cache)), variant)
         for p in (q for q in pairs if q.batch == batch):
-            for name, us in ((p.main, p.main_us), (p.alt, p.alt_us)):
-                node = layer.node(name)
-                out[(batch, name)] = Kernel(us, prof.bandwidth_demand(node, us), 0.0)
+            for name, us in ((p.first, p.first_us), (p.second, p.second_us)):
+                out[(batch, name)] = Demand(us, prof.bandwidth_demand(layer.node(name), us))
     return out
 
 
-def fit_sm_demand(pairs: list[PairMeasure], kernels: dict[tuple[int, str], Kernel],
-                  prof: DeviceProfile) -> dict[str, BatchTable]:
-    """Per batch, SM demands minimising the squared error of the engine's pair excess (demand
-    model) against the measured one. Only a pair's sum above 1 is seen; a faint prior picks one
-    split."""
-    out: dict[str, BatchTable] = {}
+def fit_overlap(pairs: list[PairMeasure], prof: DeviceProfile, variant: Variant, source: str) -> OverlapFit:
+    """SM demands per batch minimising the squared error of the demand model's excess against the
+    measured one (below 0 read as 0); then each unordered node pair predicted from the others."""
+    kernels = demands(pairs, prof, variant)
+    sm: dict[str, BatchTable] = {}
+    residuals = {}
     for batch in sorted({p.batch for p in pairs}):
-        for node, v in _fit_batch([p for p in pairs if p.batch == batch], kernels, prof).items():
-            out.setdefault(node, {})[batch] = v
-    return out
+        mine = [p for p in pairs if p.batch == batch]
+        full = _fit_batch(mine, kernels)
+        for node, v in full.items():
+            sm.setdefault(node, {})[batch] = v
+        for nodes in {frozenset((p.first, p.second)) for p in mine}:
+            rest = [p for p in mine if {p.first, p.second} != nodes]
+            held = _fit_batch(rest, kernels)
+            for p in mine:
+                if {p.first, p.second} == nodes:
+                    residuals[(batch, p.first, p.second)] = _error(p, kernels, {**{n: PRIOR for n in nodes}, **held})
+    values = [v for t in sm.values() for v in t.values()]
+    misses = sorted(abs(v) for v in residuals.values())
+    spread = misses[min(len(misses) - 1, int(SPREAD_QUANTILE * len(misses)))] if misses else 1.0
+    return OverlapFit(sm, percentiles(values)[1] if values else 0.0, residuals, spread, source)
 
 
-def _fit_batch(ps: list[PairMeasure], kernels: dict[tuple[int, str], Kernel], prof: DeviceProfile) -> dict[str, float]:
-    """Coordinate descent over a grid: deterministic, and a handful of nodes per batch."""
-    s = {n: PRIOR for p in ps for n in (p.main, p.alt)}
+def _fit_batch(ps: list[PairMeasure], kernels: dict[tuple[int, str], Demand]) -> dict[str, float]:
+    """Coordinate descent over a grid from the prior, until a sweep changes nothing (at most
+    SWEEPS): deterministic, and a handful of nodes per batch."""
+    s = {n: PRIOR for p in ps for n in (p.first, p.second)}
     for _ in range(SWEEPS):
+        moved = False
         for node in sorted(s):
-            mine = [p for p in ps if node in (p.main, p.alt)]
+            was = s[node]
+            mine = [p for p in ps if node in (p.first, p.second)]
             best = None
             for v in SM_GRID:
                 s[node] = v
-                loss = PRIOR_WEIGHT * (v - PRIOR) ** 2 + sum(_error(p, kernels, prof, s) ** 2 for p in mine)
+                loss = PRIOR_WEIGHT * (v - PRIOR) ** 2 + sum(_error(p, kernels, s) ** 2 for p in mine)
                 if best is None or loss < best[0]:
                     best = (loss, v)
             s[node] = best[1]
+            moved |= best[1] != was
+        if not moved:
+            break
     return s
 
 
-def _error(p: PairMeasure, kernels: dict[tuple[int, str], Kernel], prof: DeviceProfile,
-           sm: dict[str, float]) -> float:
-    a, b = kernels[(p.batch, p.main)], kernels[(p.batch, p.alt)]
-    return pair_excess(prof, replace(a, sm=sm[p.main]), replace(b, sm=sm[p.alt])) - p.excess
+def _error(p: PairMeasure, kernels: dict[tuple[int, str], Demand], sm: dict[str, float]) -> float:
+    a, b = kernels[(p.batch, p.first)], kernels[(p.batch, p.second)]
+    return demand_excess(a, b, sm[p.first], sm[p.second]) - max(0.0, p.excess)
 
 
-def pair_table(pairs: list[PairMeasure]) -> dict[str, BatchTable]:
-    """"first|second" -> batch -> measured excess; below 0 (noise, or a pair that ran faster than
-    its longer node alone) reads as 0: concurrency is never modelled as a speed-up."""
-    out: dict[str, BatchTable] = {}
-    for p in pairs:
-        out.setdefault(f"{p.main}|{p.alt}", {})[p.batch] = max(0.0, p.excess)
-    return out
-
-
-def ar_factor(pairs: list[PairMeasure], collectives: set[str], device: str) -> tuple[float, str]:
+def ar_factor(pairs: list[PairMeasure], collectives: set[str], device: str) -> Param:
     """The engine slows an all-reduce by f while another lane runs and leaves the other kernel
     alone, so a pair where the all-reduce outlasts the other kernel X ends at
-    d_X + d_AR - d_X / f: f = d_X / (d_X + d_AR - makespan), median over batches."""
+    d_X + d_AR - d_X / f: f = d_X / (d_X + d_AR - makespan), median over batches; spread: the
+    farthest batch."""
     fs = []
     for p in pairs:
-        if p.main in collectives or p.alt in collectives:
-            ar, x = (p.main_us, p.alt_us) if p.main in collectives else (p.alt_us, p.main_us)
+        if p.first in collectives or p.second in collectives:
+            ar, x = (p.first_us, p.second_us) if p.first in collectives else (p.second_us, p.first_us)
             if ar > x and p.together_us > ar:
                 fs.append(x / max(x + ar - p.together_us, 1e-3))
             elif ar > x:
                 fs.append(1.0)
     if not fs:
-        return 1.0, "not calibrated: no all-reduce pair in the pairwise data"
+        return Param(1.0, "not calibrated: no all-reduce pair in the pairwise data")
     f = max(1.0, percentiles(fs)[1])
-    return f, (f"measured: bench/pairwise.py on {device}: emulated all-reduce (spin kernel) beside "
-               f"a GEMM on the other stream, {len(fs)} batches (one GPU: a real all-reduce needs several)")
+    return Param(f, f"measured: bench/pairwise.py on {device}: emulated all-reduce (spin kernel) beside "
+                 f"a GEMM on the other stream, {len(fs)} batches (one GPU: a real all-reduce needs several)",
+                 spread=max(abs(max(1.0, x) - f) for x in fs))
 
 
 def fit_pairwise(pw: Pairwise, prof: DeviceProfile, state: str | None = None) -> PairwiseFit:
     """`prof`: the profile calibrated so far (node bytes over HBM bandwidth for the demand model)."""
     st = choose_state(pw, state)
     source = f"measured: bench/pairwise.py on {pw.device} ({st} process state)"
-    fence_extra, entry = fence_and_entry(pw, st)
-    layer = build_layer(RankDims(MODELS[pw.model], Shape(**pw.shape)), Variant(**pw.variant))
-    collectives = {n.name for n in layer.nodes if n.is_collective}
+    fence_extra, entry = fence_and_entry(pw, st, source)
+    variant = Variant(**pw.variant)
+    collectives = {n.name for n in _layer_at(prof, variant).nodes if n.is_collective}
     measured = pair_measures(pw, st)
-    pairs = [p for p in measured if p.main not in collectives and p.alt not in collectives]
-    kernels = _kernels(pw, prof, pairs)
-    demand = replace(prof, concurrency_slowdown=Param(0.0, "superseded by SM demands"), pair_excess={})
-    sm = fit_sm_demand(pairs, kernels, demand)
-    residuals = {(p.batch, p.main, p.alt): _error(p, kernels, demand, {n: t[p.batch] for n, t in sm.items()
-                                                                       if p.batch in t})
-                 for p in pairs}
-    values = [v for t in sm.values() for v in t.values()]
-    f, ar_src = ar_factor(measured, collectives, pw.device)
-    return PairwiseFit(st, source, fence_extra, entry, pair_table(pairs), sm,
-                       percentiles(values)[1] if values else 0.0, f, ar_src, pairs, residuals)
+    pairs = [p for p in measured if p.first not in collectives and p.second not in collectives]
+    return PairwiseFit(st, source, fence_extra, entry, pairs, ar_factor(measured, collectives, pw.device),
+                       fit_overlap(pairs, prof, variant, source))
+
+
+def _layer_at(prof: DeviceProfile, variant: Variant):
+    shape = prof.provenance.shape
+    return build_layer(RankDims(MODELS[shape.model], Shape(4, shape.context, shape.tp, shape.page_size,
+                                                           shape.kv_cache)), variant)
+
+
+def pair_note(source: str, pairs: tuple[PairMeasure, ...]) -> str:
+    return (f"{source}: (makespan of A dispatched first beside B - the longer alone) / the shorter alone, "
+            f"each beside an empty kernel in the same fork/join harness; {len(pairs)} measurements, "
+            "below 0 read as 0")
+
+
+def add_pairs(prof: DeviceProfile, pairs: list[PairMeasure], source: str) -> DeviceProfile:
+    """The profile with `pairs` measured (by `calibrate --measure --for`) added: a pair already
+    there at that batch is replaced, the demand model refitted to them all, and its spread with it.
+    `pairs` must have run in the profile's `pair_variant` (or set one when it has none)."""
+    new = {(p.batch, p.first, p.second) for p in pairs}
+    merged = tuple(p for p in prof.pair_measures if (p.batch, p.first, p.second) not in new) + tuple(pairs)
+    fit = fit_overlap(list(merged), prof, Variant(**prof.pair_variant), source)
+    default, spread = fit.params()
+    return replace(prof, pair_measures=merged, pair_source=pair_note(source, merged), sm_demand=fit.sm_demand,
+                   sm_source=fit.note, default_sm_demand=default, overlap_model_spread=spread)

@@ -1,0 +1,187 @@
+"""A simulated per-layer latency with its prediction interval, and the overlaps it rests on.
+
+The interval is the sum of bounds, each from the calibration's own evidence (a bound added to a
+bound stays a bound; the parts are listed, so nothing hides in the total):
+- calibration noise: how far a fresh run of the calibration's serial layer lands
+  (`check.run_noise`, per batch), as a fraction of the prediction;
+- launch gap, fence, graph entry, all-reduce factor: each parameter's spread (how far the
+  calibration's evidence at this batch lies from the value used) times how often the layout
+  pays it per layer (kernels, cross-lane edges, replays, all-reduce time);
+- unmeasured overlaps: for every pair of kernels that shared the device in the simulated replay
+  and whose ordered pair the profile did not measure at this batch, the demand model's
+  leave-one-out spread over the measured pairs (`overlap_model_spread`, in units of the shorter
+  kernel) times the work the shorter one did beside the other;
+- shape: every node moved from its calibrated point to this shape (sim/shape.py), by the rule's
+  own miss rate on the measured batches times the move.
+
+Which overlaps a layout creates comes from its simulated replay, never from a list: the pairs
+the engine ran side by side, with which one it let keep its pace (`Overlap`). `missing_pairs`
+is what `streamlab calibrate --measure --for` measures and adds (sim/pairwise.add_pairs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streamlab.layer import Layer
+from streamlab.scenario import Scenario
+from streamlab.schedule.program import Program
+from streamlab.sim.costs import node_costs
+from streamlab.sim.engine import Overlap, Simulation, run
+from streamlab.sim.profile import DeviceProfile
+from streamlab.sim.profile_file import check_profile_for
+from streamlab.sim.shape import NodeLatency, shape_spread
+from streamlab.timeline import Timeline
+
+
+@dataclass(frozen=True)
+class Band:
+    """One part of the interval: +- `us` per layer, and how it was computed."""
+
+    name: str
+    us: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the simulator predicts for one layout at one shape, and how sure it is."""
+
+    scenario: str
+    profile: str
+    batch: int
+    layers: int
+    per_layer_us: float
+    bands: tuple[Band, ...]
+    overlaps: tuple[Overlap, ...]
+    moved: tuple[NodeLatency, ...]  # nodes scaled from a calibrated point to this shape
+    simulation: Simulation = field(compare=False, repr=False)
+
+    @property
+    def half_width_us(self) -> float:
+        return sum(b.us for b in self.bands)
+
+    @property
+    def low_us(self) -> float:
+        return self.per_layer_us - self.half_width_us
+
+    @property
+    def high_us(self) -> float:
+        return self.per_layer_us + self.half_width_us
+
+    @property
+    def timeline(self) -> Timeline:
+        return self.simulation.timeline
+
+    @property
+    def unmeasured(self) -> tuple[Overlap, ...]:
+        return tuple(o for o in self.overlaps if not o.measured)
+
+    def overlaps_line(self) -> str:
+        """e.g. `5 of 7 overlaps measured; 2 extrapolated: a|b, c|d`."""
+        if not self.overlaps:
+            return "no overlaps (one kernel at a time)"
+        n, out = len(self.overlaps), self.unmeasured
+        line = f"{n - len(out)} of {n} overlaps measured"
+        return line + (f"; {len(out)} extrapolated: " + ", ".join(o.pair for o in out) if out else "")
+
+    def shape_line(self) -> str | None:
+        if not self.moved:
+            return None
+        why = sorted({m.moved_from for m in self.moved})
+        return f"extrapolates {len(self.moved)} node latencies from the calibrated shape: " + "; ".join(why)
+
+    def line(self) -> str:
+        return (f"{self.per_layer_us:.1f} us per layer, interval {self.low_us:.1f} - {self.high_us:.1f} us "
+                f"(simulated on profile {self.profile}: a prediction, not a measurement)")
+
+    def describe(self) -> list[str]:
+        """The prediction as `streamlab sim` prints it."""
+        parts = ", ".join(f"{b.name} +-{b.us:.1f}" for b in self.bands)
+        lines = [f"[bold]prediction[/] {self.line()}", f"  interval: {parts} us",
+                 f"  overlaps: {self.overlaps_line()}"]
+        shape = self.shape_line()
+        return lines + ([f"  shape: {shape}"] if shape else [])
+
+    def to_json(self) -> dict:
+        return {"per_layer_us": self.per_layer_us, "low_us": self.low_us, "high_us": self.high_us,
+                "bands": [{"name": b.name, "us": b.us, "source": b.source} for b in self.bands],
+                "overlaps": [{"first": o.first, "second": o.second, "measured": o.measured,
+                              "first_us": o.first_us, "second_us": o.second_us} for o in self.overlaps],
+                "overlaps_line": self.overlaps_line(),
+                "moved_nodes": [{"node": m.node, "us": m.us, "moved_us": m.moved_us, "from": m.moved_from}
+                                for m in self.moved]}
+
+
+def measure_command(scenarios: list[str], profile: DeviceProfile) -> str:
+    """The command that measures the overlaps these layouts create and the profile lacks."""
+    source = profile.origin if profile.origin and "/sim/profiles/" not in profile.origin else profile.name
+    return (f"streamlab calibrate --measure --for {' '.join(scenarios)} --profile {source} "
+            f"--out {profile.name}-more-pairs.yaml")
+
+
+def layout_overlaps(layer: Layer, program: Program, profile: DeviceProfile, layers: int = 4) -> tuple[Overlap, ...]:
+    """Every pair of compute kernels the layout runs side by side on this profile, in the order the
+    engine treats them (first: the one that keeps its pace), each flagged measured or not."""
+    return run(layer, program, profile, layers).overlaps
+
+
+def missing_pairs(layer: Layer, program: Program, profile: DeviceProfile, layers: int = 4) -> list[tuple[str, str]]:
+    """The ordered pairs (first on the stream forked from, second on the other) the layout creates at
+    the layer's batch that the profile has not measured there: what `calibrate --for` measures.
+    Measuring them changes the simulated replay, which may then create other overlaps: call again
+    after adding them until it returns nothing."""
+    return [(o.first, o.second) for o in layout_overlaps(layer, program, profile, layers) if not o.measured]
+
+
+def predict(scen: Scenario, profile: DeviceProfile, *, layers: int | None = None,
+            other_model: bool = False) -> Prediction:
+    """The scenario simulated on `profile`, with its interval (module docstring). `other_model`:
+    the user asked for a model the profile was not calibrated on (`sim --model`)."""
+    layer, n = scen.layer, layers or scen.measure.layers
+    key = ("checked", layer.dims, layer.variant, other_model)
+    if key not in profile.cache:
+        check_profile_for(profile, layer, other_model=other_model)
+        profile.cache[key] = True
+    sim = run(layer, scen.program, profile, n)
+    return Prediction(scen.name, profile.name, layer.dims.tokens, n, sim.per_layer_us,
+                      bands(sim, profile, layer), sim.overlaps,
+                      tuple(x for x in node_costs(layer, profile).latency if x.extrapolated), sim)
+
+
+def bands(sim: Simulation, profile: DeviceProfile, layer: Layer) -> tuple[Band, ...]:
+    """The interval's parts for one simulated replay (module docstring)."""
+    batch, g, c = layer.dims.tokens, sim.graph, sim.costs
+    multi = g.multi
+    noise = profile.calibration_noise.at(batch)
+    out = [Band("calibration noise", noise * sim.per_layer_us,
+                f"{noise:.2%} of the layer: {profile.calibration_noise.source}")]
+    kernels = sum(c.kernels)
+    gap = profile.lane_gap(multi)
+    out.append(Band("launch gap", gap.spread_at(batch) * kernels,
+                    f"+-{gap.spread_at(batch):.3g} us x {kernels} kernels per layer: {gap.source}"))
+    if multi:
+        cross = sum(1 for ps in g.parents for _, other in ps if other) / g.layers
+        out.append(Band("fence", profile.fence_us.spread_at(batch) * cross,
+                        f"+-{profile.fence_us.spread_at(batch):.3g} us x {cross:g} cross-lane edges per layer: "
+                        f"{profile.fence_us.source}"))
+        entry = profile.multi_stream_graph_entry_us
+        out.append(Band("graph entry", entry.spread / g.layers,
+                        f"+-{entry.spread:.3g} us per replay / {g.layers} layers: {entry.source}"))
+        ar = profile.ar_concurrency_factor
+        ar_us = sum(us for us, coll in zip(c.alone_us, c.collective) if coll)
+        out.append(Band("all-reduce factor", ar.spread * ar_us,
+                        f"+-{ar.spread:.3g} x {ar_us:.1f} us of all-reduce per layer: {ar.source}"))
+    q = profile.overlap_model_spread
+    unmeasured = [o for o in sim.overlaps if not o.measured]
+    beside = sum(o.shorter_us for o in unmeasured)
+    out.append(Band("unmeasured overlaps", q.value * beside,
+                    f"{len(unmeasured)} pairs, {beside:.1f} us of the shorter kernels' work beside the other "
+                    f"x {q.value:.2f}: {q.source}"))
+    moved = [x for x in c.latency if x.extrapolated]
+    if moved:
+        kappa, how = shape_spread(profile)
+        total = sum(abs(x.moved_us) for x in moved)
+        out.append(Band("shape", kappa * total, f"{len(moved)} nodes moved {total:.1f} us from their calibrated "
+                        f"points x {kappa:.2f}: {how}"))
+    return tuple(b for b in out if b.us > 0 or b.name == "calibration noise")
