@@ -1,10 +1,18 @@
 """Simulator accuracy on measured runs. The profile is calibrated from the serial layout, isolated
-nodes and the pairwise micro-benchmark; the dual-stream layouts are held out and compared here.
+nodes and the pairwise micro-benchmark; the dual-stream layouts are held out and compared here,
+each with its prediction interval (sim/predict.py): coverage is how many measured medians fall
+inside their intervals.
 
     python bench/sim_accuracy.py MATRIX.json [--pairwise PAIRWISE.json] [--name h100]
         [--profile-out streamlab/sim/profiles/h100.yaml] [--out sim_accuracy.md]
     python bench/sim_accuracy.py MATRIX.json --profile streamlab/sim/profiles/h200.yaml
     ... [--traces traces/h100-2026-11-22]  (adds each node's time inside the layer vs the run traces)
+
+With --pairwise the report adds the before / after `calibrate --for` comparison: the same
+held-out layouts predicted by a profile calibrated without any pair, by one whose pairs lack
+those the layout itself creates (derived from its simulated replay, both orders, every batch:
+what `--for` would measure), and by the complete one. The intervals must widen where pairs are
+missing, not the errors hide.
 
 Tie rule (TIE_RULE below): two layouts tie at a batch when their measured per-layer medians
 differ by less than the larger of their repeat spreads (max - min of the repeat medians, in us):
@@ -27,7 +35,8 @@ from streamlab.check import run_noise
 from streamlab.io import write_atomic
 from streamlab.scenario import load
 from streamlab.sim.calibrate import calibrate
-from streamlab.sim.engine import per_layer_us, simulate
+from streamlab.sim.pairwise import with_pairs
+from streamlab.sim.predict import Prediction, predict
 from streamlab.sim.profile import DeviceProfile
 from streamlab.sim.profile_file import dump_profile, load_profile
 from streamlab.trace.chrome import read_chrome
@@ -52,13 +61,16 @@ def measured_runs(matrix: Path) -> dict[tuple[str, int], Measured]:
             for r in json.loads(matrix.read_text()) if "measured" in r}
 
 
-def simulated_timeline(profile: DeviceProfile, name: str, batch: int):
-    scen = load(ROOT / "scenarios" / f"{name}.yaml").override(batch=batch)
-    return simulate(scen.layer, scen.program, profile, scen.measure.layers), scen.measure.layers
+def scenario(name: str, batch: int):
+    return load(ROOT / "scenarios" / f"{name}.yaml").override(batch=batch)
+
+
+def predictions(profile: DeviceProfile, batch: int, layouts=LAYOUTS) -> dict[str, Prediction]:
+    return {name: predict(scenario(name, batch), profile) for name in layouts}
 
 
 def simulated(profile: DeviceProfile, batch: int) -> dict[str, float]:
-    return {name: per_layer_us(*simulated_timeline(profile, name, batch)) for name in LAYOUTS}
+    return {name: p.per_layer_us for name, p in predictions(profile, batch).items()}
 
 
 def node_lines(profile: DeviceProfile, traces: Path, batches: list[int]) -> list[str]:
@@ -74,7 +86,7 @@ def node_lines(profile: DeviceProfile, traces: Path, batches: list[int]) -> list
             if name == CALIBRATION or not path.exists():
                 continue
             traced = summarize(read_chrome(path)).nodes
-            sim = summarize(simulated_timeline(profile, name, batch)[0]).nodes
+            sim = summarize(predict(scenario(name, batch), profile).timeline).nodes
             off = {n: sim[n].mean - traced[n].mean for n in sim if n in traced}
             errors += [abs(v) for v in off.values()]
             worst = sorted(off, key=lambda n: -abs(off[n]))[:3]
@@ -118,29 +130,107 @@ def ranking_lines(batch: int, sim: dict[str, float], meas: dict[str, Measured]) 
              f"ties: {'; '.join(ties) or 'none'})")]
 
 
+@dataclass(frozen=True)
+class Scores:
+    """Held-out accuracy of one profile: errors as fractions, intervals as half-widths."""
+
+    errors: list[float]  # signed (simulated - measured) / measured
+    inside: list[bool]
+    half_widths: list[float]  # half the interval / measured
+    unmeasured: int  # overlaps extrapolated, over all held-out predictions
+    overlaps: int
+
+    def line(self, label: str) -> str:
+        n = len(self.errors)
+        return (f"| {label} | {100 * sum(map(abs, self.errors)) / n:.2f}% | {100 * max(map(abs, self.errors)):.2f}% | "
+                f"{sum(self.inside)} of {n} ({100 * sum(self.inside) / n:.0f}%) | "
+                f"{100 * sum(self.half_widths) / n:.2f}% | {self.overlaps - self.unmeasured} of {self.overlaps} |")
+
+
+def score(runs: dict[tuple[str, int], Measured], pred: dict[tuple[str, int], Prediction]) -> Scores:
+    held = [k for k in pred if k[0] != CALIBRATION]
+    meas = {k: runs[k].us for k in held}
+    return Scores([(pred[k].per_layer_us - meas[k]) / meas[k] for k in held],
+                  [pred[k].low_us <= meas[k] <= pred[k].high_us for k in held],
+                  [pred[k].half_width_us / meas[k] for k in held],
+                  sum(len(pred[k].unmeasured) for k in held), sum(len(pred[k].overlaps) for k in held))
+
+
+SCORE_HEADER = ["| profile | mean abs error | worst | measured inside the interval | mean half-width | overlaps measured |",
+                "|---|---|---|---|---|---|"]
+
+
 def report(matrix: Path, profile: DeviceProfile, origin: str, traces: Path | None = None) -> str:
     runs = measured_runs(matrix)
+    batches = sorted({b for _, b in runs})
     lines = [f"profile {profile.name} ({origin}) vs {matrix}", "",
-             "| batch | layout | simulated us | measured us | noise us | error | held out |",
-             "|---|---|---|---|---|---|---|"]
-    errors, rankings = [], []
-    for batch in sorted({b for _, b in runs}):
-        sim = simulated(profile, batch)
+             "| batch | layout | simulated us | interval us | measured us | noise us | error | inside | held out |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    pred, rankings = {}, []
+    for batch in batches:
+        mine = predictions(profile, batch)
+        pred.update({(n, batch): p for n, p in mine.items()})
         meas = {n: runs[(n, batch)] for n in LAYOUTS}
-        for name in LAYOUTS:
-            err = (sim[name] - meas[name].us) / meas[name].us
-            held = name != CALIBRATION
-            if held:
-                errors.append(abs(err))
-            lines.append(f"| {batch} | {name} | {sim[name]:.1f} | {meas[name].us:.1f} | "
-                         f"{meas[name].noise_us:.1f} | {100 * err:+.1f}% | {'yes' if held else 'no (calibration)'} |")
-        rankings += ranking_lines(batch, sim, meas)
-    lines += ["", f"mean absolute percentage error over held-out layouts: {100 * sum(errors) / len(errors):.2f}%",
-              "", f"Ranking per batch. Tie rule: {TIE_RULE}.", ""] + rankings
+        for name, p in mine.items():
+            m = meas[name].us
+            lines.append(f"| {batch} | {name} | {p.per_layer_us:.1f} | {p.low_us:.1f} - {p.high_us:.1f} | {m:.1f} | "
+                         f"{meas[name].noise_us:.1f} | {100 * (p.per_layer_us - m) / m:+.1f}% | "
+                         f"{'yes' if p.low_us <= m <= p.high_us else 'NO'} | "
+                         f"{'yes' if name != CALIBRATION else 'no (calibration)'} |")
+        rankings += ranking_lines(batch, {n: p.per_layer_us for n, p in mine.items()}, meas)
+    scores = score(runs, pred)
+    n = len(scores.errors)
+    lines += ["", (f"mean absolute percentage error over held-out layouts: "
+              f"{100 * sum(map(abs, scores.errors)) / n:.2f}%; measured inside the predicted interval: "
+              f"{sum(scores.inside)} of {n}; mean half-width {100 * sum(scores.half_widths) / n:.2f}%"),
+              "", "Interval parts of each held-out prediction (+- us per layer):", "",
+              "| batch | layout | " + " | ".join(BANDS) + " | overlaps |", "|---|---|" + "---|" * (len(BANDS) + 1)]
+    for (name, batch), p in sorted(pred.items(), key=lambda kv: (kv[0][1], LAYOUTS.index(kv[0][0]))):
+        if name == CALIBRATION:
+            continue
+        parts = {b.name: b.us for b in p.bands}
+        lines.append(f"| {batch} | {name} | " + " | ".join(f"{parts.get(b, 0.0):.1f}" for b in BANDS)
+                     + f" | {p.overlaps_line()} |")
+    lines += ["", f"Ranking per batch. Tie rule: {TIE_RULE}.", ""] + rankings
     if traces is not None:
-        lines += [""] + node_lines(profile, traces, sorted({b for _, b in runs}))
-    lines += ["", "DeviceProfile parameters:", ""] + [f"- {k} = {v}: {src}" for k, v, src in profile.describe()]
+        lines += [""] + node_lines(profile, traces, batches)
+    lines += ["", "Profile parameters:", ""] + [f"- {k} = {v}: {src}" for k, v, src in profile.describe()]
     return "\n".join(lines) + "\n"
+
+
+BANDS = ("calibration noise", "launch gap", "fence", "graph entry", "all-reduce factor", "unmeasured overlaps")
+
+
+def pairs_of(profile: DeviceProfile, layout: str, batches: list[int]) -> set[frozenset[str]]:
+    """The node pairs a layout overlaps in its simulated replay, at any of the batches."""
+    return {frozenset((o.first, o.second)) for b in batches
+            for o in predict(scenario(layout, b), profile).overlaps}
+
+
+def before_after(matrix: Path, runs_paths: list[Path], pairwise: Path, full: DeviceProfile) -> str:
+    """The held-out layouts predicted without any pair, without their own pairs, and with every
+    pair (module docstring)."""
+    runs = measured_runs(matrix)
+    batches = sorted({b for _, b in runs})
+    held = [n for n in LAYOUTS if n != CALIBRATION]
+    bare = calibrate([matrix, *runs_paths], full.name)
+    settings = {"calibrated without pairwise.json": {}, "pairwise, the layout's own pairs removed (before --for)": {},
+                "pairwise complete (after --for)": {}}
+    rows = []
+    for name in held:
+        own = pairs_of(full, name, batches)
+        kept = tuple(p for p in full.pair_measures if frozenset((p.first, p.second)) not in own)
+        without = with_pairs(full, kept, f"{pairwise} without {name}'s pairs")
+        for label, prof in zip(settings, (bare, without, full)):
+            for b in batches:
+                settings[label][(name, b)] = predict(scenario(name, b), prof)
+        rows.append(f"- {name}: {len(own)} node pairs removed ({len(full.pair_measures) - len(kept)} measurements): "
+                    + ", ".join(sorted("|".join(sorted(p)) for p in own)))
+    return "\n".join(
+        ["Before / after `calibrate --for` (held-out layouts at every batch):", "", *SCORE_HEADER]
+        + [score(runs, pred).line(label) for label, pred in settings.items()]
+        + ["", "Pairs removed per layout (those its simulated replay overlaps, both orders, every batch):", ""]
+        + rows) + "\n"
 
 
 def main() -> None:
@@ -175,6 +265,8 @@ def main() -> None:
         if args.profile_out:
             write_atomic(args.profile_out, dump_profile(profile))
     text = report(args.matrix, profile, origin, args.traces)
+    if args.pairwise and not args.profile:
+        text += "\n" + before_after(args.matrix, args.calibration, args.pairwise, profile)
     if args.out:
         write_atomic(args.out, text)
     print(text, end="")

@@ -306,13 +306,23 @@ def pair_note(source: str, pairs: tuple[PairMeasure, ...]) -> str:
             "below 0 read as 0")
 
 
+def with_pairs(prof: DeviceProfile, pairs: tuple[PairMeasure, ...], source: str) -> DeviceProfile:
+    """The profile with exactly these measured pairs, its demand model and spread refitted to them
+    (no pairs: the prior, every overlap unmeasured). `pairs` ran in the profile's `pair_variant`."""
+    if not pairs:
+        return replace(prof, pair_measures=(), pair_source="", sm_demand={}, sm_source="",
+                       default_sm_demand=DeviceProfile.__dataclass_fields__["default_sm_demand"].default,
+                       overlap_model_spread=DeviceProfile.__dataclass_fields__["overlap_model_spread"].default)
+    fit = fit_overlap(list(pairs), prof, Variant(**prof.pair_variant), source)
+    default, spread = fit.params()
+    return replace(prof, pair_measures=tuple(pairs), pair_source=pair_note(source, pairs), sm_demand=fit.sm_demand,
+                   sm_source=fit.note, default_sm_demand=default, overlap_model_spread=spread)
+
+
 def add_pairs(prof: DeviceProfile, pairs: list[PairMeasure], source: str) -> DeviceProfile:
     """The profile with `pairs` measured (by `calibrate --measure --for`) added: a pair already
     there at that batch is replaced, the demand model refitted to them all, and its spread with it.
-    `pairs` must have run in the profile's `pair_variant` (or set one when it has none)."""
+    `pairs` must have run in the profile's `pair_variant`."""
     new = {(p.batch, p.first, p.second) for p in pairs}
-    merged = tuple(p for p in prof.pair_measures if (p.batch, p.first, p.second) not in new) + tuple(pairs)
-    fit = fit_overlap(list(merged), prof, Variant(**prof.pair_variant), source)
-    default, spread = fit.params()
-    return replace(prof, pair_measures=merged, pair_source=pair_note(source, merged), sm_demand=fit.sm_demand,
-                   sm_source=fit.note, default_sm_demand=default, overlap_model_spread=spread)
+    kept = tuple(p for p in prof.pair_measures if (p.batch, p.first, p.second) not in new)
+    return with_pairs(prof, kept + tuple(pairs), source)
