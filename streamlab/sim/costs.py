@@ -16,6 +16,12 @@ from streamlab.sim.profile import DeviceProfile
 from streamlab.sim.shape import NodeLatency, node_latencies
 
 
+# Kernels that do not pay `queue_wait_kernel_us`: on MI355X, with the alt stream on, the indexer's
+# memory-bound kernels ran +0.5..2.4 us each and its FP8 GEMMs ~+0 (reference section 5); the
+# all-reduce has its own factor.
+QUEUE_WAIT_EXEMPT = frozenset({"fp8_linear", "bmm_fp8", "fused_moe", "allreduce"})
+
+
 @dataclass(frozen=True)
 class LaneCosts:
     """Costs that depend on whether the graph has one lane or several."""
@@ -73,7 +79,9 @@ def _costs(layer: Layer, profile: DeviceProfile) -> NodeCosts:
     def lane(multi: bool) -> LaneCosts:
         per_kernel = profile.lane_gap_us(multi, batch)
         gap, trim = max(0.0, per_kernel), min(0.0, per_kernel)  # idle after each kernel; or each runs shorter
-        work = tuple(max(0.0, a + (k - 1) * gap + k * trim) for a, k in zip(alone, kernels))
+        wait = profile.queue_wait_kernel_us.at(batch) if multi else 0.0
+        work = tuple(max(0.0, a + (k - 1) * gap + k * trim) + (0.0 if n.op in QUEUE_WAIT_EXEMPT else k * wait)
+                     for a, k, n in zip(alone, kernels, layer.nodes))
         hbm = tuple(profile.bandwidth_demand(n, w) for n, w in zip(layer.nodes, work))
         ar = 1.0 / profile.ar_concurrency_factor.value if multi and profile.ar_scope == "graph" else 1.0
         solo = tuple(ar if n.is_collective else min(1.0 / max(1.0, h, s), 1.0)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from streamlab.layer import Layer
 from streamlab.scenario import Scenario
 from streamlab.schedule.program import Program
-from streamlab.sim.costs import node_costs
+from streamlab.sim.costs import QUEUE_WAIT_EXEMPT, node_costs
 from streamlab.sim.engine import Overlap, Simulation, run
 from streamlab.sim.profile import DeviceProfile
 from streamlab.sim.profile_file import check_profile_for
@@ -168,6 +168,13 @@ def bands(sim: Simulation, profile: DeviceProfile, layer: Layer) -> tuple[Band, 
         entry = profile.multi_stream_graph_entry_us
         out.append(Band("graph entry", entry.spread / g.layers,
                         f"+-{entry.spread:.3g} us per replay / {g.layers} layers: {entry.source}"))
+        layer_entry = profile.multi_stream_entry_us
+        out.append(Band("layer entry", layer_entry.spread_at(batch),
+                        f"+-{layer_entry.spread_at(batch):.3g} us per layer: {layer_entry.source}"))
+        wait = profile.queue_wait_kernel_us
+        paying = sum(k for k, op in zip(c.kernels, c.ops) if op not in QUEUE_WAIT_EXEMPT)
+        out.append(Band("queue wait", wait.spread_at(batch) * paying,
+                        f"+-{wait.spread_at(batch):.3g} us x {paying} kernels per layer: {wait.source}"))
         ar = profile.ar_concurrency_factor
         ar_us = sum(us for us, coll in zip(c.alone_us, c.collective) if coll)
         out.append(Band("all-reduce factor", ar.spread * ar_us,

@@ -133,6 +133,7 @@ class DeviceProfile:
     multi_stream_graph_entry_us: Param = UNMODELLED  # per replay: idle of a graph of several lanes
     multi_stream_launch_gap_us: Param = UNMODELLED  # launch gap in a graph of several lanes (unset: launch_gap_us)
     default_sm_demand: Param = UNMODELLED  # for nodes without a fitted sm_demand
+    queue_wait_kernel_us: Param = UNMODELLED  # per kernel (not FP8 GEMMs) in a graph of several queues
     overlap_model_spread: Param = Param(NO_OVERLAP_DATA, "prior: no pair measured, an unmeasured overlap may "
                                         "cost anything from nothing to the shorter kernel's whole latency")
     hardware: str = ""  # models/hardware.py entry for the compute peaks of roofline floors
@@ -233,7 +234,8 @@ class DeviceProfile:
 
 PARAMS = ("hbm_gbs", "launch_gap_us", "multi_stream_launch_gap_us", "fence_us", "graph_entry_us",
           "ar_concurrency_factor", "multi_stream_entry_us", "multi_stream_graph_entry_us",
-          "concurrency_slowdown", "default_sm_demand", "calibration_noise", "overlap_model_spread")
+          "concurrency_slowdown", "queue_wait_kernel_us", "default_sm_demand", "calibration_noise",
+          "overlap_model_spread")
 
 
 def load_profile(name_or_path: str) -> DeviceProfile:

@@ -51,7 +51,7 @@ REQUIRED = ("format", "name", "streams", "provenance", "hbm_gbs", "launch_gap_us
             "ar_concurrency_factor", "multi_stream_entry_us", "concurrency_slowdown", "calibration_noise",
             "node_us")
 OPTIONAL = ("hip_queues", "ar_scope", "hardware", "multi_stream_graph_entry_us", "multi_stream_launch_gap_us",
-            "default_sm_demand", "overlap_model_spread", "op_overhead_us", "op_efficiency", "node_kernels",
+            "default_sm_demand", "overlap_model_spread", "queue_wait_kernel_us", "op_overhead_us", "op_efficiency", "node_kernels",
             "node_source", "variant_source", "variant_node_us", "sm_source", "sm_demand", "pair_source",
             "pair_variant", "pair_measures", "reference")
 # accepted values of each parameter: (lowest, lowest allowed itself, highest, what it means)
@@ -65,6 +65,7 @@ RANGES = {
     "multi_stream_graph_entry_us": (0.0, True, math.inf, ">= 0 us"),
     "ar_concurrency_factor": (0.0, False, math.inf, "> 0 (1: the all-reduce is not slowed)"),
     "concurrency_slowdown": (0.0, True, math.inf, ">= 0"),
+    "queue_wait_kernel_us": (0.0, True, math.inf, ">= 0 us per kernel"),
     "default_sm_demand": (0.0, True, 1.0, "0 to 1 (a share of the SMs / CUs)"),
     "calibration_noise": (0.0, True, 1.0, "0 to 1 (a fraction of the layer latency)"),
     "overlap_model_spread": (0.0, True, math.inf, ">= 0 (in units of the shorter kernel)"),
