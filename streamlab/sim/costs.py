@@ -15,7 +15,6 @@ from streamlab.layer import Layer
 from streamlab.sim.profile import DeviceProfile
 from streamlab.sim.shape import NodeLatency, node_latencies
 
-
 # Kernels that do not pay `queue_wait_kernel_us`: on MI355X, with the alt stream on, the indexer's
 # memory-bound kernels ran +0.5..2.4 us each and its FP8 GEMMs ~+0 (reference section 5); the
 # all-reduce has its own factor.
