@@ -11,6 +11,8 @@ import math
 from streamlab.layer.dag import DTYPE_BYTES, Layer, Node, TensorSpec, Variant, View
 from streamlab.models import FP8_BLOCK, RankDims
 
+DENSE_ONLY = frozenset({"dense_gate_up", "dense_act", "dense_down", "allreduce_mlp"})  # not in an MoE layer
+
 
 def expected_active_experts(experts: int, topk: int, tokens: int) -> float:
     """Distinct experts hit by `tokens` tokens routing to `topk` of `experts` uniformly."""
@@ -18,9 +20,10 @@ def expected_active_experts(experts: int, topk: int, tokens: int) -> float:
 
 
 class _Builder:
-    def __init__(self, dims: RankDims, variant: Variant) -> None:
+    def __init__(self, dims: RankDims, variant: Variant, dense: bool = False) -> None:
         self.d = dims
         self.v = variant
+        self.dense = dense
         self.tensors: dict[str, TensorSpec] = {}
         self.nodes: list[Node] = []
         self.groups: dict[str, list[str]] = {}
@@ -60,16 +63,16 @@ class _Builder:
         if self._group:
             self.groups.setdefault(self._group, []).append(name)
 
-    def group(self, name: str) -> "_Builder":
+    def group(self, name: str) -> _Builder:
         self._group = name
         return self
 
-    def fp8_linear(self, name: str, x: str, w: str, out: str, n: int, k: int) -> None:
+    def fp8_linear(self, name: str, x: str, w: str, out: str, n: int, k: int, **attrs) -> None:
         t = self.d.tokens
         ws = w + "_scale"
         self.node(name, "fp8_linear", {"x": x, "weight": w, "weight_scale": ws}, {"out": out},
                   flops=2 * t * n * k,
-                  extra_bytes=self.nbytes(w, ws) + t * k * 2 + t * self.tensors[out].shape[-1] * 2)
+                  extra_bytes=self.nbytes(w, ws) + t * k * 2 + t * self.tensors[out].shape[-1] * 2, **attrs)
 
     # -- the layer -----------------------------------------------------------------------
     def build(self) -> Layer:
@@ -243,10 +246,31 @@ class _Builder:
         self.node("post_norm", "rmsnorm_add",
                   {"x": "attn_reduced", "residual": "residual", "weight": "w_post_norm"},
                   {"out": "x2", "residual": "residual"}, flops=4 * T * H, eps=m.rms_norm_eps)
-        self.build_moe()
-        self.group("")
-        self.node("allreduce_moe", "allreduce", {"x": "moe_out"}, {"out": "hidden"})
+        if self.dense:
+            self.build_dense_mlp()
+            self.group("")
+            self.node("allreduce_mlp", "allreduce", {"x": "mlp_out"}, {"out": "hidden"})
+        else:
+            self.build_moe()
+            self.group("")
+            self.node("allreduce_moe", "allreduce", {"x": "moe_out"}, {"out": "hidden"})
         return Layer(self.d, self.v, self.tensors, self.nodes, self.groups)
+
+    def build_dense_mlp(self) -> None:
+        """The MLP of the first dense layers (GLM-5: 3 of 78): FP8 gate_up, SiLU-and-mul, FP8 down,
+        the ops the unfused shared expert uses at a larger intermediate (12288 / tp), so every
+        backend has their kernels."""
+        d, H, T = self.d, self.d.model.hidden_size, self.d.tokens
+        di = d.dense_inter
+        self.group("dense_mlp")
+        self.fp8_weight("w_mlp_gate_up", 2 * di, H)
+        self.fp8_weight("w_mlp_down", H, di)
+        self.t("mlp_gate_up", (T, 2 * di), "bf16")
+        self.t("mlp_act", (T, di), "bf16")
+        self.t("mlp_out", (T, H), "bf16")
+        self.fp8_linear("dense_gate_up", "x2", "w_mlp_gate_up", "mlp_gate_up", 2 * di, H)
+        self.node("dense_act", "silu_mul", {"x": "mlp_gate_up"}, {"out": "mlp_act"}, flops=4 * T * di)
+        self.fp8_linear("dense_down", "mlp_act", "w_mlp_down", "mlp_out", H, di)
 
     def build_moe(self) -> None:
         d, m, v = self.d, self.d.model, self.v
@@ -295,8 +319,10 @@ class _Builder:
                   flops=T * H)
 
 
-def build_layer(dims: RankDims, variant: Variant | None = None) -> Layer:
-    layer = _Builder(dims, variant or Variant()).build()
+def build_layer(dims: RankDims, variant: Variant | None = None, *, dense: bool = False) -> Layer:
+    """The decode layer at one rank's shape: an MoE layer, or with `dense` one of the model's
+    first dense layers (its MLP in group `dense_mlp`, no MoE)."""
+    layer = _Builder(dims, variant or Variant(), dense).build()
     layer.groups["moe"] = [n for g in ("routed_moe", "shared_expert") for n in layer.groups.get(g, [])] + (
         ["shared_add"] if "shared_add" in layer.by_name else [])
     return layer

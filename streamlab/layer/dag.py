@@ -107,6 +107,11 @@ class Layer:
     def node(self, name: str) -> Node:
         return self.by_name[name]
 
+    @property
+    def dense(self) -> bool:
+        """One of the model's first dense layers (an MLP, no MoE)."""
+        return "dense_mlp" in self.groups
+
     def base(self, tensor: str) -> str:
         spec = self.tensors[tensor]
         return self.base(spec.view.base) if spec.view else tensor

@@ -32,6 +32,10 @@ class ModelConfig:
     routed_scaling_factor: float
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    intermediate_size: int = 0  # the dense layers' MLP (first_k_dense_replace of them, then MoE)
+    first_k_dense_replace: int = 0
+    num_hidden_layers: int = 1
+    vocab_size: int = 0
 
 
 GLM5 = ModelConfig(
@@ -39,6 +43,7 @@ GLM5 = ModelConfig(
     qk_nope_head_dim=192, qk_rope_head_dim=64, v_head_dim=256, index_n_heads=32,
     index_head_dim=128, index_topk=2048, n_routed_experts=256, num_experts_per_tok=8,
     moe_intermediate_size=2048, n_shared_experts=1, routed_scaling_factor=2.5,
+    intermediate_size=12288, first_k_dense_replace=3, num_hidden_layers=78, vocab_size=154880,
 )
 
 DEEPSEEK_V32 = ModelConfig(
@@ -46,7 +51,8 @@ DEEPSEEK_V32 = ModelConfig(
     kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
     index_n_heads=64, index_head_dim=128, index_topk=2048, n_routed_experts=256,
     num_experts_per_tok=8, moe_intermediate_size=2048, n_shared_experts=1,
-    routed_scaling_factor=2.5,
+    routed_scaling_factor=2.5, intermediate_size=18432, first_k_dense_replace=3, num_hidden_layers=61,
+    vocab_size=129280,
 )
 
 # A small model of the same structure for fast tests: every dimension keeps the 128-granularity
@@ -56,6 +62,7 @@ TINY = ModelConfig(
     qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, index_n_heads=4,
     index_head_dim=128, index_topk=64, n_routed_experts=16, num_experts_per_tok=4,
     moe_intermediate_size=256, n_shared_experts=1, routed_scaling_factor=2.5,
+    intermediate_size=1024, first_k_dense_replace=1, num_hidden_layers=4, vocab_size=2048,
 )
 
 MODELS: dict[str, ModelConfig] = {m.name: m for m in (GLM5, DEEPSEEK_V32, TINY)}
@@ -93,6 +100,7 @@ class RankDims:
     qkv_a_padded: int = field(init=False)  # rounded up to the 128-row weight block
     moe_inter: int = field(init=False)
     shared_inter: int = field(init=False)
+    dense_inter: int = field(init=False)  # the dense layers' MLP intermediate per rank
     pages_per_seq: int = field(init=False)
     num_pages: int = field(init=False)
     index_cache_bytes: int = field(init=False)  # 128 fp8 + one fp32 scale per token
@@ -100,7 +108,8 @@ class RankDims:
     def __post_init__(self) -> None:
         m, s = self.model, self.shape
         for what, n in (("num_attention_heads", m.num_attention_heads),
-                        ("moe_intermediate_size", m.moe_intermediate_size)):
+                        ("moe_intermediate_size", m.moe_intermediate_size),
+                        ("intermediate_size", m.intermediate_size)):
             if n % s.tp:
                 raise ValueError(f"{what}={n} is not divisible by tp={s.tp}")
         set_ = object.__setattr__
@@ -112,6 +121,7 @@ class RankDims:
         set_(self, "qkv_a_padded", ceil_to(self.qkv_a_dim, FP8_BLOCK))
         set_(self, "moe_inter", m.moe_intermediate_size // s.tp)
         set_(self, "shared_inter", m.moe_intermediate_size * m.n_shared_experts // s.tp)
+        set_(self, "dense_inter", m.intermediate_size // s.tp)
         set_(self, "pages_per_seq", -(-s.context // s.page_size))
         set_(self, "num_pages", s.batch * self.pages_per_seq)
         set_(self, "index_cache_bytes", m.index_head_dim + 4)

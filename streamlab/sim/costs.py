@@ -59,7 +59,7 @@ class NodeCosts:
 
 def node_costs(layer: Layer, profile: DeviceProfile) -> NodeCosts:
     """The layer's costs on `profile`, cached on the profile (which is immutable)."""
-    key = (layer.dims, layer.variant)
+    key = (layer.dims, layer.variant, layer.dense)
     cached = profile.cache.get(key)
     if cached is None:
         cached = profile.cache[key] = _costs(layer, profile)

@@ -36,7 +36,7 @@ the other): what the prediction interval and `calibrate --for` read.
 
 Speed: the costs that do not depend on the schedule come precomputed (sim/costs.py); the
 schedule is compiled once to index arrays (`LaneGraph`); the loop touches only lists of floats
-and builds the Timeline only when asked (`Simulation.timeline`).
+and builds the Timeline only when asked (`Replay.timeline`).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class Overlap:
 
 
 @dataclass
-class Simulation:
+class Replay:
     """One simulated graph replay: the per-layer latency, the overlaps it created, and its
     Timeline (built on first use: ranking layouts needs only the latency)."""
 
@@ -170,7 +170,7 @@ class _Run:
         self.waiting = False  # held back by the kernel it was released together with
 
 
-def run(layer: Layer, program: Program, profile: DeviceProfile, layers: int = 4) -> Simulation:
+def run(layer: Layer, program: Program, profile: DeviceProfile, layers: int = 4) -> Replay:
     """Simulate `layers` consecutive layers of `program` in one graph replay."""
     return run_graph(lane_graph(layer, program, profile, layers), node_costs(layer, profile), profile.name)
 
@@ -180,7 +180,7 @@ def simulate(layer: Layer, program: Program, profile: DeviceProfile, layers: int
     return run(layer, program, profile, layers).timeline
 
 
-def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Simulation:
+def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Replay:
     """The event loop: start every lane whose next node is ready, advance to the next finish or
     start, repeat. One kernel running alone (most of the time) takes a path without sharing."""
     multi = len(g.lanes) > 1
@@ -311,7 +311,7 @@ def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Simulation:
     per_layer = 1.0 / g.layers
     overlaps = tuple(Overlap(c.names[a], c.names[b], (a, b) in c.measured_pairs, u[0] * per_layer, u[1] * per_layer)
                      for (a, b), u in overlap.items())
-    return Simulation(g, c, profile, records, overlaps, t)
+    return Replay(g, c, profile, records, overlaps, t)
 
 
 def _rates(running: list[_Run], c: NodeCosts, multi_lane: bool, together_us: float

@@ -27,7 +27,7 @@ from streamlab.layer import Layer
 from streamlab.scenario import Scenario
 from streamlab.schedule.program import Program
 from streamlab.sim.costs import QUEUE_WAIT_EXEMPT, node_costs
-from streamlab.sim.engine import Overlap, Simulation, run
+from streamlab.sim.engine import Overlap, Replay, run
 from streamlab.sim.profile import DeviceProfile
 from streamlab.sim.profile_file import check_profile_for
 from streamlab.sim.shape import NodeLatency, shape_spread
@@ -55,7 +55,7 @@ class Prediction:
     bands: tuple[Band, ...]
     overlaps: tuple[Overlap, ...]
     moved: tuple[NodeLatency, ...]  # nodes scaled from a calibrated point to this shape
-    simulation: Simulation = field(compare=False, repr=False)
+    replay: Replay = field(compare=False, repr=False)
 
     @property
     def half_width_us(self) -> float:
@@ -71,7 +71,7 @@ class Prediction:
 
     @property
     def timeline(self) -> Timeline:
-        return self.simulation.timeline
+        return self.replay.timeline
 
     @property
     def unmeasured(self) -> tuple[Overlap, ...]:
@@ -138,18 +138,24 @@ def predict(scen: Scenario, profile: DeviceProfile, *, layers: int | None = None
             other_model: bool = False) -> Prediction:
     """The scenario simulated on `profile`, with its interval (module docstring). `other_model`:
     the user asked for a model the profile was not calibrated on (`sim --model`)."""
-    layer, n = scen.layer, layers or scen.measure.layers
-    key = ("checked", layer.dims, layer.variant, other_model)
+    return predict_layer(scen.name, scen.layer, scen.program, profile, layers=layers or scen.measure.layers,
+                         other_model=other_model)
+
+
+def predict_layer(name: str, layer: Layer, program: Program, profile: DeviceProfile, *, layers: int,
+                  other_model: bool = False) -> Prediction:
+    """`predict` for a layer and program of one's own (the dense layers of a decode step)."""
+    key = ("checked", layer.dims, layer.variant, layer.dense, other_model)
     if key not in profile.cache:
         check_profile_for(profile, layer, other_model=other_model)
         profile.cache[key] = True
-    sim = run(layer, scen.program, profile, n)
-    return Prediction(scen.name, profile.name, layer.dims.tokens, n, sim.per_layer_us,
+    sim = run(layer, program, profile, layers)
+    return Prediction(name, profile.name, layer.dims.tokens, layers, sim.per_layer_us,
                       bands(sim, profile, layer), sim.overlaps,
                       tuple(x for x in node_costs(layer, profile).latency if x.extrapolated), sim)
 
 
-def bands(sim: Simulation, profile: DeviceProfile, layer: Layer) -> tuple[Band, ...]:
+def bands(sim: Replay, profile: DeviceProfile, layer: Layer) -> tuple[Band, ...]:
     """The interval's parts for one simulated replay (module docstring)."""
     batch, g, c = layer.dims.tokens, sim.graph, sim.costs
     multi = g.multi

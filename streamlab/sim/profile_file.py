@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
-from streamlab.layer import Layer, Variant, build_layer
+from streamlab.layer import DENSE_ONLY, Layer, Variant, build_layer
 from streamlab.models import MODELS, TINY, RankDims, Shape
 from streamlab.models.hardware import HARDWARE
 from streamlab.sim.profile import (
@@ -324,12 +324,19 @@ def check_profile_for(profile: DeviceProfile, layer: Layer, *, other_model: bool
                       f"or `--model {layer.dims.model.name}` to scale {cal}'s latencies to it by bytes and FLOPs",
                       EXIT_BAD_INPUT)
     if profile.provenance.calibrated:
-        missing = [n.name for n in layer.nodes if profile.latency_table(n.name, layer.variant) is None]
+        missing = [n.name for n in layer.nodes if profile.latency_table(n.name, layer.variant) is None
+                   and not _borrowable(profile, n.name)]
         if missing:
             raise Failure(f"{where}: node_us: measured profile {profile.name} has no latency for "
                           f"{', '.join(missing)} (variant {variant_key(layer.variant)}); accepted: a profile "
                           f"calibrated with this variant's serial layout (streamlab calibrate --measure)",
                           EXIT_BAD_INPUT)
+
+
+def _borrowable(profile: DeviceProfile, name: str) -> bool:
+    """A dense layer's MLP node: no MoE-layer calibration measures it; sim/shape.py scales it from
+    the measured node of its op nearest its size."""
+    return name in DENSE_ONLY
 
 
 def _rounded(tables: dict[str, BatchTable], digits: int = 3) -> dict:

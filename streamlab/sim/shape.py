@@ -23,10 +23,11 @@ move itself is the uncertainty). The prediction interval widens by that much of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from streamlab.layer import Layer, Node, Variant, build_layer
+from streamlab.layer import DENSE_ONLY, Layer, Node, Variant, build_layer
 from streamlab.models import MODELS, RankDims, Shape
 from streamlab.sim.profile import BatchTable, DeviceProfile, interpolate
 
@@ -57,23 +58,56 @@ def node_latencies(layer: Layer, profile: DeviceProfile) -> tuple[NodeLatency, .
 
 
 def node_latency(layer: Layer, profile: DeviceProfile, node: Node) -> NodeLatency:
-    table = profile.latency_table(node.name, layer.variant)
+    name = node.name
+    table = profile.latency_table(name, layer.variant)
+    if not table and name in DENSE_ONLY:  # a dense layer's MLP: no MoE-layer calibration measures it
+        name, table = _nearest_of_op(profile, layer, node)
     if not table:
         us = profile.fit_us(node)
         return NodeLatency(node.name, us, "never measured: the op's roofline fit", us)
     batch = layer.dims.tokens
     lo, hi = min(table), max(table)
     ref_batch = min(max(batch, lo), hi)
-    if _calibration_dims(profile, ref_batch) == layer.dims:  # the calibration shape, inside the measured batches
-        return NodeLatency(node.name, interpolate(table, batch))
+    if name == node.name and _calibration_dims(profile, ref_batch) == layer.dims:
+        return NodeLatency(node.name, interpolate(table, batch))  # measured, or between measured batches
     ref_us = interpolate(table, ref_batch)
-    ref = _layer(_calibration_dims(profile, ref_batch), layer.variant).node(node.name)
+    variant = _variant_with(name, layer.variant)
+    ref = _layer(_calibration_dims(profile, ref_batch), variant).node(name)
     hw = profile.ceilings
     floor, ref_floor = hw.floor_us(node), hw.floor_us(ref)
-    us = ref_us + slope(profile, node.name, layer.variant, table) * (floor - ref_floor)
+    us = ref_us + slope(profile, name, variant, table) * (floor - ref_floor)
     least = floor * min(1.0, ref_us / ref_floor) if ref_floor > 0 else floor
     us = max(us, least)
-    return NodeLatency(node.name, us, _described(profile, ref_batch, layer.dims), us - ref_us)
+    why = _described(profile, ref_batch, layer.dims)
+    if name != node.name:
+        why = f"{node.name} from {name}'s latency (same op, nearest size)" + (f", {why}" if why else "")
+    return NodeLatency(node.name, us, why, us - ref_us)
+
+
+def _nearest_of_op(profile: DeviceProfile, layer: Layer, node: Node) -> tuple[str, BatchTable | None]:
+    """The measured node of `node`'s op whose floor at the calibration shape is nearest (in ratio)
+    to `node`'s own: the dense MLP's gate_up scales from a GEMM of its size, not the shared
+    expert's six times smaller one."""
+    hw = profile.ceilings
+    batch = min(max(layer.dims.tokens, min(profile.provenance.batches)), max(profile.provenance.batches))
+    want = max(hw.floor_us(node), 1e-9)
+    best: tuple[float, str, BatchTable] | None = None
+    for tables in (profile.node_us, *profile.variant_node_us.values()):
+        for name, table in tables.items():
+            ref = _layer(_calibration_dims(profile, batch), _variant_with(name, layer.variant)).by_name.get(name)
+            if ref is None or ref.op != node.op:
+                continue
+            distance = abs(math.log(max(hw.floor_us(ref), 1e-9) / want))
+            if best is None or distance < best[0]:
+                best = (distance, name, table)
+    return (best[1], best[2]) if best else (node.name, None)
+
+
+def _variant_with(name: str, variant: Variant) -> Variant:
+    """`variant`, or the one whose layer has the node (the shared expert needs fusion off)."""
+    if name in _layer(RankDims(MODELS["tiny"], Shape(1, 256, 1)), variant).by_name:
+        return variant
+    return replace(variant, shared_expert_fused=False)
 
 
 def slope(profile: DeviceProfile, name: str, variant: Variant, table: BatchTable) -> float:
