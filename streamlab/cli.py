@@ -310,13 +310,17 @@ def calibrate(results: list[Path] = typer.Argument(..., help="result JSONs of me
     from streamlab.sim.calibrate import calibrate as fit
     from streamlab.sim.profile_file import dump_profile
 
+    import sys
+
     prof = fit(results, name, fence_us=fence_us, concurrency_slowdown=concurrency_slowdown,
-               pairwise=pairwise, pairwise_state=pairwise_state)
+               pairwise=pairwise, pairwise_state=pairwise_state, command="streamlab " + " ".join(sys.argv[1:]))
     write_atomic(out, dump_profile(prof))
     console.print(f"wrote {out}: launch gap {prof.launch_gap_us.value:.2f} us, "
                   f"{len(prof.node_us)} nodes at batches {sorted({b for t in prof.node_us.values() for b in t})}"
                   + (f", fence {prof.fence_us.value:.2f} us, graph entry {prof.multi_stream_graph_entry_us.value:.1f} us, "
-                     f"{len(prof.pair_excess)} measured node pairs" if pairwise else ""))
+                     f"{len(prof.pair_excess)} measured node pairs, overlap model spread "
+                     f"{prof.overlap_model_spread.value:.2f}" if pairwise else "")
+                  + f"; kernels {prof.provenance.kernel_hash}")
 
 
 def _name(path: Path, results: dict) -> str:

@@ -57,17 +57,17 @@ EPS = 1e-9
 
 @dataclass(frozen=True)
 class LaneGraph:
-    """A program captured over `layers` layers, as the engine walks it: graph nodes in dispatch
-    order, each with its layer node index, lane, and parents (index, on another lane)."""
+    """A program captured over `layers` layers, as the engine walks it: graph node i is the
+    (i % per_layer)-th launch of layer i // per_layer, with its layer node index, lane, parents
+    and children (graph node indices, in edge creation order)."""
 
-    node: tuple[int, ...]  # graph node -> index in layer.nodes
-    layer: tuple[int, ...]  # graph node -> layer
-    lane: tuple[int, ...]
-    lane_names: tuple[str, ...]  # in order of each lane's first node
-    lanes: tuple[tuple[int, ...], ...]  # per lane: its graph nodes in dispatch order
-    parents: tuple[tuple[tuple[int, bool], ...], ...]
-    children: tuple[tuple[int, ...], ...]
-    layer_first: tuple[bool, ...]  # the layer's first launch (pays the layer entry)
+    node: list[int]  # graph node -> index in layer.nodes
+    lane: list[int]
+    lane_names: list[str]  # in order of each lane's first node
+    lanes: list[list[int]]  # per lane: its graph nodes in dispatch order
+    parents: list[list[int]]
+    children: list[list[int]]
+    per_layer: int  # launches per layer; each layer's first pays the layer entry
     layers: int
 
     @property
@@ -78,19 +78,14 @@ class LaneGraph:
 def lane_graph(layer: Layer, program: Program, profile: DeviceProfile, layers: int) -> LaneGraph:
     """Capture `program` over `layers` layers and map it to lanes (HIP queue rule or CUDA lanes)."""
     c = captured(program, layers)
-    keys = c.keys
     by_node = [str(q) for q in hip_queue_ids(c, profile.hip_queues)] if profile.streams == "hip" else c.streams
     names = list(dict.fromkeys(by_node))
-    lane = [names.index(s) for s in by_node] if len(names) > 1 else [0] * len(keys)
+    lane = [names.index(s) for s in by_node] if len(names) > 1 else [0] * len(by_node)
     lanes: list[list[int]] = [[] for _ in names]
     for i, ln in enumerate(lane):
         lanes[ln].append(i)
-    index, first = layer.index, program.launches[0].node
-    return LaneGraph(
-        node=tuple([index[k[1]] for k in keys]), layer=tuple([k[0] for k in keys]), lane=tuple(lane),
-        lane_names=tuple(names), lanes=tuple(map(tuple, lanes)),
-        parents=tuple([tuple([(p, lane[p] != ln) for p in ps]) for ps, ln in zip(c.parents, lane)]),
-        children=tuple(map(tuple, c.children)), layer_first=tuple([k[1] == first for k in keys]), layers=layers)
+    launches = [layer.index[op.node] for op in program.launches]
+    return LaneGraph(launches * layers, lane, names, lanes, c.parents, c.children, len(launches), layers)
 
 
 @dataclass(frozen=True)
@@ -138,7 +133,7 @@ class Replay:
         out = []
         for i, start, end in self.records:
             n = g.node[i]
-            out.append(Interval(c.ops[n], g.lane_names[g.lane[i]], start, end, c.names[n], g.layer[i],
+            out.append(Interval(c.ops[n], g.lane_names[g.lane[i]], start, end, c.names[n], i // g.per_layer,
                                 "allreduce" if c.collective[n] else "kernel"))
         return Timeline(out, Source("simulated", self.profile, {"profile": self.profile}),
                         chained_bounds(out, g.layers))
@@ -186,7 +181,7 @@ def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Replay:
     multi = len(g.lanes) > 1
     lc = c.lane(multi)
     work, hbm, sm, solo, gap, fence = lc.work, lc.hbm, c.sm, lc.solo, lc.gap, c.fence
-    collective, nodes, parents, children, lanes, first = c.collective, g.node, g.parents, g.children, g.lanes, g.layer_first
+    collective, nodes, parents, children, lanes, per_layer = c.collective, g.node, g.parents, g.children, g.lanes, g.per_layer
     lane_of = g.lane
     lane_ids, n_lanes = range(len(lanes)), len(lanes)
     t = lc.graph_entry
@@ -205,9 +200,9 @@ def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Replay:
         if head[ln] < len(lanes[ln]):
             i = lanes[ln][head[ln]]
             if not waiting_on[i]:
-                at = lane_free[ln] + lc.layer_entry if first[i] else lane_free[ln]
-                for p, cross in parents[i]:
-                    if cross and ended[p] + fence > at:
+                at = lane_free[ln] + lc.layer_entry if i % per_layer == 0 else lane_free[ln]
+                for p in parents[i]:
+                    if lane_of[p] != ln and ended[p] + fence > at:
                         at = ended[p] + fence
                 ready[ln] = at
 
@@ -261,10 +256,32 @@ def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Replay:
                 raise RuntimeError("simulation deadlock: no node can start (a cycle in the graph?)")
             t += min(at for at in ready if at is not None) - t
             continue
-        if len(running) == 1:
-            rates, pair = (solo[running[0].node],), None
-        else:
-            rates, pair = _rates(running, c, multi, fence)
+        if len(running) == 1:  # alone while another lane waits for its release: no sharing
+            r = running[0]
+            rate = solo[r.node]
+            step = r.remaining / rate
+            for ln in lane_ids:
+                at = ready[ln]
+                if at is not None and at - t < step:
+                    step = at - t
+            t += step
+            r.remaining -= rate * step
+            if r.remaining <= EPS * max(1.0, r.work):
+                i, ln = r.i, r.lane
+                done += 1
+                ended[i] = t
+                lane_free[ln] = t + gap
+                busy[ln] = False
+                records.append((i, r.start, t))
+                for ch in children[i]:
+                    waiting_on[ch] -= 1
+                    if not waiting_on[ch] and not busy[lane_of[ch]] and ready[lane_of[ch]] is None:
+                        arm(lane_of[ch])
+                if ready[ln] is None:
+                    arm(ln)
+                running = []
+            continue
+        rates, pair = _rates(running, c, multi, fence)
         step = float("inf")
         for r, rate in zip(running, rates):
             if rate > 0 and r.remaining / rate < step:

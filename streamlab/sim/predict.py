@@ -167,7 +167,7 @@ def bands(sim: Replay, profile: DeviceProfile, layer: Layer) -> tuple[Band, ...]
     out.append(Band("launch gap", gap.spread_at(batch) * kernels,
                     f"+-{gap.spread_at(batch):.3g} us x {kernels} kernels per layer: {gap.source}"))
     if multi:
-        cross = sum(1 for ps in g.parents for _, other in ps if other) / g.layers
+        cross = sum(1 for i, ps in enumerate(g.parents) for p in ps if g.lane[p] != g.lane[i]) / g.layers
         out.append(Band("fence", profile.fence_us.spread_at(batch) * cross,
                         f"+-{profile.fence_us.spread_at(batch):.3g} us x {cross:g} cross-lane edges per layer: "
                         f"{profile.fence_us.source}"))

@@ -1,4 +1,4 @@
-"""The device profile file: YAML (read with yaml.safe_load), format 2, validated when loaded.
+"""The device profile file: YAML (read with the safe loader), format 2, validated when loaded.
 
 Every problem ends in one `Failure(EXIT_BAD_INPUT)` naming the file, the key and what is
 accepted: a missing section, an unknown key, a parameter that is negative, zero or NaN where it
@@ -47,6 +47,7 @@ from streamlab.sim.profile import (
 from streamlab.sim.provenance import MEASURED, PUBLISHED, CalibrationShape, Provenance
 
 FORMAT = 2
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where built: 5x faster
 REQUIRED = ("format", "name", "streams", "provenance", "hbm_gbs", "launch_gap_us", "fence_us", "graph_entry_us",
             "ar_concurrency_factor", "multi_stream_entry_us", "concurrency_slowdown", "calibration_noise",
             "node_us")
@@ -87,7 +88,7 @@ def shipped_profiles() -> list[str]:
 def load_profile(name_or_path: str) -> DeviceProfile:
     path = profile_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=SAFE_LOADER)
     except OSError as e:
         if Path(name_or_path).suffix:
             raise Failure(f"{path}: cannot read the profile: {e.strerror}", EXIT_BAD_INPUT) from None
