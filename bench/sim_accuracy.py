@@ -8,6 +8,9 @@ inside their intervals.
     python bench/sim_accuracy.py MATRIX.json --profile streamlab/sim/profiles/h200.yaml
     ... [--traces traces/h100-2026-11-22]  (adds each node's time inside the layer vs the run traces)
 
+The layouts are those the matrix measured: the shipped dual-stream ones and any of
+bench/layouts/ (written for the held-out test: each creates overlaps the shipped ones lack).
+
 With --pairwise the report adds the before / after `calibrate --for` comparison: the same
 held-out layouts predicted by a profile calibrated without any pair, by one whose pairs lack
 those the layout itself creates (derived from its simulated replay, both orders, every batch:
@@ -56,24 +59,39 @@ class Measured:
 
 
 def measured_runs(matrix: Path) -> dict[tuple[str, int], Measured]:
+    """Per (layout, batch): a bench/matrix.py matrix.json (a list of runs) or a `streamlab compare`
+    report.json (its `runs`)."""
+    doc = json.loads(matrix.read_text())
+    runs = doc["runs"] if isinstance(doc, dict) else doc
     return {(r["scenario"], r["batch"]): Measured(r["measured"]["per_layer_us"]["median"],
                                                    run_noise(r["measured"]) * r["measured"]["per_layer_us"]["median"])
-            for r in json.loads(matrix.read_text()) if "measured" in r}
+            for r in runs if "measured" in r}
 
 
 def scenario(name: str, batch: int):
-    return load(ROOT / "scenarios" / f"{name}.yaml").override(batch=batch)
+    """A shipped layout, or one written for the held-out test (bench/layouts/)."""
+    path = next(p for p in (ROOT / "scenarios" / f"{name}.yaml", ROOT / "bench" / "layouts" / f"{name}.yaml")
+                if p.exists())
+    return load(path).override(batch=batch)
+
+
+def layouts_in(runs: dict[tuple[str, int], Measured]) -> tuple[str, ...]:
+    """The layouts the matrix measured: the shipped ones in their order, then bench/layouts/ ones
+    (single-stream layouts of other variants are calibration inputs, not layouts to rank)."""
+    names = {n for n, _ in runs}
+    extra = sorted(n for n in names if n not in LAYOUTS and (ROOT / "bench" / "layouts" / f"{n}.yaml").exists())
+    return tuple(n for n in LAYOUTS if n in names) + tuple(extra)
 
 
 def predictions(profile: DeviceProfile, batch: int, layouts=LAYOUTS) -> dict[str, Prediction]:
     return {name: predict(scenario(name, batch), profile) for name in layouts}
 
 
-def simulated(profile: DeviceProfile, batch: int) -> dict[str, float]:
-    return {name: p.per_layer_us for name, p in predictions(profile, batch).items()}
+def simulated(profile: DeviceProfile, batch: int, layouts=LAYOUTS) -> dict[str, float]:
+    return {name: p.per_layer_us for name, p in predictions(profile, batch, layouts).items()}
 
 
-def node_lines(profile: DeviceProfile, traces: Path, batches: list[int]) -> list[str]:
+def node_lines(profile: DeviceProfile, traces: Path, batches: list[int], layouts=LAYOUTS) -> list[str]:
     """Each node's mean time per layer inside the held-out layouts, simulated vs the run's
     profiled trace: where the overlap model stretches the wrong kernel, the layer total can still
     come out right; this shows it."""
@@ -81,7 +99,7 @@ def node_lines(profile: DeviceProfile, traces: Path, batches: list[int]) -> list
              "|---|---|---|---|"]
     errors = []
     for batch in batches:
-        for name in LAYOUTS:
+        for name in layouts:
             path = traces / f"{name}-b{batch}.trace.json.gz"
             if name == CALIBRATION or not path.exists():
                 continue
@@ -108,7 +126,7 @@ def misranked(sim: dict[str, float], meas: dict[str, Measured]) -> list[tuple[st
     """(faster, slower, us apart) for each pair of layouts the measurement orders (no tie) and
     the simulation orders the other way round."""
     wrong = []
-    for a, b in combinations(LAYOUTS, 2):
+    for a, b in combinations(sim, 2):
         diff = meas[a].us - meas[b].us
         if not tie(meas[a], meas[b]) and (sim[a] - sim[b]) * diff <= 0:
             wrong.append((a, b, -diff) if diff < 0 else (b, a, diff))
@@ -117,16 +135,17 @@ def misranked(sim: dict[str, float], meas: dict[str, Measured]) -> list[tuple[st
 
 def ranking_lines(batch: int, sim: dict[str, float], meas: dict[str, Measured]) -> list[str]:
     """The strict ranking, then every pair: resolved (and whether the simulation agrees) or a tie."""
-    by_sim, by_meas = sorted(LAYOUTS, key=sim.get), sorted(LAYOUTS, key=lambda n: meas[n].us)
+    by_sim, by_meas = sorted(sim, key=sim.get), sorted(sim, key=lambda n: meas[n].us)
+    pairs = list(combinations(sim, 2))
     ties = [f"{a} ~ {b} ({abs(meas[a].us - meas[b].us):.1f} < {max(meas[a].noise_us, meas[b].noise_us):.1f} us)"
-            for a, b in combinations(LAYOUTS, 2) if tie(meas[a], meas[b])]
+            for a, b in pairs if tie(meas[a], meas[b])]
     wrong = misranked(sim, meas)
     verdict = "identical" if not wrong else "DIFFERS on " + "; ".join(
         f"{fast} < {slow} by {us:.1f} us" for fast, slow, us in wrong)
     strict = "identical" if by_sim == by_meas else "DIFFERS"
     return [(f"- batch {batch}: strict ranking {strict}: simulated {' < '.join(by_sim)}; "
              f"measured {' < '.join(by_meas)}"),
-            (f"  - up to ties: {verdict} ({6 - len(ties)} of 6 pairs resolved by the measurement; "
+            (f"  - up to ties: {verdict} ({len(pairs) - len(ties)} of {len(pairs)} pairs resolved by the measurement; "
              f"ties: {'; '.join(ties) or 'none'})")]
 
 
@@ -163,14 +182,15 @@ SCORE_HEADER = ["| profile | mean abs error | worst | measured inside the interv
 def report(matrix: Path, profile: DeviceProfile, origin: str, traces: Path | None = None) -> str:
     runs = measured_runs(matrix)
     batches = sorted({b for _, b in runs})
+    layouts = layouts_in(runs)
     lines = [f"profile {profile.name} ({origin}) vs {matrix}", "",
              "| batch | layout | simulated us | interval us | measured us | noise us | error | inside | held out |",
              "|---|---|---|---|---|---|---|---|---|"]
     pred, rankings = {}, []
     for batch in batches:
-        mine = predictions(profile, batch)
+        mine = predictions(profile, batch, layouts)
         pred.update({(n, batch): p for n, p in mine.items()})
-        meas = {n: runs[(n, batch)] for n in LAYOUTS}
+        meas = {n: runs[(n, batch)] for n in layouts}
         for name, p in mine.items():
             m = meas[name].us
             lines.append(f"| {batch} | {name} | {p.per_layer_us:.1f} | {p.low_us:.1f} - {p.high_us:.1f} | {m:.1f} | "
@@ -185,7 +205,7 @@ def report(matrix: Path, profile: DeviceProfile, origin: str, traces: Path | Non
               f"{sum(scores.inside)} of {n}; mean half-width {100 * sum(scores.half_widths) / n:.2f}%"),
               "", "Interval parts of each held-out prediction (+- us per layer):", "",
               "| batch | layout | " + " | ".join(BANDS) + " | overlaps |", "|---|---|" + "---|" * (len(BANDS) + 1)]
-    for (name, batch), p in sorted(pred.items(), key=lambda kv: (kv[0][1], LAYOUTS.index(kv[0][0]))):
+    for (name, batch), p in sorted(pred.items(), key=lambda kv: (kv[0][1], layouts.index(kv[0][0]))):
         if name == CALIBRATION:
             continue
         parts = {b.name: b.us for b in p.bands}
@@ -193,12 +213,13 @@ def report(matrix: Path, profile: DeviceProfile, origin: str, traces: Path | Non
                      + f" | {p.overlaps_line()} |")
     lines += ["", f"Ranking per batch. Tie rule: {TIE_RULE}.", ""] + rankings
     if traces is not None:
-        lines += [""] + node_lines(profile, traces, batches)
+        lines += [""] + node_lines(profile, traces, batches, layouts)
     lines += ["", "Profile parameters:", ""] + [f"- {k} = {v}: {src}" for k, v, src in profile.describe()]
     return "\n".join(lines) + "\n"
 
 
-BANDS = ("calibration noise", "launch gap", "fence", "graph entry", "all-reduce factor", "unmeasured overlaps")
+BANDS = ("calibration noise", "launch gap", "fence", "graph entry", "layer entry", "queue wait", "all-reduce factor",
+         "unmeasured overlaps", "shape")
 
 
 def pairs_of(profile: DeviceProfile, layout: str, batches: list[int]) -> set[frozenset[str]]:
@@ -212,7 +233,7 @@ def before_after(matrix: Path, runs_paths: list[Path], pairwise: Path, full: Dev
     pair (module docstring)."""
     runs = measured_runs(matrix)
     batches = sorted({b for _, b in runs})
-    held = [n for n in LAYOUTS if n != CALIBRATION]
+    held = [n for n in layouts_in(runs) if n != CALIBRATION]
     bare = calibrate([matrix, *runs_paths], full.name)
     settings = {"calibrated without pairwise.json": {}, "pairwise, the layout's own pairs removed (before --for)": {},
                 "pairwise complete (after --for)": {}}

@@ -151,7 +151,7 @@ def sim(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
     print_result(console, scen, result)
     for line in prediction.describe():
         console.print(line)
-    if prediction.unmeasured:
+    if any(not o.crowded for o in prediction.unmeasured):
         console.print(f"  measure them: {measure_command([str(scenario)], prof)}")
     if step:
         from streamlab.sim.step import predict_step

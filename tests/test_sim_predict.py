@@ -153,3 +153,16 @@ def test_an_uncalibrated_spread_widens_the_interval():
     none = replace(h100, overlap_model_spread=Param(0.0, "t"))
     assert predict(scen, none).half_width_us < predict(scen, h100).half_width_us
     assert run(scen.layer, scen.program, h100).per_layer_us == predict(scen, wider).per_layer_us
+
+
+def test_three_kernels_at_once_are_extrapolated_whatever_pairs_were_measured():
+    """bench/layouts/three_gemms.yaml: q_b_proj, idx_wq_b and idx_wk on three streams. The pair
+    q_b_proj|idx_wq_b is measured, but beside a third kernel the demand model sets the pace:
+    no pair measurement replaces that, so calibrate --for has nothing to measure there."""
+    h100 = load_profile("h100")
+    scen = load(Path(__file__).parent.parent / "bench" / "layouts" / "three_gemms.yaml")
+    overlaps = layout_overlaps(scen.layer, scen.program, h100)
+    assert {o.pair for o in overlaps} == {"q_b_proj|idx_wq_b", "q_b_proj|idx_wk", "idx_wq_b|idx_wk"}
+    assert all(o.crowded and not o.measured for o in overlaps) and "q_b_proj|idx_wq_b" in h100.pair_excess
+    assert missing_pairs(scen.layer, scen.program, h100) == []
+    assert "beside a third kernel" in predict(scen, h100).overlaps_line()

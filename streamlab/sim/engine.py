@@ -31,8 +31,8 @@ stall at every layer's re-entry) and `multi_stream_graph_entry_us` once per repl
 graph with branches costs to launch).
 
 Every pair of compute kernels that shares the device is recorded as an `Overlap` (which was
-dispatched first, whether the profile measured that ordered pair, how much work each did beside
-the other): what the prediction interval and `calibrate --for` read.
+dispatched first, whether a measured pair set their pace: never when three ran at once, how
+much work each did beside the other): what the prediction interval and `calibrate --for` read.
 
 Speed: the costs that do not depend on the schedule come precomputed (sim/costs.py); the
 schedule is compiled once to index arrays (`LaneGraph`); the loop touches only lists of floats
@@ -100,6 +100,7 @@ class Overlap:
     measured: bool
     first_us: float
     second_us: float
+    crowded: bool = False  # at some point beside a third kernel: no pair measurement settles that
 
     @property
     def pair(self) -> str:
@@ -193,7 +194,7 @@ def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Replay:
     busy = [False] * len(lanes)
     running: list[_Run] = []
     records: list[tuple[int, float, float]] = []
-    overlap: dict[tuple[int, int], list[float]] = {}
+    overlap: dict[tuple[int, int], list] = {}  # (first, second) -> [work of each, by a measured pair, crowded]
 
     def arm(ln: int) -> None:
         """The lane's next node: its start time once every parent has ended."""
@@ -281,7 +282,7 @@ def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Replay:
                     arm(ln)
                 running = []
             continue
-        rates, pair = _rates(running, c, multi, fence)
+        rates, pairs = _rates(running, c, multi, fence)
         step = float("inf")
         for r, rate in zip(running, rates):
             if rate > 0 and r.remaining / rate < step:
@@ -291,13 +292,14 @@ def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Replay:
             if at is not None and at - t < step:
                 step = at - t
         t += step
-        if pair is not None:
-            a, b, ra, rb = pair
+        for a, b, ra, rb, by_pair in pairs:
             acc = overlap.get((a.node, b.node))
             if acc is None:
-                acc = overlap[(a.node, b.node)] = [0.0, 0.0]
+                acc = overlap[(a.node, b.node)] = [0.0, 0.0, True, False]
             acc[0] += ra * step
             acc[1] += rb * step
+            acc[2] = acc[2] and by_pair
+            acc[3] = acc[3] or len(pairs) > 1
         kernel_ended = False
         still, held, freed = [], [], []
         for r, rate in zip(running, rates):
@@ -326,18 +328,18 @@ def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Replay:
                 arm(ln)
         running = still
     per_layer = 1.0 / g.layers
-    overlaps = tuple(Overlap(c.names[a], c.names[b], (a, b) in c.measured_pairs, u[0] * per_layer, u[1] * per_layer)
-                     for (a, b), u in overlap.items())
+    overlaps = tuple(Overlap(c.names[a], c.names[b], u[2] and (a, b) in c.measured_pairs, u[0] * per_layer,
+                             u[1] * per_layer, u[3]) for (a, b), u in overlap.items())
     return Replay(g, c, profile, records, overlaps, t)
 
 
 def _rates(running: list[_Run], c: NodeCosts, multi_lane: bool, together_us: float
-           ) -> tuple[list[float], tuple[_Run, _Run, float, float] | None]:
+           ) -> tuple[list[float], list[tuple[_Run, _Run, float, float, bool]]]:
     """Progress per us of standalone work of each running kernel (see the module docstring), and
-    the two compute kernels sharing the device with their rates (None unless exactly two).
-    Kernels released at most `together_us` apart count as released together."""
+    every two compute kernels sharing the device: (first, second, their rates, whether a measured
+    pair set them; three or more at once never are). Kernels released at most `together_us`
+    apart count as released together."""
     compute = [r for r in running if not r.collective]
-    pair = None
     if len(compute) == 2:
         first, second, together = _pair_order(compute[0], compute[1], together_us)
         e = c.pairs.get((first.node, second.node))
@@ -346,14 +348,16 @@ def _rates(running: list[_Run], c: NodeCosts, multi_lane: bool, together_us: flo
             ra, rb = _first_keeps_pace(first.work, second.work, e) if together else (1.0 / (1.0 + e),) * 2
         else:
             ra = rb = _shared(compute, c, len(running))
-        pair = (first, second, ra, rb)
+        pairs = [(first, second, ra, rb, e is not None)]
         rate = {first.lane: ra, second.lane: rb}
     else:
         share = _shared(compute, c, len(running))
         rate = {r.lane: share for r in compute}
+        crowd = sorted(compute, key=lambda r: (r.released, r.i))
+        pairs = [(a, b, share, share, False) for k, a in enumerate(crowd) for b in crowd[k + 1:]]
     slowed = multi_lane if c.ar_graph_scope else len(running) > 1
     ar = 1.0 / c.ar_factor if slowed else 1.0
-    return [ar if r.collective else rate[r.lane] for r in running], pair
+    return [ar if r.collective else rate[r.lane] for r in running], pairs
 
 
 def _shared(compute: list[_Run], c: NodeCosts, running: int) -> float:

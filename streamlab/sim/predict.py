@@ -83,7 +83,12 @@ class Prediction:
             return "no overlaps (one kernel at a time)"
         n, out = len(self.overlaps), self.unmeasured
         line = f"{n - len(out)} of {n} overlaps measured"
-        return line + (f"; {len(out)} extrapolated: " + ", ".join(o.pair for o in out) if out else "")
+        if out:
+            line += f"; {len(out)} extrapolated: " + ", ".join(o.pair for o in out)
+        crowded = [o for o in out if o.crowded]
+        if crowded:
+            line += f" ({len(crowded)} beside a third kernel: the demand model, which no pair measurement replaces)"
+        return line
 
     def shape_line(self) -> str | None:
         if not self.moved:
@@ -129,9 +134,11 @@ def layout_overlaps(layer: Layer, program: Program, profile: DeviceProfile, laye
 def missing_pairs(layer: Layer, program: Program, profile: DeviceProfile, layers: int = 4) -> list[tuple[str, str]]:
     """The ordered pairs (first on the stream forked from, second on the other) the layout creates at
     the layer's batch that the profile has not measured there: what `calibrate --for` measures.
-    Measuring them changes the simulated replay, which may then create other overlaps: call again
-    after adding them until it returns nothing."""
-    return [(o.first, o.second) for o in layout_overlaps(layer, program, profile, layers) if not o.measured]
+    Pairs that also ran beside a third kernel are left out (a pair measurement does not settle
+    them). Measuring them changes the simulated replay, which may then create other overlaps:
+    call again after adding them until it returns nothing."""
+    return [(o.first, o.second) for o in layout_overlaps(layer, program, profile, layers)
+            if not o.measured and not o.crowded]
 
 
 def predict(scen: Scenario, profile: DeviceProfile, *, layers: int | None = None,
