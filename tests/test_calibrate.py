@@ -226,3 +226,29 @@ def test_pairwise_state_can_be_named_and_must_exist(tmp_path):
     assert "cupti process state" in calibrate([m], "x", pairwise=pw).fence_us.source  # the only one
     with pytest.raises(Failure, match="no state 'clean'"):
         calibrate([m], "x", pairwise=pw, pairwise_state="clean")
+
+
+def test_the_demand_model_in_closed_form_is_the_engine_s():
+    """fit_overlap uses max(1, HBM sum, SM sum) - 1 for speed; the engine's own replay of two
+    kernels started together must give the same excess."""
+    from tests.simprofile import bare_profile
+
+    from streamlab.sim.engine import Kernel, pair_excess
+    from streamlab.sim.pairwise import Demand, demand_excess
+
+    p = bare_profile()
+    for us_a, us_b, h_a, h_b, s_a, s_b in [(10, 4, 0.1, 0.2, 0.5, 0.7), (3, 9, 0.8, 0.7, 0.2, 0.1),
+                                           (5, 5, 0.0, 0.0, 1.0, 1.0), (7, 2, 0.3, 0.1, 0.3, 0.2)]:
+        engine = pair_excess(p, Kernel(us_a, h_a, s_a), Kernel(us_b, h_b, s_b))
+        assert demand_excess(Demand(us_a, h_a), Demand(us_b, h_b), s_a, s_b) == pytest.approx(engine, abs=1e-9)
+
+
+def test_the_overlap_model_spread_is_its_leave_one_out_miss(tmp_path):
+    """Every measured pair predicted from the others at its batch: pairs with e > 1 (the GEMMs)
+    cannot be predicted by one demand per node, so the spread is large, and it says how many."""
+    pw = write(tmp_path, "pairwise.json", pairwise_doc())
+    prof = calibrate([serial_runs(tmp_path)], "x", pairwise=pw)
+    spread = prof.overlap_model_spread
+    # q_b_proj|idx_wq_b left out: both nodes fall to the prior, whose demands cannot exceed 1: e 0 for 1.2
+    assert spread.value == pytest.approx(1.2, abs=1e-6) and "leave-one-out" in spread.source
+    assert f"{2 * len(EXCESS)} measurements" in spread.source  # 4 ordered pairs at 2 batches
