@@ -231,10 +231,9 @@ def test_pairwise_state_can_be_named_and_must_exist(tmp_path):
 def test_the_demand_model_in_closed_form_is_the_engine_s():
     """fit_overlap uses max(1, HBM sum, SM sum) - 1 for speed; the engine's own replay of two
     kernels started together must give the same excess."""
-    from tests.simprofile import bare_profile
-
     from streamlab.sim.engine import Kernel, pair_excess
     from streamlab.sim.pairwise import Demand, demand_excess
+    from tests.simprofile import bare_profile
 
     p = bare_profile()
     for us_a, us_b, h_a, h_b, s_a, s_b in [(10, 4, 0.1, 0.2, 0.5, 0.7), (3, 9, 0.8, 0.7, 0.2, 0.1),
