@@ -13,7 +13,9 @@ from streamlab.timeline import Timeline
 
 
 def simulate_scenario(scen: Scenario, profile: DeviceProfile, layers: int) -> tuple[dict, Timeline]:
-    prediction = predict(scen, profile, layers=layers)
+    """`run`, `compare` and `check` without a GPU: the profile is their fallback for any model, so a
+    model other than the profile's is scaled to (and the prediction says so), not refused."""
+    prediction = predict(scen, profile, layers=layers, other_model=True)
     return simulated_result(scen, profile, prediction), prediction.timeline
 
 
