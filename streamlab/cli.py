@@ -155,7 +155,9 @@ def sim(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
         console.print(f"  measure them: {measure_command([str(scenario)], prof)}")
     if step:
         from streamlab.sim.step import predict_step
-        console.print(predict_step(scen, prof, other_model=model is not None).describe())
+        whole = predict_step(scen, prof, other_model=model is not None)
+        console.print(whole.describe())
+        result["step"] = whole.to_json()
     if explain:
         from streamlab.sim.explain import explain as breakdown
         console.print(breakdown(scen, prof))

@@ -3,6 +3,7 @@ would add), node latencies at other shapes, and the whole decode step."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -166,3 +167,14 @@ def test_three_kernels_at_once_are_extrapolated_whatever_pairs_were_measured():
     assert all(o.crowded and not o.measured for o in overlaps) and "q_b_proj|idx_wq_b" in h100.pair_excess
     assert missing_pairs(scen.layer, scen.program, h100) == []
     assert "beside a third kernel" in predict(scen, h100).overlaps_line()
+
+
+def test_cli_sim_step_and_explain(tmp_path):
+    r = CliRunner().invoke(app, ["sim", str(SCENARIOS / "a_v4_moe_dual.yaml"), "--profile", "mi355x", "--step",
+                                 "--explain", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "decode step" in r.output and "published 24.45 ms" in r.output
+    assert "indexer chain wall" in r.output and "+7.0" in r.output
+    doc = json.loads((tmp_path / "a_v4_moe_dual-b4-sim-mi355x.json").read_text())
+    assert doc["simulated"]["step"]["published_ms"] == 24.45
+    assert doc["simulated"]["prediction"]["low_us"] < doc["simulated"]["per_layer_us"]["median"]

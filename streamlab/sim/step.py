@@ -67,6 +67,13 @@ class StepPrediction:
         return (self.dense_layers * self.dense.half_width_us + self.moe_layers * self.moe.half_width_us
                 + sum(o.spread_us for o in self.outside)) / 1e3
 
+    def to_json(self) -> dict:
+        return {"per_token_ms": self.per_token_ms, "low_ms": self.per_token_ms - self.half_width_ms,
+                "high_ms": self.per_token_ms + self.half_width_ms, "published_ms": self.published_ms,
+                "dense_layers": self.dense_layers, "dense_layer": self.dense.to_json(),
+                "moe_layers": self.moe_layers, "moe_layer": self.moe.to_json(),
+                "outside": [{"part": o.name, "us": o.us, "spread_us": o.spread_us, "how": o.how} for o in self.outside]}
+
     def describe(self) -> str:
         head = (f"[bold]decode step[/] (time per output token, simulated on profile {self.profile}: a "
                 f"prediction) {self.per_token_ms:.2f} ms, interval {self.per_token_ms - self.half_width_ms:.2f} - "
