@@ -171,7 +171,7 @@ def test_three_kernels_at_once_are_extrapolated_whatever_pairs_were_measured():
 
 def test_cli_sim_step_and_explain(tmp_path):
     r = CliRunner().invoke(app, ["sim", str(SCENARIOS / "a_v4_moe_dual.yaml"), "--profile", "mi355x", "--step",
-                                 "--explain", "--out", str(tmp_path)])
+                                 "--explain", "--out", str(tmp_path)], env={"COLUMNS": "300"})
     assert r.exit_code == 0, r.output
     assert "decode step" in r.output and "published 24.45 ms" in r.output
     assert "indexer chain wall" in r.output and "+7.0" in r.output
