@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from streamlab.cli import app
+from streamlab.errors import Failure
 from streamlab.layer import build_layer
 from streamlab.scenario import load
 from streamlab.schedule.program import Launch
@@ -178,3 +179,14 @@ def test_cli_sim_step_and_explain(tmp_path):
     doc = json.loads((tmp_path / "a_v4_moe_dual-b4-sim-mi355x.json").read_text())
     assert doc["simulated"]["step"]["published_ms"] == 24.45
     assert doc["simulated"]["prediction"]["low_us"] < doc["simulated"]["per_layer_us"]["median"]
+
+
+def test_pairs_added_to_a_profile_without_any_name_their_variant():
+    """h200 has no pairs yet: `calibrate --for` adds some with the variant they ran in."""
+    h200 = load_profile("h200")
+    unfused = {"fused_rope_cat_cache": True, "shared_expert_fused": False, "preshuffle_index_cache": True}
+    pair = PairMeasure(4, "experts", "shared_down", 60.0, 5.0, 61.0)
+    more = add_pairs(h200, [pair], "test", variant=unfused)
+    assert more.pair_variant == unfused and more.pair_excess == {"experts|shared_down": {4: pytest.approx(0.2)}}
+    with pytest.raises(Failure, match="pair_variant: the profile's pairs ran in"):
+        add_pairs(more, [pair], "test", variant={**unfused, "shared_expert_fused": True})

@@ -319,10 +319,18 @@ def with_pairs(prof: DeviceProfile, pairs: tuple[PairMeasure, ...], source: str)
                    sm_source=fit.note, default_sm_demand=default, overlap_model_spread=spread)
 
 
-def add_pairs(prof: DeviceProfile, pairs: list[PairMeasure], source: str) -> DeviceProfile:
+def add_pairs(prof: DeviceProfile, pairs: list[PairMeasure], source: str, *,
+              variant: dict[str, bool] | None = None) -> DeviceProfile:
     """The profile with `pairs` measured (by `calibrate --measure --for`) added: a pair already
     there at that batch is replaced, the demand model refitted to them all, and its spread with it.
-    `pairs` must have run in the profile's `pair_variant`."""
+    `variant`: the layer variant the pairs ran in (their bytes set the demand model's HBM shares);
+    it must be the profile's `pair_variant` when it has pairs already."""
+    if variant is not None and prof.pair_measures and dict(variant) != dict(prof.pair_variant):
+        raise Failure(f"{prof.origin or prof.name}: pair_variant: the profile's pairs ran in {prof.pair_variant}, "
+                      f"the new ones in {variant}; accepted: pairs measured in the profile's pair_variant",
+                      EXIT_BAD_INPUT)
+    if variant is not None:
+        prof = replace(prof, pair_variant=dict(variant))
     new = {(p.batch, p.first, p.second) for p in pairs}
     kept = tuple(p for p in prof.pair_measures if (p.batch, p.first, p.second) not in new)
     return with_pairs(prof, kept + tuple(pairs), source)
