@@ -12,7 +12,10 @@ The dual-stream layouts stay a held-out test of the model, so only this evidence
 - pairwise.json (streamlab.sim.pairwise): fence cost, the idle of a graph with branches, the
   overlap excess of every measured node pair (with SM demands fitted to the pairs for the
   combinations never measured), and the all-reduce's slowdown beside another kernel.
-Without pairwise.json the cross-stream costs take the values given, labelled as not calibrated.
+Without pairwise.json the cross-stream costs take the values given, labelled as not calibrated,
+with wide stated priors as their spreads (the prediction interval widens by them). The profile
+records the calibration's run noise per batch (`check.run_noise` of the serial runs) and its
+provenance (device, versions, shape, batches, command, the kernels' hash).
 """
 
 from __future__ import annotations
