@@ -28,7 +28,9 @@ SMs it keeps busy alone (fitted to the same pairs). An all-reduce runs
 (what MI355X shows), in any graph that uses more than one lane. A graph of several lanes also
 idles `multi_stream_entry_us` before each layer's first kernel (what the MI355X trace shows as a
 stall at every layer's re-entry) and `multi_stream_graph_entry_us` once per replay (what a CUDA
-graph with branches costs to launch).
+graph with branches costs to launch), and each of its kernels but the FP8 GEMMs runs
+`queue_wait_kernel_us` longer (on ROCm a cross-queue wait polls a host-memory signal: the MI355X
+indexer's memory-bound kernels ran +0.5..2.4 us each with the alt stream on, its GEMMs ~+0).
 
 Every pair of compute kernels that shares the device is recorded as an `Overlap` (which was
 dispatched first, whether a measured pair set their pace: never when three ran at once, how
