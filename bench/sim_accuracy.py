@@ -9,7 +9,7 @@ inside their intervals.
     ... [--traces traces/h100-2026-11-22]  (adds each node's time inside the layer vs the run traces)
 
 The layouts are those the matrix measured: the shipped dual-stream ones and any of
-bench/layouts/ (written for the held-out test: each creates overlaps the shipped ones lack).
+bench/heldout/ (written for the held-out test: each creates overlaps the shipped ones lack).
 
 With --pairwise the report adds the before / after `calibrate --for` comparison: the same
 held-out layouts predicted by a profile calibrated without any pair, by one whose pairs lack
@@ -69,17 +69,17 @@ def measured_runs(matrix: Path) -> dict[tuple[str, int], Measured]:
 
 
 def scenario(name: str, batch: int):
-    """A shipped layout, or one written for the held-out test (bench/layouts/)."""
-    path = next(p for p in (ROOT / "scenarios" / f"{name}.yaml", ROOT / "bench" / "layouts" / f"{name}.yaml")
+    """A shipped layout, or one written for the held-out test (bench/heldout/)."""
+    path = next(p for p in (ROOT / "scenarios" / f"{name}.yaml", ROOT / "bench" / "heldout" / f"{name}.yaml")
                 if p.exists())
     return load(path).override(batch=batch)
 
 
 def layouts_in(runs: dict[tuple[str, int], Measured]) -> tuple[str, ...]:
-    """The layouts the matrix measured: the shipped ones in their order, then bench/layouts/ ones
+    """The layouts the matrix measured: the shipped ones in their order, then bench/heldout/ ones
     (single-stream layouts of other variants are calibration inputs, not layouts to rank)."""
     names = {n for n, _ in runs}
-    extra = sorted(n for n in names if n not in LAYOUTS and (ROOT / "bench" / "layouts" / f"{n}.yaml").exists())
+    extra = sorted(n for n in names if n not in LAYOUTS and (ROOT / "bench" / "heldout" / f"{n}.yaml").exists())
     return tuple(n for n in LAYOUTS if n in names) + tuple(extra)
 
 
