@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from streamlab.exec.buffers import Buffers
-from streamlab.exec.eager import StreamSet, bind_layer
+from streamlab.exec.eager import StreamSet
 from streamlab.exec.verify import compare_with_serial
+from streamlab.kernels import bind_layer
 from streamlab.kernels import reference as ref
 from streamlab.kernels.quant import (index_cache_read, index_cache_write, k_byte_offsets,
                                      quant_groups)
