@@ -34,7 +34,7 @@ import torch
 from streamlab.exec.buffers import Buffers
 from streamlab.exec.eager import StreamSet, run_layers
 from streamlab.exec.measure import time_graphs
-from streamlab.exec.profile import device_events
+from streamlab.exec.profiler import device_events
 from streamlab.exec.target import Target, collective_overrides, versions
 from streamlab.io import write_json_atomic
 from streamlab.kernels import bind_layer

@@ -16,7 +16,7 @@ import torch
 
 from layer_graph import LayerGraph
 from streamlab.exec.measure import time_graph
-from streamlab.exec.profile import device_events
+from streamlab.exec.profiler import device_events
 from streamlab.kernels import Bound
 from streamlab.kernels import reference as ref
 from streamlab.kernels.triton import topk

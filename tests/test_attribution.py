@@ -9,7 +9,7 @@ import pytest
 
 from streamlab.errors import Failure
 from streamlab.exec.attribute import attribute
-from streamlab.exec.profile import DeviceEvent
+from streamlab.exec.profiler import DeviceEvent
 from streamlab.scenario import load
 from streamlab.schedule.graph import capture
 

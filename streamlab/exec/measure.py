@@ -24,7 +24,7 @@ from streamlab.errors import Failure
 from streamlab.exec.attribute import Signature, attribute
 from streamlab.exec.buffers import Buffers
 from streamlab.exec.eager import StreamSet, run_layers, run_program
-from streamlab.exec.profile import device_events
+from streamlab.exec.profiler import device_events
 from streamlab.kernels import Bound, backend_kind
 from streamlab.kernels.allreduce.impls import capture_hook
 from streamlab.models.hardware import Ceilings
