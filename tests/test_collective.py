@@ -8,7 +8,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -64,11 +63,11 @@ def _env(**extra: str) -> dict:
     return env
 
 
-def _python(args: list[str], timeout: float = 60, **env: str) -> tuple[subprocess.CompletedProcess, float]:
-    t0 = time.monotonic()
-    p = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(**env), capture_output=True,
-                       text=True, timeout=timeout)
-    return p, time.monotonic() - t0
+def _python(args: list[str], timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """A command in a process of its own; a run that does not end within `timeout` fails the
+    test (TimeoutExpired): every rank must be stopped, not left to hang."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(**env), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def _workers_alive(marker: str) -> list[int]:
@@ -88,7 +87,7 @@ def _workers_alive(marker: str) -> list[int]:
 
 def test_world2_run_through_the_launcher_gives_one_result_with_both_ranks(scenario, tmp_path):
     out = tmp_path / "out"
-    p, _ = _python(["-m", "streamlab", "run", str(scenario), "--world", "2", "--device", "cpu",
+    p = _python(["-m", "streamlab", "run", str(scenario), "--world", "2", "--device", "cpu",
                     "--out", str(out), "--rank-timeout", "30"])
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     results = sorted(x.name for x in out.glob("*.json"))
@@ -113,7 +112,7 @@ def test_world2_run_through_the_launcher_gives_one_result_with_both_ranks(scenar
 
 def test_a_rank_that_exits_early_stops_every_rank_with_one_message(scenario, tmp_path):
     out = tmp_path / "out"
-    p, took = _python(["-m", "streamlab", "run", str(scenario), "--world", "2",
+    p = _python(["-m", "streamlab", "run", str(scenario), "--world", "2",
                        "--device", "cpu", "--out", str(out), "--rank-timeout", "20"],
                       STREAMLAB_FAULT="1:exit:run")
     assert p.returncode != 0
@@ -123,12 +122,11 @@ def test_a_rank_that_exits_early_stops_every_rank_with_one_message(scenario, tmp
     assert "phase 'run tiny_a_v4" in errors[0] and "every rank was stopped" in errors[0]
     assert not list(out.glob("*.json"))  # nothing presented as a result
     assert not _workers_alive(str(out))
-    assert took < 40
 
 
 def test_a_rank_that_hangs_is_named_and_every_rank_ends(scenario, tmp_path):
     out = tmp_path / "out"
-    p, took = _python(["-m", "streamlab", "run", str(scenario), "--world", "2",
+    p = _python(["-m", "streamlab", "run", str(scenario), "--world", "2",
                        "--device", "cpu", "--out", str(out), "--rank-timeout", "5"],
                       STREAMLAB_FAULT="1:hang:run")
     assert p.returncode == watch.EXIT_STUCK, p.stderr[-3000:]
@@ -136,12 +134,11 @@ def test_a_rank_that_hangs_is_named_and_every_rank_ends(scenario, tmp_path):
     assert len(errors) == 1 and "rank 1 of 2" in errors[0] and "made no progress" in errors[0]
     assert not list(out.glob("*.json"))
     assert not _workers_alive(str(out))
-    assert took < 40
 
 
 def test_sweep_on_two_cpu_ranks(tmp_path):
     out = tmp_path / "out"
-    p, _ = _python(["-m", "streamlab", "allreduce", "--world", "2", "--impl", "nccl", "--sizes", "1K,4K",
+    p = _python(["-m", "streamlab", "allreduce", "--world", "2", "--impl", "nccl", "--sizes", "1K,4K",
                     "--iters", "3", "--warmup", "1", "--calls", "2", "--device", "cpu", "--rank-timeout", "30",
                     "--out", str(out)])
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
@@ -158,9 +155,10 @@ def test_sweep_on_two_cpu_ranks(tmp_path):
 
 
 def test_bad_sweep_options_fail_before_any_rank_starts(tmp_path):
-    p, took = _python(["-m", "streamlab", "allreduce", "--world", "2", "--impl", "mpi", "--device", "cpu",
-                       "--out", str(tmp_path)])
-    assert p.returncode == 2 and "--impl: unknown all-reduce mpi" in p.stderr and took < 30
+    p = _python(["-m", "streamlab", "allreduce", "--world", "2", "--impl", "mpi", "--device", "cpu",
+                 "--out", str(tmp_path)])
+    assert p.returncode == 2 and "--impl: unknown all-reduce mpi" in p.stderr
+    assert not (tmp_path / "allreduce-w2-mpi.json").exists()
 
 
 # -- pieces ------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ published single-stream vs A_v4 + MoE-dual picture."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -176,11 +175,9 @@ def test_mi355x_profile_reproduces_the_published_layer_within_10_percent():
     assert d_us - s_us > 25  # the dual-stream layout loses
 
 
-def test_a_cpu_run_is_simulated_and_fast(tmp_path):
-    start = time.perf_counter()
+def test_a_cpu_run_is_simulated(tmp_path):
     r = CliRunner().invoke(app, ["run", str(SCENARIOS / "a_v4.yaml"), "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    assert time.perf_counter() - start < 10
     assert "simulated, profile mi355x" in r.output and "bitwise equal" in r.output
     assert list(tmp_path.glob("a_v4-b4-cpu.json")) and list(tmp_path.glob("*.trace.json.gz"))
 
