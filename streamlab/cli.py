@@ -106,8 +106,8 @@ def run(scenarios: list[Path] = typer.Argument(..., help="scenario YAML file(s)"
         return
     batches = _batches(batch) or [None]
     runs = [_scenario(p, model, b, context, tp, page_size, kv_cache) for b in batches for p in scenarios]
-    options = dict(backend=backend, device=device, layers=layers, out=out, profile=profile,
-                   verify_full=verify_full)
+    options = {"backend": backend, "device": device, "layers": layers, "out": out, "profile": profile,
+               "verify_full": verify_full}
     if len(runs) == 1:
         from streamlab.session.run import run_scenario
         run_scenario(runs[0], console, **options)

@@ -46,12 +46,12 @@ from streamlab.scenario import Measure
 from streamlab.timeline import Source
 
 __all__ = [
-    "SCHEMA", "KINDS", "RunResult", "CompareResult", "CheckVerdict", "TraceSummary", "AllReduceSweep",
-    "Protocol", "Latency", "Budget", "Anatomy", "NodeTime", "NodeResult", "Difference",
-    "ProfileParameter", "Ranks", "RankFigures", "AllReduceOnRank", "RunFailure", "Attribution",
-    "BatchVerdict", "ENABLE", "DO_NOT_ENABLE", "INCONCLUSIVE", "SweepRow", "TraceLoader",
-    "TraceLayers", "AllReduceCalls", "TraceKernel", "TraceStream", "OutsideLayers",
-    "load", "load_any", "load_runs", "dump", "to_json", "from_json", "json_schema",
+    "DO_NOT_ENABLE", "ENABLE", "INCONCLUSIVE", "KINDS", "SCHEMA", "AllReduceCalls", "AllReduceOnRank",
+    "AllReduceSweep", "Anatomy", "Attribution", "BatchVerdict", "Budget", "CheckVerdict",
+    "CompareResult", "Difference", "Latency", "NodeResult", "NodeTime", "OutsideLayers",
+    "ProfileParameter", "Protocol", "RankFigures", "Ranks", "RunFailure", "RunResult", "SweepRow",
+    "TraceKernel", "TraceLayers", "TraceLoader", "TraceStream", "TraceSummary", "dump", "from_json",
+    "json_schema", "load", "load_any", "load_runs", "to_json",
 ]
 
 SCHEMA = 2

@@ -18,11 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CEILINGS = Ceilings(3000.0, 800.0, 1600.0)
 
 
-def _result(held_us=None, timing=GraphTiming([200.0, 210.0], block=1, repeats=2)):
+def _result(held_us=None):
     scen = load(ROOT / "scenarios" / "serial.yaml")
     timeline = simulate(scen.layer, scen.program, load_profile("h100"), 2)  # stands in for profiled replays
     alone = {n.name: NodeIsolated([("k", (1,))], [5.0, 5.0]) for n in scen.layer.nodes}
     setup = RunSetup(device="NVIDIA H100", versions={}, backends={}, layers=2, differences=())
+    timing = GraphTiming([200.0, 210.0], block=1, repeats=2)
     return scen, measured_result(scen, Measurement(timing, timeline, alone, CEILINGS), setup,
                                  node_backends={n.name: "triton" for n in scen.layer.nodes},
                                  allreduce="emulated", held_us=held_us or {})

@@ -120,7 +120,7 @@ def test_an_allreduce_sweep_validates(tmp_path):
     p = subprocess.run([sys.executable, "-m", "streamlab", "allreduce", "--world", "2", "--impl", "nccl",
                         "--sizes", "1K", "--iters", "2", "--warmup", "0", "--calls", "1", "--device", "cpu",
                         "--rank-timeout", "30", "--out", str(tmp_path)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == 0, p.stderr[-2000:]
     doc = json.loads((tmp_path / "allreduce-w2-nccl.json").read_text())
     validate(doc, "allreduce-sweep")

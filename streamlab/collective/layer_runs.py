@@ -31,8 +31,8 @@ def _scenarios(args) -> list[Scenario]:
     out = []
     for b in batches:  # every scenario at the first batch size first: the comparison that matters
         for base in bases:
-            shape = dict(batch=b, context=args.context, tp=args.tp, page_size=args.page_size,
-                         kv_cache=args.kv_cache)
+            shape = {"batch": b, "context": args.context, "tp": args.tp, "page_size": args.page_size,
+                     "kv_cache": args.kv_cache}
             if args.model is not None or any(v is not None for v in shape.values()):
                 out.append(base.override(model=args.model, **shape))
             else:

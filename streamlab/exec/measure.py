@@ -12,10 +12,10 @@ returned as one `Measurement`; `streamlab.runs` turns it into a result).
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractContextManager
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import ContextManager
 
 import torch
 
@@ -219,7 +219,8 @@ class Measurement:
 
 
 def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: StreamSet, *,
-            status: Callable[[str], ContextManager] = lambda text: contextlib.nullcontext()) -> Measurement:
+            status: Callable[[str], AbstractContextManager] = lambda text: contextlib.nullcontext(),
+            ) -> Measurement:
     """Capture the scenario's layers (`buffers.layers`) into one graph, time it under
     `scen.measure`, profile `measure.profile_replays` replays and every node alone.
     `status(text)`: held around each phase (a spinner)."""
