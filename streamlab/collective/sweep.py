@@ -106,16 +106,14 @@ def rank_sweep(args, ctx: Ctx, monitor) -> int:
 
 
 def _result(ctx: Ctx, args, described: dict, rows: list[SweepRow], complete: bool) -> AllReduceSweep:
-
     from streamlab.exec.target import device_name, versions
 
     return AllReduceSweep(
         world=ctx.world, complete=complete, device=device_name(ctx.device), versions=versions(),
         implementations=described,
-        method=("graph of %d back-to-back calls, %d warm-up + %d timed replays, device events "
-                "(exec.measure.time_graph); time = slowest rank's median per call"
-                % (args.calls, args.warmup, args.iters)) if ctx.gpu
-        else "eager calls timed on the host (CPU, gloo): not a graph measurement",
+        method=(f"graph of {args.calls} back-to-back calls, {args.warmup} warm-up + {args.iters} timed "
+                "replays, device events (exec.measure.time_graph); time = slowest rank's median per call")
+        if ctx.gpu else "eager calls timed on the host (CPU, gloo): not a graph measurement",
         rows=tuple(rows))
 
 

@@ -29,7 +29,7 @@ __all__ = ["CPU_LAYERS", "OutputsDiffer", "run_scenario", "simulate_run"]
 CPU_LAYERS = 2  # two layers catch hazards across the layer boundary
 
 
-REDUCED = dict(model="tiny", tp=1, batch=2, context=256, page_size=64)  # fast CPU output check
+REDUCED = {"model": "tiny", "tp": 1, "batch": 2, "context": 256, "page_size": 64}  # fast CPU output check
 
 
 class OutputsDiffer(Failure):
@@ -92,7 +92,8 @@ def _measured(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams
                 status=lambda text: console.status(text) if console.is_terminal else nullcontext())
     trace_path = write_chrome(m.timeline, out / f"{scen.name}-b{scen.shape.batch}.trace.json.gz")
     result = measured_result(
-        scen, m, replace(setup, trace=str(trace_path)), node_backends={n: b.backend for n, b in bound.items()},
+        scen, m, replace(setup, trace=str(trace_path)),
+        node_backends={n: b.backend for n, b in bound.items()},
         allreduce=next((b.backend for b in bound.values() if b.node.is_collective), "none"),
         held_us={n: b.fn.duration_us for n, b in bound.items() if b.backend == "emulated"})
     print_result(console, result)
