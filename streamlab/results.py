@@ -50,8 +50,8 @@ __all__ = [
     "AllReduceSweep", "Anatomy", "Attribution", "BatchVerdict", "Budget", "CheckVerdict",
     "CompareResult", "Difference", "Latency", "NodeResult", "NodeTime", "OutsideLayers",
     "ProfileParameter", "Protocol", "RankFigures", "Ranks", "RunFailure", "RunResult", "SweepRow",
-    "TraceKernel", "TraceLayers", "TraceLoader", "TraceStream", "TraceSummary", "dump", "from_json",
-    "json_schema", "load", "load_any", "load_runs", "to_json",
+    "TraceDependencies", "TraceKernel", "TraceLayers", "TraceLoader", "TraceStream", "TraceSummary",
+    "dump", "from_json", "json_schema", "load", "load_any", "load_runs", "to_json",
 ]
 
 SCHEMA = 2
@@ -458,6 +458,15 @@ class OutsideLayers:
 
 
 @dataclass(frozen=True)
+class TraceDependencies:
+    """Where the trace's dependency graph came from (recorded edges, the scenario, stream order)."""
+
+    origin: str
+    note: str
+    steps: int
+
+
+@dataclass(frozen=True)
 class TraceSummary:
     """The numbers of a profiler trace over its steady-state layers (`trace summary --json`)."""
 
@@ -482,6 +491,16 @@ class TraceSummary:
     kernels: tuple[TraceKernel, ...]
     nodes: dict[str, NodeStats]
     outside_layers: OutsideLayers
+    # what `trace summary` adds from the trace's dependency graph (trace/explain.py), kept as its
+    # modules write them until they have types of their own; absent from TraceReport.to_dict
+    dependencies: TraceDependencies | None = None
+    step_span_us: tuple[float, ...] = ()
+    critical_path: dict[str, Any] | None = None
+    exposed_communication: dict[str, Any] | None = None
+    rank_skew: dict[str, Any] | None = None
+    what_if: dict[str, Any] | None = None
+    roofline: dict[str, Any] | None = None
+    plots: tuple[str, ...] = ()
 
 
 KINDS: dict[str, type] = {cls.KIND: cls for cls in (RunResult, CompareResult, CheckVerdict, TraceSummary,

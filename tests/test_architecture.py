@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("streamlab.check",),
     ("streamlab.report",),  # rendering: rich, matplotlib, Markdown
     ("streamlab.session", "streamlab.collective", "streamlab.search"),  # orchestration
-    ("streamlab.cli", "streamlab.__main__"),
+    ("streamlab.cli", "streamlab.__main__", "streamlab.trace.cli"),  # trace.cli: the `streamlab trace` commands
 ]
 INDEPENDENT = ("streamlab.exec", "streamlab.sim", "streamlab.trace")
 
@@ -63,12 +63,15 @@ def imports(name: str, path: Path) -> set[str]:
 
 
 def layer_of(name: str) -> tuple[int, str]:
+    """The layer of the longest prefix that names the module (a module may sit in another layer
+    than its package: streamlab.trace.cli)."""
     if name == "streamlab":  # the package's own __init__: a docstring
         return 0, name
-    for i, layer in enumerate(LAYERS):
-        for prefix in layer:
-            if name == prefix or name.startswith(prefix + "."):
-                return i, prefix
+    found = [(len(prefix), i, prefix) for i, layer in enumerate(LAYERS) for prefix in layer
+             if name == prefix or name.startswith(prefix + ".")]
+    if found:
+        _, i, prefix = max(found)
+        return i, prefix
     raise AssertionError(f"{name} is in no layer: add it to LAYERS (tests/test_architecture.py) and to "
                          "the README's Architecture picture")
 

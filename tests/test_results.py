@@ -102,16 +102,17 @@ def test_a_check_verdict_validates(runs):
     assert r.exit_code == v.exit_code == 1 and v.verdict == "do not enable" and v.reason is None
 
 
-def test_a_trace_summary_fits_its_type():
-    """`trace summary --json` (trace/summary.py's dict until it writes the typed summary) carries
-    every field of TraceSummary, typed as the schema says."""
+def test_a_trace_summary_fits_its_type(tmp_path):
+    """`trace summary --json` (trace/summary.py's dict and trace/explain.py's parts, until they
+    write the typed summary) carries every field of TraceSummary, typed as the schema says."""
     r = CliRunner().invoke(app, ["trace", "summary", str(ROOT / "traces/h100-2026-11-22/a_v4-b4.trace.json.gz"),
-                                 "--json"])
+                                 "--what-if", "stall=0", "--out", str(tmp_path), "--json"])
     assert r.exit_code == 0, r.output
     doc = {"schema": SCHEMA, "kind": "trace-summary", **json.loads(r.output)}
     validate(doc, "trace-summary")
     s = from_json(doc, TraceSummary)
     assert s.layers.method == "recorded" and s.allreduce_per_call_us.n > 0 and s.nodes["o_proj"].occurrences > 0
+    assert s.dependencies.steps > 0 and s.critical_path["span_us"] > 0 and s.what_if is not None
     assert to_json(s) == doc
 
 
@@ -128,7 +129,7 @@ def test_an_allreduce_sweep_validates(tmp_path):
 
 
 COMMITTED = sorted(p for d in ("bench/results", "traces") for p in (ROOT / d).rglob("*.json"))
-NOT_RESULTS = {"pairwise.json", "repeat_protocol.json", "bench.json"}  # bench scripts' own records
+NOT_RESULTS = {"pairwise.json", "repeat_protocol.json", "bench.json", "whatif.json"}  # bench records
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(ROOT)))
