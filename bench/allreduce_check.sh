@@ -44,11 +44,11 @@ step() {
 if (( WORLD < 2 )); then
   echo "needs at least 2 GPUs, found $WORLD" | tee -a "$OUT/status.txt"
 else
-  step sweep 120 python3 -m streamlab.collective sweep --world "$WORLD" --impl nccl,symm_mem \
+  step sweep 120 python3 -m streamlab allreduce --world "$WORLD" --impl nccl,symm_mem \
       --out "$R" --rank-timeout 90
   # one launch for every layer run: each scenario under nccl then symm_mem before the next, all
   # at batch 4 first, so a run cut short still has like-for-like pairs
-  step layers 600 python3 -m streamlab.collective run scenarios/serial.yaml scenarios/a_v4_moe_dual.yaml \
+  step layers 600 python3 -m streamlab run scenarios/serial.yaml scenarios/a_v4_moe_dual.yaml \
       scenarios/pr23562.yaml scenarios/a_v4.yaml --world "$WORLD" --batch 4,64 --context 8192 \
       --impl nccl,symm_mem --out "$R" --rank-timeout 150
 fi
@@ -57,7 +57,7 @@ for pid in $(pgrep -f "streamlab.collective.worker" || true); do
   tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$R" && kill -9 "$pid" 2>/dev/null
 done
 
-python3 -m streamlab.collective.summary "$R" > "$OUT/summary.txt" 2>&1
+python3 -m streamlab allreduce-summary "$R" > "$OUT/summary.txt" 2>&1
 cat "$OUT/status.txt" >> "$OUT/summary.txt"
 tar czf "$OUT/runs.tgz" -C "$OUT" runs && rm -rf "$R"
 echo

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from streamlab.exec.buffers import Buffers
-from streamlab.exec.eager import StreamSet, bind_layer, run_layers
-from streamlab.exec.session import Target, collective_overrides
-from streamlab.kernels import Bound
+from streamlab.exec.eager import StreamSet, run_layers
+from streamlab.exec.target import Target, collective_overrides
+from streamlab.kernels import Bound, bind_layer
 from streamlab.scenario import Scenario, load
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,8 +4,8 @@
     python bench/pairwise.py --out DIR [--batches 1,4,16,64] [--units 8]
 
 Every measurement is one CUDA graph of `units` units `fork; MAIN on main; ALT on alt; join`,
-replayed and timed per replay with device events, graphs interleaved in rounds so clock drift
-hits them alike:
+replayed and timed per replay with device events by the executor's harness
+(exec.measure.time_graphs), graphs interleaved in rounds so clock drift hits them alike:
 - fence: a chain of one empty kernel per unit (one stream) and a ladder of fork/join units of two
   empty kernels, at 4, 16 and 64 units (slope: cost per edge, intercept: cost per replay);
 - pairs of layer nodes that overlap in the shipped dual-stream layouts, in both dispatch orders,
@@ -32,11 +32,13 @@ from pathlib import Path
 import torch
 
 from streamlab.exec.buffers import Buffers
-from streamlab.exec.eager import StreamSet, bind_layer, run_layers
-from streamlab.exec.profile import device_events
-from streamlab.exec.session import Target, collective_overrides, versions
+from streamlab.exec.eager import StreamSet, run_layers
+from streamlab.exec.measure import time_graphs
+from streamlab.exec.profiler import device_events
+from streamlab.exec.target import Target, collective_overrides, versions
 from streamlab.io import write_json_atomic
-from streamlab.scenario import load
+from streamlab.kernels import bind_layer
+from streamlab.scenario import Measure, load
 from streamlab.sim.pairwise import NOOP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,30 +125,17 @@ def capture(work) -> torch.cuda.CUDAGraph:
     return graph
 
 
+LEAD_IN = 3  # untimed replays of a graph before its block: the first after another graph read slow
+SETTLE_S = 1.5  # back-to-back work until clocks settle (about a second on H100)
+
+
 def time_all(items: list[Measured], state: str, rounds: int, replays: int) -> None:
-    """Interleaved: every round replays every graph a few times untimed, then `replays` timed."""
-    for m in items:
-        m.replays[state] = []
-    for _ in range(rounds):
-        for m in items:
-            for _ in range(3):
-                m.graph.replay()
-            marks = [torch.cuda.Event(enable_timing=True) for _ in range(replays + 1)]
-            marks[0].record()
-            for i in range(replays):
-                m.graph.replay()
-                marks[i + 1].record()
-            marks[-1].synchronize()
-            m.replays[state] += [marks[i].elapsed_time(marks[i + 1]) * 1e3 for i in range(replays)]
-
-
-def settle(graph: torch.cuda.CUDAGraph, seconds: float = 1.5) -> None:
-    """Back-to-back work until clocks settle (about a second on H100)."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(16):
-            graph.replay()
-        torch.cuda.synchronize()
+    """The executor's harness (exec.measure.time_graphs), interleaved: every round replays each
+    graph LEAD_IN times untimed, then `replays` timed, one graph after another."""
+    protocol = Measure(warmup=1, iters=replays, repeats=rounds, seconds=0.0)
+    timings = time_graphs([m.graph for m in items], protocol, lead_in=LEAD_IN, warmup_s=SETTLE_S)
+    for m, t in zip(items, timings):
+        m.replays[state] = t.per_replay_us
 
 
 def fence_graphs(h: Harness) -> list[Measured]:
@@ -174,7 +163,7 @@ def layer_graph(batch: int, device: torch.device) -> tuple[Measured, Harness]:
     return Measured(batch, "layer", LAYERS, ("serial",), (), g), h
 
 
-def stream_profile(m: Measured, device: torch.device, replays: int = 2) -> dict:
+def stream_activity(m: Measured, device: torch.device, replays: int = 2) -> dict:
     """Per stream of the replayed graph: kernel names, kernels and busy us per unit."""
     events = [e for e in device_events(lambda: [m.graph.replay() for _ in range(replays)], device)
               if e.kind == "kernel"]
@@ -227,19 +216,18 @@ def main() -> None:
     for state in ("clean", "cupti"):
         if state == "cupti":
             device_events(lambda: fence[0].graph.replay(), device)  # attaches CUPTI for good
-        settle(layers[batches[-1]].graph)
         time_all(every, state, args.rounds, args.replays)
         doc["records"] += [m.record(state) for m in every if m.kind != "layer"]
         doc["serial_layer_us"][state] = {b: layers[b].record(state)["replay_us"] / LAYERS for b in batches}
         save(f"timed ({state})")
     noop = next(m for m in fence if m.kind == "chain")
-    doc["noop_us"] = stream_profile(noop, device)["streams"][0]["busy_us_per_unit"]
+    doc["noop_us"] = stream_activity(noop, device)["streams"][0]["busy_us_per_unit"]
     for m in every:
         if time.perf_counter() - t0 > args.budget_s:
             doc["errors"].append("profiler pass cut short by --budget-s")
             break
         if m.kind in ("pair", "ladder"):
-            doc["profiled"].append(stream_profile(m, device))
+            doc["profiled"].append(stream_activity(m, device))
     save("done")
 
 

@@ -34,7 +34,7 @@ def _timed_blocks(graph, layers: int, seconds: float | None, blocks: int | None)
     out, start = [], time.time()
     while (blocks is not None and len(out) < blocks) or (
             seconds is not None and time.time() - start < seconds):
-        out.append({"t": time.time(), "us": replay_block(graph, ITERS, layers)})
+        out.append({"t": time.time(), "us": replay_block(graph, ITERS, per_replay=layers)})
     return out
 
 
@@ -45,7 +45,7 @@ def _measure(name: str, batch: int, protocol: str) -> list[dict]:
     lg = LayerGraph.build(name, batch)
     graph = lg.capture()
     if protocol == "untimed warm-up":
-        warm_up(graph, 20, ITERS, WARMUP_S)
+        warm_up([graph], replays=20, block=ITERS, seconds=WARMUP_S)
         return _timed_blocks(graph, lg.buffers.layers, None, 10)
     return _timed_blocks(graph, lg.buffers.layers, 3.0, None)
 

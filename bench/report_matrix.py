@@ -1,31 +1,28 @@
-"""Turn a device matrix (bench/matrix.py output, fetched with its runs.tgz unpacked beside it)
-into the compare report: tables, plots and Markdown, as `streamlab compare` would write them.
+"""The compare report (tables, plots, Markdown) of a GPU matrix fetched from the device, as
+`streamlab compare` writes it: for a matrix of before the compare report came back with it, or
+to draw the per-layer plots at another batch.
 
     python bench/report_matrix.py RESULTS_DIR OUT_DIR [PLOT_BATCH]
+
+RESULTS_DIR holds matrix.json (any result schema) and the runs.tgz of bench/gpu_check.sh
+unpacked beside it (the runs' traces under runs/ or matrix/runs/).
 """
 
 from __future__ import annotations
 
-import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from streamlab.report.compare import Run, export
-from streamlab.scenario import load
-
-ROOT = Path(__file__).resolve().parent.parent
+from streamlab.report.compare import export
+from streamlab.results import CompareResult, load
 
 
 def main(results: Path, out: Path, plot_batch: int | None) -> None:
-    runs = []
-    for r in json.loads((results / "matrix.json").read_text()):
-        if "measured" not in r:
-            continue
-        trace = Path(r["measured"]["trace"])
-        r["measured"]["trace"] = str(results / "runs" / trace.name)
-        scen = load(ROOT / "scenarios" / f"{r['scenario']}.yaml").override(batch=r["batch"])
-        runs.append(Run(scen, r["batch"], r))
-    for p in export(runs, out, plot_batch):
+    matrix = load(results / "matrix.json", CompareResult)
+    folder = next((d for d in (results / "runs", results / "matrix" / "runs") if d.is_dir()), results / "runs")
+    runs = tuple(replace(r, trace=str(folder / Path(r.trace).name)) if r.trace else r for r in matrix.runs)
+    for p in export(replace(matrix, runs=runs), out, plot_batch):
         print(p)
 
 

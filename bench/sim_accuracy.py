@@ -27,15 +27,14 @@ strict ranking (ties ordered by the medians too) is reported beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
 from streamlab.analysis import summarize
-from streamlab.check import run_noise
 from streamlab.io import write_atomic
+from streamlab.results import load_runs
 from streamlab.scenario import load
 from streamlab.sim.calibrate import calibrate
 from streamlab.sim.pairwise import with_pairs
@@ -48,24 +47,20 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = ("serial", "pr23562", "a_v4", "a_v4_moe_dual")
 CALIBRATION = "serial"
 TIE_RULE = ("two layouts tie when their measured medians differ by less than the larger of their "
-            "noises (`streamlab.check.run_noise` x the median, in us: the larger of the repeat "
+            "noises (`streamlab.results.Latency.noise` x the median, in us: the larger of the repeat "
             "spread and half the drift within the timed window, how far a fresh run could land)")
 
 
 @dataclass(frozen=True)
 class Measured:
     us: float  # per-layer median
-    noise_us: float  # run_noise in us
+    noise_us: float  # Latency.noise in us
 
 
 def measured_runs(matrix: Path) -> dict[tuple[str, int], Measured]:
-    """Per (layout, batch): a bench/matrix.py matrix.json (a list of runs) or a `streamlab compare`
-    report.json (its `runs`)."""
-    doc = json.loads(matrix.read_text())
-    runs = doc["runs"] if isinstance(doc, dict) else doc
-    return {(r["scenario"], r["batch"]): Measured(r["measured"]["per_layer_us"]["median"],
-                                                   run_noise(r["measured"]) * r["measured"]["per_layer_us"]["median"])
-            for r in runs if "measured" in r}
+    """Per (layout, batch): a bench matrix or a `streamlab compare` report (results.load_runs)."""
+    return {(r.scenario, r.batch): Measured(r.latency.median, r.latency.noise * r.latency.median)
+            for r in load_runs(matrix) if r.measured}
 
 
 def scenario(name: str, batch: int):

@@ -16,7 +16,7 @@ import torch
 
 from layer_graph import LayerGraph
 from streamlab.exec.measure import time_graph
-from streamlab.exec.profile import device_events
+from streamlab.exec.profiler import device_events
 from streamlab.kernels import Bound
 from streamlab.kernels import reference as ref
 from streamlab.kernels.triton import topk
@@ -54,7 +54,8 @@ def main(batches: list[int]) -> None:
             ref.topk_slots(**args, out=want)
             fn(**args, out=got)
             exact = torch.equal(got.sort(1).values, want.sort(1).values)
-            layer = statistics.median(time_graph(graph, lg.buffers.layers, 20, 50, 5).repeat_medians)
+            timing = time_graph(graph, lg.scen.measure, per_replay=lg.buffers.layers)
+            layer = statistics.median(timing.repeat_medians)
             replays = 5
             events = device_events(lambda: [graph.replay() for _ in range(replays)], dev)
             ours = sum(e.end - e.start for e in events if any(k in e.name for k in KERNELS))

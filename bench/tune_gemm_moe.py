@@ -5,8 +5,9 @@
     PYTHONPATH=$PWD python3 bench/tune_gemm_moe.py report [--m 1,4,16,64] [--tuned best.json]
 
 Every timing is a CUDA-graph replay of R back-to-back calls, each on its own weight buffer (R
-buffers together well over the L2, random data, never zeros), reported as the median over
-batches of replays of the time per call, so launch gaps inside a graph count as they do in the
+buffers together well over the L2, random data, never zeros), timed by the executor's harness
+(exec.measure.time_graph: each replay between device events) and reported as the median over
+replays of the time per call, so launch gaps inside a graph count as they do in the
 layer. Every timed configuration's output is checked against streamlab.kernels.reference on
 the same device and for bitwise-equal replays. `floor` is the bytes one call must move (weights,
 activations, output) over the device-to-device copy bandwidth measured at start.
@@ -43,9 +44,11 @@ import torch
 import triton
 
 import baseline
+from streamlab.exec.measure import time_graph
 from streamlab.kernels import reference as ref
 from streamlab.kernels.quant import FP8
 from streamlab.kernels.triton import common, gemm, moe
+from streamlab.scenario import Measure
 
 ROOT = Path(__file__).resolve().parent.parent
 BF16 = torch.bfloat16
@@ -237,8 +240,8 @@ def want(prob):
 
 
 def measure(prob, impl, cfg, batches=4, reps=3) -> dict:
-    """Median microseconds per call over graph replays of all rotations; error vs reference of
-    rotation 0; whether two replays gave bitwise-equal outputs."""
+    """Median microseconds per call over graph replays of all rotations (exec.measure.time_graph);
+    error vs reference of rotation 0; whether two replays gave bitwise-equal outputs."""
     rot = len(prob.outputs())
     for r in range(rot):  # eager: compiles, allocates workspaces
         prob.call(impl, cfg, r)
@@ -261,19 +264,13 @@ def measure(prob, impl, cfg, batches=4, reps=3) -> dict:
     graph.replay()
     torch.cuda.synchronize()
     first = prob.outputs()[0].clone()
-    times = []
-    for _ in range(batches):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / (reps * rot))
+    # the executor's harness: `batches` blocks of `reps` replays, each replay between device events
+    timing = time_graph(graph, Measure(warmup=0, iters=reps, repeats=batches, seconds=0.0), per_replay=rot,
+                        warmup_s=0.0)
     det = bool(torch.equal(first, prob.outputs()[0]))
     err = rel(prob.outputs()[0], want(prob))
     del graph
-    return dict(us=statistics.median(times), err=err, det=det)
+    return dict(us=statistics.median(timing.per_replay_us), err=err, det=det)
 
 
 def copy_bandwidth() -> float:

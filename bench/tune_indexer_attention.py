@@ -5,7 +5,8 @@ at GLM-5 tp=8 decode shapes: context 8192, page 64, top-2048, 8 MLA heads, fp8 K
         [--only topk|mla|probe] [--budget SECONDS]
 
 Every timing is the median over graph replays of a CUDA graph holding REPS calls of the op (so
-launch gaps inside a graph are included, as in the layer), divided by REPS. Inputs are random
+launch gaps inside a graph are included, as in the layer), divided by REPS, each replay between
+device events (the executor's harness, exec.measure.time_graph). Inputs are random
 (normal, log-normal, relu-like and tied logits, full and ragged rows, 128k rows; fp8 KV codes
 never zero); every configuration is checked against `streamlab.kernels.reference` on the same
 device, and its graph replay against its eager run bit for bit. "before" is the implementation
@@ -34,10 +35,12 @@ import triton  # noqa: E402 - after TRITON_INTERPRET
 import triton.language as tl  # noqa: E402
 
 import baseline  # noqa: E402
+from streamlab.exec.measure import time_graph  # noqa: E402
 from streamlab.kernels import reference as ref  # noqa: E402
 from streamlab.kernels.quant import FP8  # noqa: E402
 from streamlab.kernels.triton import attention, topk  # noqa: E402
 from streamlab.kernels.triton.topk import _split_bins, _tile_bounds  # noqa: E402
+from streamlab.scenario import Measure  # noqa: E402
 
 REPS = 20
 REPLAYS = 7
@@ -77,17 +80,10 @@ def graph_us(fn, outs=()):
     with torch.cuda.graph(g):
         for _ in range(REPS):
             fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(REPLAYS):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        g.replay()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) * 1e3 / REPS)
-    return statistics.median(times), same
+    # the executor's harness: one untimed block of REPLAYS replays, then REPLAYS timed, each between events
+    timing = time_graph(g, Measure(warmup=1, iters=REPLAYS, repeats=1, seconds=0.0), per_replay=REPS,
+                        warmup_s=0.0)
+    return statistics.median(timing.per_replay_us), same
 
 
 # -- top-k -------------------------------------------------------------------------------------

@@ -27,20 +27,20 @@ responsible for); predicted timed = the source run's timed per-layer latency + (
 source trace), against the target run's timed latency. The profiler's per-layer wall sits a
 run-dependent offset from the timed latency (the trace is a few replays at one moment of the
 timed window's drift), which the timed comparison carries from both runs. Noise: the larger
-`streamlab.check.run_noise` of the two runs, times the target's latency.
+`streamlab.results.Latency.noise` of the two runs, times the target's latency.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
 
 from streamlab.analysis import summarize
-from streamlab.check import run_noise
+from streamlab.errors import Failure
 from streamlab.io import write_atomic, write_json_atomic
+from streamlab.results import RunResult, load_any, load_runs
 from streamlab.trace.deps import DepGraph, for_trace
 from streamlab.trace.kineto import load_trace
 from streamlab.trace.whatif import Change, parse_change, what_if
@@ -56,7 +56,7 @@ class Run:
     allreduce: str
     trace: Path
     timed_us: float  # per-layer median
-    noise: float  # run_noise (fraction)
+    noise: float  # Latency.noise (fraction)
 
 
 @dataclass(frozen=True)
@@ -87,20 +87,23 @@ class Row:
 
 def runs_of(traces: Path, matrix: Path) -> list[Run]:
     if matrix.is_dir():
-        entries = [(p.stem, json.loads(p.read_text())) for p in sorted(matrix.glob("*.json"))]
-        entries = [(stem, r) for stem, r in entries if isinstance(r, dict) and "measured" in r]
+        entries = []
+        for p in sorted(matrix.glob("*.json")):
+            try:
+                got = load_any(p)
+            except Failure:
+                continue  # not a result file (an all-reduce sweep's is one, and skipped below)
+            if isinstance(got, RunResult) and got.measured:
+                entries.append((p.stem, got))
     else:
-        entries = [(f"{r['scenario']}-b{r['batch']}", r) for r in json.loads(matrix.read_text())
-                   if "measured" in r]
+        entries = [(f"{r.scenario}-b{r.batch}", r) for r in load_runs(matrix) if r.measured]
     out = []
     for stem, r in entries:
         trace = traces / f"{stem}.trace.json.gz"
         if not trace.is_file():
             continue
-        m = r["measured"]
-        impl = (r.get("allreduce") or {}).get("impl") or r.get("backend", {}).get("allreduce_attn", "")
-        out.append(Run(stem, r["scenario"], int(r.get("batch", r.get("shape", {}).get("batch", 0))),
-                       impl, trace, m["per_layer_us"]["median"], run_noise(m)))
+        impl = (r.ranks.allreduce.get("impl") if r.ranks else None) or r.backends.get("allreduce_attn", "")
+        out.append(Run(stem, r.scenario, r.batch, impl, trace, r.latency.median, r.latency.noise))
     return out
 
 
@@ -184,7 +187,7 @@ def markdown(rows: list[Row], command: str) -> str:
              ("Per-layer latency (us). predicted: the source trace replayed with the what-if "
               "(median layer wall); target trace: the target run's trace, same statistic; "
               "predicted timed: source timed latency + (predicted - source trace); noise: the "
-              "larger `run_noise` of the two runs x the target latency. Predictions, not "
+              "larger `Latency.noise` of the two runs x the target latency. Predictions, not "
               "measurements.\n"),
              ("| kind | source | target | what-if | deps | predicted | target trace | error | "
               "predicted timed | target timed | error | noise | timed within noise |"),

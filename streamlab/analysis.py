@@ -131,8 +131,14 @@ def classify(duration: float) -> str:
     return "fence" if duration < STALL_US else "stall"
 
 
+def is_allreduce_node(name: str | None) -> bool:
+    """The layer's all-reduce nodes are named allreduce_*: the one all-reduce classifier of
+    nodes (trace/ classifies kernel names of foreign traces its own way)."""
+    return (name or "").startswith("allreduce")
+
+
 def is_allreduce(iv: Interval) -> bool:
-    return iv.kind == "allreduce" or (iv.node or "").startswith("allreduce")
+    return iv.kind == "allreduce" or is_allreduce_node(iv.node)
 
 
 # Kernel classes by name, first match wins, tried on the DAG node and then on the kernel name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -15,11 +17,11 @@ from streamlab.scenario import Scenario, load
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure, simulate and explain multi-stream graph schedules of a decode layer.")
 console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
 
 from streamlab.trace.cli import app as trace_app  # noqa: E402  (sub-app: `streamlab trace ...`)
 
 app.add_typer(trace_app, name="trace", help="Summaries and diffs of profiler traces (Kineto, ours).")
-err = Console(stderr=True, highlight=False)
 
 def _scenario(path: Path, model: Optional[str], batch: Optional[int], context: Optional[int],
               tp: Optional[int], page_size: Optional[int], kv_cache: Optional[str]) -> Scenario:
@@ -69,7 +71,9 @@ def _title(scen: Scenario) -> str:
 
 @app.command()
 @guard
-def run(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional[int] = BATCH,
+def run(scenarios: list[Path] = typer.Argument(..., help="scenario YAML file(s)", show_default=False),
+        model: Optional[str] = MODEL,
+        batch: Optional[str] = typer.Option(None, help="decode tokens per rank; a comma list runs each"),
         context: Optional[int] = CONTEXT, tp: Optional[int] = TP, page_size: Optional[int] = PAGE,
         kv_cache: Optional[str] = KV,
         backend: Optional[str] = typer.Option(None, help="kernels: auto, reference, triton, aiter"),
@@ -89,23 +93,30 @@ def run(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
         launcher: str = typer.Option("", help="torchrun options for a multi-node run, e.g. '--nnodes 2 "
                                               "--node-rank 0 --rdzv-backend c10d --rdzv-endpoint HOST:29500 "
                                               "--rdzv-id JOB'")):
-    """Run a scenario: measured in a captured graph on a GPU; without one, simulated on a device
-    profile. Either way the layout's outputs are first checked against the serial layout's."""
-    from streamlab.exec.session import run_scenario
-
+    """Run scenarios: measured in a captured graph on a GPU; without one, simulated on a device
+    profile. Either way the layout's outputs are first checked against the serial layout's.
+    Several scenarios or batches: each in turn (a process of its own per measured run; with
+    --world, one launch runs them all, each under every --impl)."""
     if world > 1 or impl or launcher:
         import shlex
 
-        from streamlab.collective.launch import launch, run_args
-        raise typer.Exit(launch(scenario, world, run_args(
+        from streamlab.collective.launch import launch_run, run_args
+        launch_run(scenarios, world, run_args(
             model=model, batch=batch, context=context, tp=tp, page_size=page_size, kv_cache=kv_cache,
             backend=backend, device=device, layers=layers, profile=profile, verify_full=verify_full,
-            out=out, impl=impl), launcher_args=shlex.split(launcher) or None,
-            rank_timeout=rank_timeout, err=err))
-
-    scen = _scenario(scenario, model, batch, context, tp, page_size, kv_cache)
-    run_scenario(scen, console, backend=backend, device=device, layers=layers, out=out,
-                 profile=profile, verify_full=verify_full)
+            out=out, impl=impl), launcher_args=shlex.split(launcher) or None, rank_timeout=rank_timeout)
+        return
+    batches = _batches(batch) or [None]
+    runs = [_scenario(p, model, b, context, tp, page_size, kv_cache) for b in batches for p in scenarios]
+    options = {"backend": backend, "device": device, "layers": layers, "out": out, "profile": profile,
+               "verify_full": verify_full}
+    if len(runs) == 1:
+        from streamlab.session.run import run_scenario
+        run_scenario(runs[0], console, **options)
+        return
+    from streamlab.session.fresh import run_apart
+    for scen in runs:  # runs sharing a process interfere: each measured one gets its own
+        run_apart(scen, verbose=True, **options)
 
 
 @app.command()
@@ -124,13 +135,12 @@ def sim(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
     parameters with where each came from."""
     from rich.table import Table
 
-    from streamlab.io import write_json_atomic
-    from streamlab.report.result import print_result
-    from streamlab.sim.predict import measure_command, predict
+    from streamlab.exec.target import versions
+    from streamlab.results import dump
+    from streamlab.runs import RunSetup
+    from streamlab.session.run import simulate_run
     from streamlab.sim.profile_file import load_profile
     from streamlab.sim.provenance import kernel_warning
-    from streamlab.sim.run import simulated_result
-    from streamlab.trace import write_chrome
 
     scen = _scenario(scenario, model, batch, context, tp, page_size, kv_cache)
     prof = load_profile(profile)
@@ -143,27 +153,25 @@ def sim(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Optional
     warning = kernel_warning(prof.provenance, prof.name)
     if warning:
         err.print(f"[yellow]warning:[/] {warning}")
-    prediction = predict(scen, prof, layers=layers, other_model=model is not None)
-    result = simulated_result(scen, prof, prediction)
-    trace = out / f"{scen.name}-b{scen.shape.batch}-sim-{prof.name}.trace.json.gz"
-    write_chrome(prediction.timeline, trace)
-    result["trace"] = str(trace)
-    print_result(console, scen, result)
-    for line in prediction.describe():
-        console.print(line)
-    if any(not o.crowded for o in prediction.unmeasured):
-        console.print(f"  measure them: {measure_command([str(scenario)], prof)}")
+    n_layers = layers or scen.measure.layers
+    setup = RunSetup(device="cpu", versions=versions(), backends={}, layers=n_layers, differences=None)
+    result = simulate_run(scen, prof, n_layers, console, out, setup, other_model=model is not None)
     if step:
+        from streamlab.report.prediction import step_lines
         from streamlab.sim.step import predict_step
-        whole = predict_step(scen, prof, other_model=model is not None)
-        console.print(whole.describe())
-        result["step"] = whole.to_json()
+
+        result = replace(result, step=predict_step(scen, prof, other_model=model is not None).record())
+        for line in step_lines(result.step, prof.name):
+            console.print(line)
     if explain:
-        from streamlab.sim.explain import explain as breakdown
-        console.print(breakdown(scen, prof))
-    path = out / f"{scen.name}-b{scen.shape.batch}-sim-{prof.name}.json"
-    write_json_atomic(path, {"scenario": scen.name, "shape": vars(scen.shape), "simulated": result})
-    console.print(f"trace (Perfetto / chrome://tracing): {trace}\nresult: {path}")
+        from streamlab.report.prediction import breakdown_table
+        from streamlab.sim.explain import breakdown
+
+        console.print(breakdown_table(breakdown(scen, prof), layout=scen.name, baseline="serial", profile=prof.name,
+                                      batch=scen.shape.batch,
+                                      published_source=prof.reference.get("source", "none on this profile")))
+    path = dump(result, out / f"{scen.name}-b{scen.shape.batch}-sim-{prof.name}.json")
+    console.print(f"result: {path}")
 
 
 @app.command()
@@ -184,10 +192,32 @@ def allreduce(world: int = typer.Option(..., help="ranks per node, one GPU each"
     call (slowest rank's median), algbw = bytes / time, busbw = algbw x 2(n-1)/n."""
     import shlex
 
-    from streamlab.collective.sweep import sweep
-    raise typer.Exit(sweep(world, impl, sizes, out, iters=iters, warmup=warmup, calls=calls,
-                           device=device, launcher_args=shlex.split(launcher) or None,
-                           rank_timeout=rank_timeout, err=err))
+    from streamlab.collective.launch import launch_sweep
+    launch_sweep(world, impl, sizes, out, iters=iters, warmup=warmup, calls=calls, device=device,
+                 launcher_args=shlex.split(launcher) or None, rank_timeout=rank_timeout)
+
+
+@app.command("allreduce-summary")
+@guard
+def allreduce_summary(folder: Path = typer.Argument(..., help="folder of `run --world` results and "
+                                                               "`allreduce` sweeps", show_default=False)):
+    """One table of the multi-rank runs and all-reduce sweeps in a folder (any depth)."""
+    from streamlab.report.allreduce import print_summary
+
+    if not print_summary(console, folder):
+        raise Failure(f"no multi-rank run or all-reduce sweep result under {folder}", EXIT_BAD_INPUT)
+
+
+@app.command()
+@guard
+def schema(out: Path = typer.Option(Path(__file__).parent / "schemas",
+                                    help="folder for KIND.schema.json, one per result kind")):
+    """Write the JSON Schemas of the result files (derived from streamlab.results' types)."""
+    from streamlab.io import write_json_atomic
+    from streamlab.results import KINDS, json_schema
+
+    for kind, cls in KINDS.items():
+        console.print(f"wrote {write_json_atomic(out / f'{kind}.schema.json', json_schema(cls))}")
 
 
 def _batches(text: Optional[str]) -> list[int] | None:
@@ -206,24 +236,33 @@ def _batches(text: Optional[str]) -> list[int] | None:
 @guard
 def compare(scenarios: list[Path] = typer.Argument(..., help="scenario YAML files", show_default=False),
             batch: Optional[str] = typer.Option(None, help="batch sizes, e.g. 1,4,16,64 (default: each scenario's)"),
+            context: Optional[int] = CONTEXT,
             device: str = typer.Option("auto", help="auto, cpu or cuda"),
             backend: Optional[str] = typer.Option(None, help="kernels on a GPU: auto, triton, aiter"),
             profile: str = typer.Option("mi355x", help="simulator profile when there is no GPU"),
+            keep_going: bool = typer.Option(False, help="record a run that fails and run the others "
+                                                        "(exit 1 at the end) instead of stopping"),
+            report: Optional[Path] = typer.Option(None, help="report folder (default: OUT/compare-NAMES)"),
             out: Path = typer.Option(Path("traces/runs"), help="folder for results, traces and the report")):
     """Run layouts side by side (measured on a GPU, simulated otherwise): latency, bubble by gap
     class, AR per call, overlap, streams, and per-node latency with slowdown vs isolated."""
-    from streamlab.report.compare import collect, export, layer_table, node_table
+    from streamlab.report.compare import export, layer_table, node_table
+    from streamlab.session.compare import collect
 
-    scens = [load(p) for p in scenarios]
+    scens = [load(p) if context is None else load(p).override(context=context) for p in scenarios]
     batches = _batches(batch) or [scens[0].shape.batch]
-    runs = collect(scens, batches, console, backend=backend, device=device, layers=None,
-                   out=out, profile=profile)
-    for b in batches:
-        console.print(layer_table(runs, b))
-        console.print(node_table(runs, b))
-    folder = out / ("compare-" + "-".join(s.name for s in scens))
-    written = export(runs, folder)
+    folder = report or out / ("compare-" + "-".join(s.name for s in scens))
+    result = collect(scens, batches, console, keep_going=keep_going, report=folder / "report.json",
+                     backend=backend, device=device, layers=None, out=out, profile=profile)
+    for b in result.batches:
+        console.print(layer_table(list(result.runs), b))
+        console.print(node_table(list(result.runs), b))
+    written = export(result, folder)
     console.print(f"report: {folder / 'report.md'} ({len(written)} files: JSON, Markdown, PNG and SVG plots)")
+    if result.failures:
+        raise Failure(f"{len(result.failures)} of {len(result.failures) + len(result.runs)} runs failed: "
+                      + "; ".join(f"{f.scenario} batch {f.batch}" for f in result.failures)
+                      + f" (messages in {folder / 'report.md'})", EXIT_CHECK_FAILED)
 
 
 @app.command("compile")
@@ -238,7 +277,8 @@ def compile_kernels(scenarios: list[Path] = typer.Argument(..., help="scenario Y
     try:
         import triton
 
-        from streamlab.kernels.triton.targets import compile_launch, record_launches, target as find_target
+        from streamlab.kernels.triton.targets import compile_launch, record_launches
+        from streamlab.kernels.triton.targets import target as find_target
     except ImportError as e:
         raise Failure(f"streamlab compile needs Triton ({e}); pip install triton") from None
 
@@ -276,9 +316,8 @@ def check(baseline: Path = typer.Option(..., help="baseline: a scenario YAML or 
           as_json: bool = typer.Option(False, "--json", help="print the machine-readable verdict"),
           out: Path = typer.Option(Path("traces/runs"), help="folder for results and traces")):
     """The gate before enabling a layout: exit 0 enable, 1 do not enable, 2 inconclusive."""
-    import json
-
     from streamlab.check import judge
+    from streamlab.results import to_json
 
     batches = _batches(batch)
     base, cand = (_side(p, batches, device, profile, out) for p in (baseline, candidate))
@@ -289,7 +328,7 @@ def check(baseline: Path = typer.Option(..., help="baseline: a scenario YAML or 
     verdict = judge(_name(baseline, base), _name(candidate, cand),
                     [(b, base[b], cand[b]) for b in common])
     if as_json:
-        print(json.dumps(verdict.to_json(), indent=1))
+        print(json.dumps(to_json(verdict), indent=1))
     else:
         colour = {"enable": "green", "do not enable": "red"}.get(verdict.verdict, "yellow")
         console.print(f"[bold {colour}]{verdict.line()}[/]")
@@ -325,28 +364,17 @@ def calibrate(results: list[Path] = typer.Argument(..., help="result JSONs of me
                   + f"; kernels {prof.provenance.kernel_hash}")
 
 
-def _name(path: Path, results: dict) -> str:
-    first = next(iter(results.values()))
-    return first.get("scenario", path.stem)
+def _name(path: Path, runs: dict) -> str:
+    return next(iter(runs.values())).scenario if runs else path.stem
 
 
-def _side(path: Path, batches: list[int] | None, device: str, profile: str, out: Path) -> dict[int, dict]:
-    """batch -> result, from a scenario (run now) or a result JSON written by `run`."""
-    import json
-
+def _side(path: Path, batches: list[int] | None, device: str, profile: str, out: Path) -> dict:
+    """batch -> RunResult: from a scenario (run now, in a process of its own on a GPU) or from a
+    result file (a run result or a compare report: results.load_runs)."""
     if path.suffix == ".json":
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise Failure(f"{path}: cannot read a result: {e}", EXIT_BAD_INPUT) from None
-        runs = doc.get("runs", [doc]) if isinstance(doc, dict) else []
-        found = {r["shape"]["batch"]: r for r in runs
-                 if isinstance(r, dict) and ("measured" in r or "simulated" in r) and "shape" in r}
-        if not found:
-            raise Failure(f"{path}: not a streamlab result (no measured or simulated run in it)",
-                          EXIT_BAD_INPUT)
-        return {b: r for b, r in found.items() if batches is None or b in batches}
-    from streamlab.exec.fresh import run_apart
+        from streamlab.results import load_runs
+        return {r.batch: r for r in load_runs(path) if batches is None or r.batch in batches}
+    from streamlab.session.fresh import run_apart
 
     scen = load(path)
     return {b: run_apart(scen.override(batch=b), backend=None, device=device, layers=None, out=out,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 
-EXIT_CHECK_FAILED = 1
+EXIT_CHECK_FAILED = 1  # also `check`: do not enable
 EXIT_BAD_INPUT = 2
+EXIT_INCONCLUSIVE = 2  # `check`: the difference is inside the noise, or the sides are not comparable
 EXIT_ENVIRONMENT = 3
 
 

@@ -1,4 +1,6 @@
-"""Test set-up: without a GPU, Triton kernels run in the interpreter on the CPU.
+"""Test set-up: without a GPU, Triton kernels run in the interpreter on the CPU; in CI (env CI
+set, as .ci/run does) hypothesis keeps no example database, so every run draws afresh and writes
+nothing into the checkout.
 
 TRITON_INTERPRET must be set before any kernel module is imported, so it is set here.
 """
@@ -6,6 +8,11 @@ TRITON_INTERPRET must be set before any kernel module is imported, so it is set 
 import os
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", database=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def _has_gpu() -> bool:

@@ -227,19 +227,19 @@ def test_load_keeps_newer_capabilities_as_fallback_reasons(monkeypatch):
 
 def test_auto_picks_triton_and_says_why_on_rocm_without_aiter(monkeypatch):
     import streamlab.kernels.aiter as backend
-    from streamlab.exec import session
+    from streamlab.exec import target
 
     monkeypatch.setattr(torch.version, "hip", None)
-    assert session.auto_backend() == ("triton", "")
+    assert target.auto_backend() == ("triton", "")
     monkeypatch.setattr(torch.version, "hip", "7.0")
 
     def missing():
         raise Failure("backend aiter: the aiter package is not installed")
     monkeypatch.setattr(backend, "require_aiter", missing)
-    choice, note = session.auto_backend()
+    choice, note = target.auto_backend()
     assert choice == "triton" and "aiter package is not installed" in note
     monkeypatch.setattr(backend, "require_aiter", lambda: AiterRuntime("x"))
-    assert session.auto_backend() == ("aiter", "")
+    assert target.auto_backend() == ("aiter", "")
 
 
 def test_cli_asking_for_aiter_here_fails_cleanly_and_writes_nothing(tmp_path):

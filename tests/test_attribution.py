@@ -3,13 +3,14 @@ streams, so attribution goes by dependency order and kernel identity."""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import pytest
 
 from streamlab.errors import Failure
 from streamlab.exec.attribute import attribute
-from streamlab.exec.profile import DeviceEvent
+from streamlab.exec.profiler import DeviceEvent
 from streamlab.scenario import load
 from streamlab.schedule.graph import capture
 
@@ -38,8 +39,10 @@ def test_attribution_by_dependency_order_and_identity_not_stream():
     signatures = {n.name: [(n.op + "_kernel", (1,))] for n in scen.layer.nodes}
     for name, grid in (("q_b_proj", (8,)), ("idx_wq_b", (9,)), ("qkv_a_proj", (7,)), ("o_proj", (6,))):
         signatures[name] = [(gemm, grid), ("splitk_reduce", grid)]
-    # executor streams change between replays and say nothing about nodes
-    graph, events = synthetic_replay(scen, 2, 3, signatures, lambda node, r: str((hash(node) + r) % 3),
+    # executor streams change between replays and say nothing about nodes (crc32: the same in
+    # every process, unlike hash() of a str)
+    graph, events = synthetic_replay(scen, 2, 3, signatures,
+                                     lambda node, r: str((zlib.crc32(node.encode()) + r) % 3),
                                      shuffle_concurrent=True)
     out = attribute(events, graph, signatures, replays=3, layers_per_replay=2,
                     collective_nodes={"allreduce_attn", "allreduce_moe"})

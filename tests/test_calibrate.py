@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamlab.errors import Failure
+from streamlab.results import NodeTime, RunResult
 from streamlab.scenario import load
 from streamlab.schedule.program import Launch, Program, WaitStream
 from streamlab.sim.calibrate import calibrate
@@ -18,25 +19,22 @@ from streamlab.sim.engine import per_layer_us, simulate
 from streamlab.sim.pairwise import NOOP
 from streamlab.sim.profile import Param, variant_key
 from streamlab.sim.profile_file import dump_profile, load_profile
+from tests.synthetic import run_result, with_node
+from tests.synthetic import write as write_runs
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 
 
-def measured(name: str, batch: int, node_us: float, layer_us: float, iso: dict | None = None) -> dict:
+def measured(name: str, batch: int, node_us: float, layer_us: float, iso: dict | None = None) -> RunResult:
     """A result as `streamlab run` writes it: every node `node_us` in the graph, isolated 1.1x
     that unless `iso` says otherwise."""
-    scen = load(SCENARIOS / f"{name}.yaml").override(batch=batch)
-    stat = {"median": node_us, "p20": node_us, "p80": node_us, "n": 4}
-    iso = iso or {}
-    return {"scenario": name, "model": scen.model.name, "shape": vars(scen.shape),
-            "variant": vars(scen.variant), "device": "NVIDIA H200", "measured": {
-                "per_layer_us": {"median": layer_us, "p20": layer_us, "p80": layer_us},
-                "kernels_per_layer": 2 * len(scen.layer.nodes), "ceilings": {"copy_gbs": 4150.0},
-                "nodes": {n.name: {"in_graph_us": stat, "isolated_us": iso.get(n.name, node_us * 1.1),
-                                   "kernels": 2} for n in scen.layer.nodes}}}
+    return run_result(name, batch, node_us=node_us, latency=layer_us, iso=iso)
 
 
 def write(tmp_path: Path, name: str, doc) -> Path:
+    """Runs as a compare report (a GPU matrix); anything else (pairwise.json) as plain JSON."""
+    if isinstance(doc, list) and doc and isinstance(doc[0], RunResult):
+        return write_runs(tmp_path, name, doc)
     path = tmp_path / name
     path.write_text(json.dumps(doc))
     return path
@@ -69,14 +67,14 @@ def test_the_launch_gap_is_per_batch_and_a_node_enters_at_its_mean_over_layers(t
     n = len(serial.layer.nodes)
     b1 = measured("serial", 1, 3.0, 3.0 * n - 0.1 * 2 * n)  # 2 kernels per node, each 0.1 us shorter
     b64 = measured("serial", 64, 5.0, 5.0 * (n - 1) + 8.0 + 0.3 * 2 * n)
-    b64["measured"]["nodes"]["experts"]["in_graph_us"] = {"median": 5.0, "p20": 4.0, "p80": 15.0, "n": 20}
+    b64 = with_node(b64, "experts", in_graph_us=NodeTime(5.0, 4.0, 15.0, 20))
     prof = calibrate([write(tmp_path, "m.json", [b1, b64])], "x")
     assert prof.node_us["experts"] == {1: 3.0, 64: pytest.approx(8.0)}
     assert prof.launch_gap_us.by_batch == {1: pytest.approx(-0.1), 64: pytest.approx(0.3)}
     assert prof.launch_gap_us.at(8) == pytest.approx(0.1)  # halfway in log(batch)
     assert "per batch" in prof.launch_gap_us.source
     # a result that has each node's mean (streamlab writes it) is taken at its word
-    b64["measured"]["nodes"]["experts"]["in_graph_us"]["mean"] = 9.0
+    b64 = with_node(b64, "experts", in_graph_us=NodeTime(5.0, 4.0, 15.0, 20, mean=9.0))
     assert calibrate([write(tmp_path, "m.json", [b1, b64])], "x").node_us["experts"][64] == 9.0
     for batch, layer_us in ((1, 3.0 * n - 0.2 * n), (64, 5.0 * (n - 1) + 8.0 + 0.6 * n - 0.3 / 4)):
         scen = serial.override(batch=batch)  # the replay's last gap is not counted

@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from streamlab.check import DO_NOT_ENABLE, ENABLE, INCONCLUSIVE, attribute, judge
+from streamlab.check import attribute, judge
 from streamlab.cli import app
+from streamlab.results import DO_NOT_ENABLE, ENABLE, INCONCLUSIVE, CompareResult, dump
+from tests.synthetic import run_result
 
-SCENARIOS = Path(__file__).parent.parent / "scenarios"
+ROOT = Path(__file__).parent.parent
+SCENARIOS = ROOT / "scenarios"
 
 
 def result(latency, spread=0.0, wall=None, kernel_sum=200.0, bubble=10.0, stall=0.0, ar=10.0,
-           drift=0.0):
-    wall = latency if wall is None else wall
-    stat = lambda v: {"median": v, "p20": v, "p80": v, "n": 4}  # noqa: E731
-    return {"measured": {
-        "source": "synthetic", "per_layer_us": stat(latency), "repeat_spread": spread, "drift": drift,
-        "repeat_medians_us": [latency] * 5,
-        "profile": {"wall_us": stat(wall), "kernel_sum_us": stat(kernel_sum), "bubble_us": stat(bubble),
-                    "bubble_by_class_us": {"launch": stat(bubble - stall), "fence": stat(0.0), "stall": stat(stall)},
-                    "allreduce_per_call_us": stat(ar), "overlap": stat(1.0), "physical_streams": 1},
-        "nodes": {"allreduce_attn": {}, "allreduce_moe": {}, "experts": {}}}}
+           drift=0.0, **kw):
+    return run_result("serial", 4, latency=latency, spread=spread, wall=wall, kernel_sum=kernel_sum,
+                      bubble=bubble, stall=stall, ar=ar, drift=drift, **kw)
 
 
 def test_difference_inside_the_noise_is_inconclusive():
@@ -81,33 +78,62 @@ def test_check_on_the_simulated_mi355x_says_do_not_enable_a_v4_moe_dual():
     assert a["bubble_stall"] > 10
 
 
+def test_sides_that_are_not_comparable_are_inconclusive_with_the_reason():
+    """A GLM-5 run against a DeepSeek-V3.2 one, an H100 run against an H200 one: whatever the
+    numbers, no verdict; the line and the JSON say why."""
+    base, cand = result(300.0), result(250.0, device="NVIDIA H100 80GB HBM3")
+    v = judge("a", "b", [(4, base, cand)])
+    assert v.verdict == INCONCLUSIVE and v.exit_code == 2 and v.batches[0].verdict == INCONCLUSIVE
+    assert v.reason == "device NVIDIA H200 vs NVIDIA H100 80GB HBM3"
+    assert "not comparable (device NVIDIA H200 vs NVIDIA H100 80GB HBM3)" in v.line()
+    other_model = replace(cand, device=base.device, model="deepseek_v32", versions={"torch": "2.13.0"})
+    v = judge("a", "b", [(4, base, other_model)])
+    assert v.reason == "model glm5 vs deepseek_v32; versions torch 2.11.0 vs 2.13.0"
+    assert judge("a", "b", [(4, base, replace(cand, device=base.device))]).verdict == ENABLE
+    simulated = result(250.0, measured=False)
+    assert judge("a", "b", [(4, base, simulated)]).reason.startswith("measured vs simulated")
+
+
 def test_check_judges_result_files(tmp_path):
-    (tmp_path / "a.json").write_text(json.dumps({"scenario": "a", "shape": {"batch": 4}, **result(300.0)}))
-    (tmp_path / "b.json").write_text(json.dumps({"scenario": "b", "shape": {"batch": 4}, **result(250.0)}))
+    dump(result(300.0), tmp_path / "a.json")
+    dump(replace(result(250.0), scenario="b"), tmp_path / "b.json")
     r = CliRunner().invoke(app, ["check", "--baseline", str(tmp_path / "a.json"), "--candidate",
                                  str(tmp_path / "b.json")])
-    assert r.exit_code == 0 and "ENABLE: b vs a" in r.output
+    assert r.exit_code == 0 and "ENABLE: b vs serial" in r.output
     (tmp_path / "c.json").write_text("{not json")
     r = CliRunner().invoke(app, ["check", "--baseline", str(tmp_path / "a.json"), "--candidate",
                                  str(tmp_path / "c.json")])
-    assert r.exit_code == 2 and "cannot read a result" in r.output
+    assert r.exit_code == 2 and "c.json: cannot read a result: not JSON" in r.output
+    dump(judge("a", "b", [(4, result(300.0), result(250.0))]), tmp_path / "verdict.json")
+    r = CliRunner().invoke(app, ["check", "--baseline", str(tmp_path / "a.json"), "--candidate",
+                                 str(tmp_path / "verdict.json")])
+    assert r.exit_code == 2 and "verdict.json: a check verdict (schema 2), not a run result" in r.output
+
+
+def test_check_on_committed_h200_results_of_two_and_four_gpus_is_inconclusive():
+    """Untyped results of before schema 2 are read; two GPUs against four are other devices'
+    all-reduces: no verdict."""
+    runs = ROOT / "bench" / "results"
+    r = CliRunner().invoke(app, ["check", "--baseline", str(runs / "h200x2-2026-11-21/runs/serial-b4-w2-nccl.json"),
+                                 "--candidate", str(runs / "h200x2-2026-11-21/runs/a_v4-b4-w2-nccl.json"), "--json"])
+    doc = json.loads(r.output)
+    assert r.exit_code == 1 and doc["verdict"] == "do not enable" and doc["reason"] is None
+    assert doc["batches"][0]["delta_us"] == pytest.approx(242.3 - 234.5, abs=0.05)
+    r = CliRunner().invoke(app, ["check", "--baseline", str(runs / "h200x2-2026-11-21/runs/serial-b4-w2-nccl.json"),
+                                 "--candidate", str(runs / "h200x4-2026-11-21/runs/a_v4-b4-w4-nccl.json"), "--json"])
+    assert r.exit_code == 2 and json.loads(r.output)["reason"] == "world 2 vs 4"
 
 
 def test_compare_tables_show_the_runs_numbers():
     from rich.console import Console
 
-    from streamlab.report.compare import Run, layer_table, markdown
-    from streamlab.scenario import load
-    base = load(SCENARIOS / "serial.yaml")
-    cand = load(SCENARIOS / "a_v4.yaml")
-    r0, r1 = result(300.0, spread=0.004, stall=0.0), result(320.0, spread=0.002, bubble=30.0, stall=18.2, ar=18.2)
-    for r in (r0, r1):
-        r["equal_to_serial"] = True
-        r["measured"]["per_layer_us"] = {"median": r["measured"]["per_layer_us"]["median"], "p20": 1.0, "p80": 2.0}
-    runs = [Run(base, 4, r0), Run(cand, 4, r1)]
+    from streamlab.report.compare import layer_table, markdown
+    r0 = result(300.0, spread=0.004, stall=0.0)
+    r1 = replace(result(320.0, spread=0.002, bubble=30.0, stall=18.2, ar=18.2), scenario="a_v4")
+    r0, r1 = (replace(r, latency=replace(r.latency, p20=1.0, p80=2.0)) for r in (r0, r1))
     console = Console(width=200, record=True)
-    console.print(layer_table(runs, 4))
+    console.print(layer_table([r0, r1], 4))
     text = console.export_text()
     assert "+20.0" in text and "0.40%" in text and "18.2" in text and "serial" in text and "a_v4" in text
-    md = markdown(runs)
-    assert "| a_v4 | 320.0 | 1.0-2.0 | +20.0 | 0.20% | 11.8/0.0/18.2 | 18.2 | 1.00 | 1 |" in md
+    md = markdown(CompareResult((r0, r1)))
+    assert "| a_v4 | 320.0 | 1.0-2.0 | +20.0 | 0.20% | 0.00% | 11.8/0.0/18.2 | 18.2 | 1.00 | 1 | yes | 3.20 | 3.20 |" in md

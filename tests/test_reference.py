@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from streamlab.exec.buffers import Buffers
-from streamlab.exec.eager import StreamSet, bind_layer
+from streamlab.exec.eager import StreamSet
 from streamlab.exec.verify import compare_with_serial
+from streamlab.kernels import bind_layer
 from streamlab.kernels import reference as ref
 from streamlab.kernels.quant import (index_cache_read, index_cache_write, k_byte_offsets,
                                      quant_groups)
@@ -140,12 +140,10 @@ def test_a_wrong_schedule_would_change_the_outputs():
     assert any(d.tensor == "hidden" and not d.identical for d in diffs)
 
 
-def test_real_glm5_shape_runs_on_the_cpu_in_under_a_minute():
+def test_the_real_glm5_shape_runs_on_the_cpu_and_equals_serial():
     scen = load(SCENARIOS / "a_v4_moe_dual.yaml")  # batch 4, context 8192, tp 8
-    start = time.perf_counter()
     buffers = Buffers(scen.layer, 1)
     diffs = compare_with_serial(scen.layer, scen.program, buffers, bind_layer(scen.layer, "reference"),
                                 StreamSet(buffers.device))
     assert all(d.identical for d in diffs)
     assert buffers.shared["hidden"].shape == (4, 6144)
-    assert time.perf_counter() - start < 60

@@ -180,7 +180,7 @@ def test_mi355x_from_mechanisms_against_the_published_components():
 def test_a_cpu_run_is_simulated(tmp_path):
     r = CliRunner().invoke(app, ["run", str(SCENARIOS / "a_v4.yaml"), "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    assert "simulated, profile mi355x" in r.output and "bitwise equal" in r.output
+    assert "simulated on profile mi355x: a prediction" in " ".join(r.output.split()) and "bitwise equal" in r.output
     assert list(tmp_path.glob("a_v4-b4-cpu.json")) and list(tmp_path.glob("*.trace.json.gz"))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from streamlab.sim.pairwise import with_pairs
 from streamlab.sim.predict import predict
-from streamlab.sim.profile import load_profile
+from streamlab.sim.profile_file import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = ROOT / "bench" / "results" / "h100-2026-11-22" / "matrix.json"

@@ -24,7 +24,7 @@ import pytest
 
 from streamlab.scenario import load
 from streamlab.sim.engine import per_layer_us, simulate
-from streamlab.sim.profile import load_profile
+from streamlab.sim.profile_file import load_profile
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 BATCHES = (1, 4, 16, 64)

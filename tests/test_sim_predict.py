@@ -180,8 +180,8 @@ def test_cli_sim_step_and_explain(tmp_path):
     assert "decode step" in r.output and "published 24.45 ms" in r.output
     assert "indexer chain wall" in r.output and "+7.0" in r.output
     doc = json.loads((tmp_path / "a_v4_moe_dual-b4-sim-mi355x.json").read_text())
-    assert doc["simulated"]["step"]["published_ms"] == 24.45
-    assert doc["simulated"]["prediction"]["low_us"] < doc["simulated"]["per_layer_us"]["median"]
+    assert doc["kind"] == "run" and doc["step"]["published_ms"] == 24.45
+    assert doc["prediction"]["low_us"] < doc["latency"]["median"] == doc["prediction"]["per_layer_us"]
 
 
 def test_pairs_added_to_a_profile_without_any_name_their_variant():

@@ -181,7 +181,7 @@ def test_a_fresh_runs_trace_respects_its_captured_graph(tmp_path):
     (recorded by the run, or rebuilt from the scenario) held on the device."""
     from rich.console import Console
 
-    from streamlab.exec.session import run_scenario
+    from streamlab.session.run import run_scenario
 
     scen = load(ROOT / "scenarios" / "a_v4.yaml").override(batch=4)
     run_scenario(scen, Console(), backend=None, device="cuda", layers=None, out=tmp_path)

@@ -138,14 +138,17 @@ def test_real_traces_summary():
 
 
 def own_run(tmp_path):
+    from streamlab.results import to_json
+    from streamlab.runs import RunSetup, simulated_result
     from streamlab.scenario import load
-    from streamlab.sim.profile import load_profile
+    from streamlab.sim.profile_file import load_profile
     from streamlab.sim.run import simulate_scenario
 
     scen = load(Path(__file__).resolve().parents[1] / "scenarios" / "a_v4.yaml")
-    result, timeline = simulate_scenario(scen, load_profile("mi355x"), 4)
-    path = write_chrome(timeline, tmp_path / "a_v4-b4-sim-mi355x.trace.json.gz")
-    return result, timeline, path
+    sim = simulate_scenario(scen, load_profile("mi355x"), 4)
+    result = to_json(simulated_result(scen, sim, RunSetup("cpu", {}, {}, 4, None)))
+    path = write_chrome(sim.timeline, tmp_path / "a_v4-b4-sim-mi355x.trace.json.gz")
+    return result, sim.timeline, path
 
 
 def test_own_trace_gives_the_runs_numbers(tmp_path):
@@ -153,7 +156,7 @@ def test_own_trace_gives_the_runs_numbers(tmp_path):
     r = summarize_trace(path)
     assert r.info.format == "streamlab" and r.segmentation is None
     assert r.summary == summarize(timeline)
-    p, d = result["profile"], r.to_dict()
+    p, d = result["anatomy"], r.to_dict()
     for key in ("wall_us", "kernel_sum_us", "overlap", "bubble_us", "bubble_by_class_us",
                 "stalls_per_layer", "allreduce_per_call_us", "physical_streams"):
         if key == "allreduce_per_call_us":

@@ -82,7 +82,7 @@ def test_the_launches_planned_for_an_h100_are_those_the_h100_makes(scenario, mon
     from triton.runtime.jit import JITFunction
 
     from streamlab.exec.buffers import Buffers
-    from streamlab.exec.eager import bind_layer
+    from streamlab.kernels import bind_layer
     from streamlab.kernels.triton.common import sm_count
     from streamlab.kernels.triton.targets import launch_of
 

@@ -3,14 +3,16 @@ them, and end with one message naming the rank that failed and why.
 
 The launcher runs in this process (`torch.distributed.run` parsed exactly as the torchrun command
 line, so torchrun options pass through for multi-node runs); every rank is
-`python -m streamlab.collective.worker ...` on GPU LOCAL_RANK. Rank failures:
+`python -m streamlab.collective.worker ...` on GPU LOCAL_RANK (the worker's command line is
+internal: `launch_run` and `launch_sweep` build and check it). Rank failures:
 - a rank that exits or crashes: the elastic agent notices within its monitor interval and stops
   the others;
 - a rank that stops making progress: its own monitor ends it after --rank-timeout seconds (a rank
   blocked inside a collective gets 30 s more, being most likely a victim); a rank whose process
   froze outright stops writing heartbeats and this launcher kills it;
 - collectives outside graphs time out after --rank-timeout + 60 s in torch.distributed itself.
-When the launcher returns, no rank process of the run is left alive.
+When the launcher returns, no rank process of the run is left alive; a failed run raises one
+Failure (the CLI's guard prints it and exits with its code).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -28,10 +29,11 @@ from pathlib import Path
 from typing import Sequence
 
 from streamlab.collective import watch
-from streamlab.collective.worker import DEFAULT_RANK_TIMEOUT
+from streamlab.collective.worker import DEFAULT_RANK_TIMEOUT, MODULE, parse
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
 
-WORKER = "streamlab.collective.worker"
+__all__ = ["DEFAULT_RANK_TIMEOUT", "launch_run", "launch_sweep", "launch_worker", "run_args"]
+
 MONITOR_INTERVAL_S = 0.2
 
 
@@ -53,41 +55,50 @@ def run_args(*, model: str | None = None, batch: int | str | None = None, contex
     return out_args
 
 
-def launch(scenario_path: str | os.PathLike, world: int, extra_args: Sequence[str] = (), *,
-           launcher_args: Sequence[str] | None = None, rank_timeout: float = DEFAULT_RANK_TIMEOUT,
-           err=None) -> int:
-    """`streamlab run SCENARIO --world N`: run the scenario on `world` ranks per node with a real
-    all-reduce; rank 0 writes one result JSON with every rank's figures. `extra_args`: worker
-    options (`run_args(...)`); `launcher_args`: torchrun options for multi-node runs (default
-    `--standalone`). Returns the exit code; on failure prints one message to `err` (stderr)."""
-    from streamlab.scenario import ScenarioError, load
+def launch_run(scenario_paths: Sequence[str | os.PathLike], world: int, extra_args: Sequence[str] = (), *,
+               launcher_args: Sequence[str] | None = None,
+               rank_timeout: float = DEFAULT_RANK_TIMEOUT) -> None:
+    """`streamlab run SCENARIO... --world N`: run each scenario on `world` ranks per node with a
+    real all-reduce; rank 0 writes one result JSON per run with every rank's figures.
+    `extra_args`: worker options (`run_args(...)`); `launcher_args`: torchrun options for
+    multi-node runs (default `--standalone`). Bad scenarios fail here, before any rank starts."""
+    from streamlab.scenario import load
 
-    try:  # bad input fails here, once, before any rank starts
-        load(Path(scenario_path))
-    except ScenarioError as e:
-        _print_error(err, str(e))
-        return EXIT_BAD_INPUT
-    return launch_worker(["run", str(scenario_path), *extra_args], world,
-                         launcher_args=launcher_args, rank_timeout=rank_timeout, err=err)
+    for path in scenario_paths:
+        load(Path(path))
+    launch_worker(["run", *map(str, scenario_paths), *extra_args], world,
+                  launcher_args=launcher_args, rank_timeout=rank_timeout)
+
+
+def launch_sweep(world: int, impls: str | Sequence[str], sizes: str | Sequence[int], out: str | os.PathLike, *,
+                 iters: int = 100, warmup: int = 10, calls: int = 20, device: str = "auto",
+                 launcher_args: Sequence[str] | None = None, rank_timeout: float = DEFAULT_RANK_TIMEOUT) -> None:
+    """`streamlab allreduce`: the all-reduce alone over message sizes on `world` ranks; rank 0
+    prints the table and writes `out/allreduce-w{world}-{impls}.json`. Wrong sums fail the run
+    (EXIT_CHECK_FAILED) after every size was measured."""
+    from streamlab.collective.sweep import parse_sizes
+    from streamlab.kernels.allreduce.impls import IMPLS
+
+    impls = [i.strip() for i in (impls.split(",") if isinstance(impls, str) else impls) if i.strip()]
+    unknown = [i for i in impls if i not in IMPLS]
+    if unknown or not impls:
+        raise Failure(f"--impl: unknown all-reduce {', '.join(unknown) or '(none)'}; choose from "
+                      f"{', '.join(IMPLS)}", EXIT_BAD_INPUT)
+    size_text = sizes if isinstance(sizes, str) else ",".join(str(int(s)) for s in sizes)
+    parse_sizes(size_text)
+    if min(iters, calls) <= 0 or warmup < 0:
+        raise Failure("--iters and --calls must be positive, --warmup not negative", EXIT_BAD_INPUT)
+    launch_worker(["sweep", "--impl", ",".join(impls), "--sizes", size_text, "--out", str(out),
+                   "--iters", str(iters), "--warmup", str(warmup), "--calls", str(calls), "--device", device],
+                  world, launcher_args=launcher_args, rank_timeout=rank_timeout)
 
 
 def launch_worker(worker_args: Sequence[str], world: int, *, launcher_args: Sequence[str] | None = None,
-                  rank_timeout: float = DEFAULT_RANK_TIMEOUT, err=None) -> int:
-    try:
-        code, message = _launch(list(worker_args), world, launcher_args, rank_timeout)
-    except Failure as e:
-        code, message = e.code, str(e)
-    if code and message:
-        _print_error(err, message)
-    return code
-
-
-def _print_error(err, message: str) -> None:
-    if err is None:
-        from rich.console import Console
-        err = Console(stderr=True, highlight=False)
-    from rich.markup import escape
-    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
+                  rank_timeout: float = DEFAULT_RANK_TIMEOUT) -> None:
+    """Start `world` ranks of the worker with `worker_args`; one Failure if the run failed."""
+    code, message = _launch(list(worker_args), world, launcher_args, rank_timeout)
+    if code:
+        raise Failure(message or f"the run of {world} ranks failed (exit {code})", code)
 
 
 def _launch(worker_args: list[str], world: int, launcher_args: Sequence[str] | None,
@@ -96,8 +107,6 @@ def _launch(worker_args: list[str], world: int, launcher_args: Sequence[str] | N
         raise Failure(f"--world must be at least 1, got {world}", EXIT_BAD_INPUT)
     if rank_timeout <= 0:
         raise Failure(f"--rank-timeout must be positive, got {rank_timeout}", EXIT_BAD_INPUT)
-    from streamlab.collective.worker import parse
-
     try:  # the ranks' options, checked once here rather than failing on every rank
         parse([*worker_args, "--rank-timeout", str(rank_timeout)])
     except SystemExit:
@@ -109,7 +118,7 @@ def _launch(worker_args: list[str], world: int, launcher_args: Sequence[str] | N
     argv = [*(launcher_args if launcher_args else ["--standalone"]),
             "--nproc-per-node", str(world), "--max-restarts", "0",
             "--monitor-interval", str(MONITOR_INTERVAL_S),
-            "--module", WORKER, *worker_args,
+            "--module", MODULE, *worker_args,
             "--rank-timeout", str(rank_timeout), "--run-dir", str(run_dir)]
     try:
         args = torchrun.parse_args(argv)
@@ -147,7 +156,7 @@ def _launch(worker_args: list[str], world: int, launcher_args: Sequence[str] | N
         outcome = watch.read_json(run_dir / "outcome.json") or {}
         return int(outcome.get("code", 0)), str(outcome.get("message", ""))
     finally:
-        watch.kill_leftovers(run_dir, WORKER)
+        watch.kill_leftovers(run_dir, MODULE)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -197,7 +206,7 @@ class _Watcher:
                 if hb.get("state") != "running" or hb.get("host") != host or rank in self.killed:
                     continue
                 silent = now - hb.get("time", now)
-                if silent > self.limit and watch._is_worker(hb["pid"], WORKER):
+                if silent > self.limit and watch.is_worker(hb["pid"], MODULE):
                     self.killed[rank] = (f"no heartbeat for {silent:.0f} s (last seen in phase "
                                          f"'{hb.get('phase')}' at {hb.get('where', {}).get('at', '?')}); "
                                          "the launcher killed it")
@@ -222,7 +231,3 @@ def _quiet_elastic():
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
 
-
-if __name__ == "__main__":
-    from streamlab.collective.__main__ import main
-    sys.exit(main())

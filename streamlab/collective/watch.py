@@ -73,8 +73,9 @@ def _where(frame) -> dict:
 
 class RankMonitor:
     """One per rank process. `phase(name)` marks progress through the run; `collective(name)`
-    brackets every collective call (the all-reduce implementations and the control-plane
-    collectives use it); `fail(exc)` and `stuck` reports land in the run folder."""
+    brackets every collective call (installed with streamlab.kernels.allreduce.progress.install:
+    the all-reduce implementations and the control-plane collectives call it through
+    `progress.in_collective`); `fail(exc)` and `stuck` reports land in the run folder."""
 
     def __init__(self, rank: int, world: int, local_rank: int, run_dir: Path | None,
                  timeout: float, grace: float) -> None:
@@ -240,20 +241,6 @@ class RankMonitor:
             raise RuntimeError(f"injected fault in phase {phase!r}")
 
 
-_ACTIVE: RankMonitor | None = None
-
-
-def install(monitor: RankMonitor | None) -> None:
-    global _ACTIVE
-    _ACTIVE = monitor
-
-
-def in_collective(name: str):
-    """Bracket a collective call: the rank's monitor then knows a stall there is most likely a
-    wait for a peer. A no-op outside a multi-process run."""
-    return _ACTIVE.collective(name) if _ACTIVE is not None else contextlib.nullcontext()
-
-
 # -- the launcher's side ---------------------------------------------------------------------
 
 
@@ -359,7 +346,7 @@ def explain(ends: dict[int, RankEnd], world: int) -> tuple[str, int]:
     return f"{msg}; every rank was stopped{tail}", code
 
 
-def kill_leftovers(run_dir: Path, module: str = "streamlab.collective.worker") -> list[int]:
+def kill_leftovers(run_dir: Path, module: str) -> list[int]:
     """SIGKILL rank processes of this run that are still alive (by pid, checked against their
     command line so a recycled pid is never touched). Returns the pids killed."""
     killed = []
@@ -367,14 +354,14 @@ def kill_leftovers(run_dir: Path, module: str = "streamlab.collective.worker") -
         pid = hb.get("pid")
         if hb.get("host") != socket.gethostname() or not isinstance(pid, int):
             continue
-        if _is_worker(pid, module):
+        if is_worker(pid, module):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
     return killed
 
 
-def _is_worker(pid: int, module: str) -> bool:
+def is_worker(pid: int, module: str) -> bool:
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:

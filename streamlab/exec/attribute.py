@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 
 from streamlab.errors import Failure
-from streamlab.exec.profile import DeviceEvent
+from streamlab.exec.profiler import DeviceEvent
 from streamlab.schedule.graph import CaptureGraph
 from streamlab.timeline import Interval
 

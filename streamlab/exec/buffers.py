@@ -13,10 +13,9 @@ import zlib
 import torch
 
 from streamlab.kernels.quant import FP8, quant_groups
+from streamlab.kernels.tensors import TORCH_DTYPES, with_views
 from streamlab.layer import Layer, TensorSpec
 
-TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-                "fp8": FP8, "uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64}
 CHUNK = 1 << 24  # elements generated at a time: bounds the fp32 scratch
 
 
@@ -37,16 +36,6 @@ def _random_fp8(t: torch.Tensor, g: torch.Generator) -> None:
     """Uniformly random e4m3 codes with the exponent's top bit cleared: |v| in [2^-9, 1.875],
     log-uniform, never NaN; several times faster than casting normals for GBs of weights."""
     t.view(torch.uint8).random_(0, 256, generator=g).bitwise_and_(0xBF)
-
-
-def with_views(layer: Layer, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`tensors` (every tensor of the layer that is not a view) plus the layer's views of them."""
-    out = dict(tensors)
-    for spec in layer.tensors.values():
-        if spec.view is not None:
-            v = spec.view
-            out[spec.name] = out[v.base].view(v.shape).narrow(v.dim, v.start, v.length)
-    return out
 
 
 class Buffers:

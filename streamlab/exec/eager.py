@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from streamlab.exec.buffers import Buffers
-from streamlab.kernels import Bound, bind
-from streamlab.layer import Layer
+from streamlab.kernels import Bound
 from streamlab.schedule.program import Launch, Program, Record, WaitEvent, WaitStream
 
 
@@ -42,10 +41,6 @@ class StreamSet:
         if not self.real:
             return None
         return self._events.setdefault(name, torch.cuda.Event())
-
-
-def bind_layer(layer: Layer, backend: str, overrides: dict | None = None) -> dict[str, Bound]:
-    return {n.name: bind(n, backend, overrides, layer.tensors) for n in layer.nodes}
 
 
 def run_program(program: Program, bound: dict[str, Bound], buffers: Buffers,

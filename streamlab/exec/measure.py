@@ -1,44 +1,47 @@
 """Measure a layout on the GPU: capture `layers` layers into one graph, time replays with device
 events, profile a few replays and attribute every kernel to its node, and time each node alone
-in a graph of its own (cold L2) for its slowdown."""
+in a graph of its own (cold L2) for its slowdown.
+
+Three levels: `replay_block` (replays between device events) -> `time_graphs` / `time_graph`
+(the one replay-timing harness: warm-up, then interleaved blocks, under a `scenario.Measure`
+protocol; the layer, the pairwise benchmark, the all-reduce sweep and the tune scripts all time
+through it) -> `measure` (a scenario's layer: timing, profiled Timeline, nodes alone, ceilings,
+returned as one `Measurement`; `streamlab.runs` turns it into a result).
+"""
 
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractContextManager
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from rich.console import Console
 
-from streamlab.analysis import Summary, chained_bounds, percentiles, summarize
-from streamlab.collective.impls import capture_hook
+from streamlab.analysis import chained_bounds, percentiles
 from streamlab.errors import Failure
 from streamlab.exec.attribute import Signature, attribute
 from streamlab.exec.buffers import Buffers
 from streamlab.exec.eager import StreamSet, run_layers, run_program
-from streamlab.exec.profile import device_events
+from streamlab.exec.profiler import device_events
 from streamlab.kernels import Bound, backend_kind
-from streamlab.scenario import Scenario
+from streamlab.kernels.allreduce.impls import capture_hook
+from streamlab.models.hardware import Ceilings
+from streamlab.scenario import Measure, Scenario
 from streamlab.schedule.graph import capture
 from streamlab.schedule.program import Launch, Program
 from streamlab.timeline import Source, Timeline
 
-
-@dataclass
-class Ceilings:
-    """Measured on this device, once per process: the denominators of roofline floors."""
-
-    copy_gbs: float
-    bf16_tflops: float
-    fp8_tflops: float
+__all__ = ["WARMUP_S", "GraphTiming", "Measurement", "NodeIsolated", "ceilings", "isolated", "measure",
+           "replay_block", "time_graph", "time_graphs", "warm_up"]
 
 
 _CEILINGS: dict[int, Ceilings] = {}
 
 
 def ceilings(device: torch.device) -> Ceilings:
+    """Measured on this device, once per process: copy bandwidth and bf16 / fp8 matmul rates."""
     idx = device.index or 0
     if idx not in _CEILINGS:
         from triton.testing import do_bench
@@ -66,14 +69,14 @@ def _bf16_flops(ms: float) -> float:
     return 2 * 8192 ** 3 / (ms * 1e9)
 
 
-WARMUP_S = 1.0
+WARMUP_S = 1.0  # seconds of untimed replays before the first timed block (see warm_up)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GraphTiming:
-    """Per-layer times of consecutive timed replays (graph time / layers), taken in blocks of
-    `block` replays, and how they are read: `repeats` interleaved repeats (replay i belongs to
-    repeat i mod repeats) and contiguous blocks."""
+    """Per-unit times of consecutive timed replays (graph time / `per_replay`: per layer for a
+    layer graph), taken in blocks of `block` replays, and how they are read: `repeats`
+    interleaved repeats (replay i belongs to repeat i mod repeats) and contiguous blocks."""
     per_replay_us: list[float]
     block: int
     repeats: int
@@ -88,24 +91,31 @@ class GraphTiming:
         return [percentiles(v[i:i + n])[1] for i in range(0, len(v) - n + 1, n)]
 
 
-def warm_up(graph: torch.cuda.CUDAGraph, replays: int, batch: int,
+def warm_up(graphs: Sequence[torch.cuda.CUDAGraph], *, replays: int, block: int,
             seconds: float = WARMUP_S) -> None:
-    """Untimed batches of `batch` replays with one synchronisation each, the pattern of the timed
-    blocks, for at least `replays` replays and `seconds`: clocks settle over about a second of
-    that work (H100: medians drifted ~1% after 20 replays; bench/results/h100-2026-11-21/
-    topk_and_warmup.txt, repeat_spread.txt)."""
+    """Untimed blocks of `block` replays of each graph in turn, one synchronisation per block (the
+    pattern of the timed blocks), until every graph had `replays` and `seconds` have passed:
+    clocks settle over about a second of that work (H100: medians drifted ~1% after 20 replays;
+    bench/results/h100-2026-11-21/topk_and_warmup.txt, repeat_spread.txt)."""
     done, start = 0, time.perf_counter()
     while done < replays or time.perf_counter() - start < seconds:
-        for _ in range(batch):
-            graph.replay()
-        done += batch
-        torch.cuda.synchronize()
+        for graph in graphs:
+            for _ in range(block):
+                graph.replay()
+            torch.cuda.synchronize()
+        done += block
 
 
-def time_graph(graph: torch.cuda.CUDAGraph, layers: int, warmup: int, iters: int,
-               repeats: int, seconds: float = 0.0) -> GraphTiming:
-    """Blocks of `iters` replays, each replay between device events, for at least `repeats`
-    blocks and `seconds`, after the warm-up.
+def time_graphs(graphs: Sequence[torch.cuda.CUDAGraph], protocol: Measure, *,
+                per_replay: Sequence[int] | None = None, lead_in: int = 0,
+                warmup_s: float = WARMUP_S) -> list[GraphTiming]:
+    """The replay-timing harness. After `warm_up` (`protocol.warmup` replays of each graph and
+    `warmup_s` seconds), rounds: each graph in turn replays `lead_in` untimed replays (the first
+    replays after another graph ran read slow) and one block of `protocol.iters` replays, each
+    between device events; until every graph has `protocol.repeats` blocks and
+    `protocol.seconds` have passed. `per_replay[i]`: units in a replay of graph i (layers; calls),
+    the divisor of its times. Interleaving several graphs in rounds makes clock drift hit them
+    alike (the pairwise benchmark).
 
     Why repeats are interleaved: on an H100 the layer's speed wanders by up to 5% over seconds
     while the SM clock stays at its maximum with no throttle reason (bench/results/
@@ -113,23 +123,35 @@ def time_graph(graph: torch.cuda.CUDAGraph, layers: int, warmup: int, iters: int
     would sample different phases of that; interleaved ones each span the whole window, so
     their spread says how well the window's median is pinned down, and the blocks' medians
     (`block_medians`, reported as drift) show the wander itself."""
-    warm_up(graph, warmup, iters)
-    out: list[float] = []
+    units = list(per_replay) if per_replay is not None else [1] * len(graphs)
+    warm_up(graphs, replays=protocol.warmup, block=protocol.iters, seconds=warmup_s)
+    out: list[list[float]] = [[] for _ in graphs]
     start = time.perf_counter()
-    while len(out) < repeats * iters or time.perf_counter() - start < seconds:
-        out += replay_block(graph, iters, layers)
-    return GraphTiming(out, iters, repeats)
+    while (min(len(o) for o in out) < protocol.repeats * protocol.iters
+           or time.perf_counter() - start < protocol.seconds):
+        for graph, times, n in zip(graphs, out, units):
+            for _ in range(lead_in):
+                graph.replay()
+            times += replay_block(graph, protocol.iters, n)
+    return [GraphTiming(times, protocol.iters, protocol.repeats) for times in out]
 
 
-def replay_block(graph: torch.cuda.CUDAGraph, iters: int, layers: int) -> list[float]:
-    """`iters` back-to-back replays, each between device events: us per layer of each."""
+def time_graph(graph: torch.cuda.CUDAGraph, protocol: Measure, *, per_replay: int = 1,
+               warmup_s: float = WARMUP_S) -> GraphTiming:
+    """One graph through `time_graphs`: a layer graph of `per_replay` layers under the scenario's
+    `measure:` protocol."""
+    return time_graphs([graph], protocol, per_replay=[per_replay], warmup_s=warmup_s)[0]
+
+
+def replay_block(graph: torch.cuda.CUDAGraph, iters: int, per_replay: int = 1) -> list[float]:
+    """`iters` back-to-back replays, each between device events: us per unit of each."""
     marks = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
     marks[0].record()
     for i in range(iters):
         graph.replay()
         marks[i + 1].record()
     marks[-1].synchronize()
-    return [marks[i].elapsed_time(marks[i + 1]) * 1e3 / layers for i in range(iters)]
+    return [marks[i].elapsed_time(marks[i + 1]) * 1e3 / per_replay for i in range(iters)]
 
 
 @dataclass
@@ -185,18 +207,33 @@ def isolated(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams:
     return out
 
 
-def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: StreamSet,
-            console: Console) -> tuple[GraphTiming, Timeline, Summary, dict[str, NodeIsolated], Ceilings]:
+@dataclass(frozen=True)
+class Measurement:
+    """A layer measured on the GPU: its timed replays, the profiled replays as a Timeline (every
+    kernel attributed to its node), each node alone, and the device's ceilings."""
+
+    timing: GraphTiming
+    timeline: Timeline
+    isolated: dict[str, NodeIsolated]
+    ceilings: Ceilings
+
+
+def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: StreamSet, *,
+            status: Callable[[str], AbstractContextManager] = lambda text: contextlib.nullcontext(),
+            ) -> Measurement:
+    """Capture the scenario's layers (`buffers.layers`) into one graph, time it under
+    `scen.measure`, profile `measure.profile_replays` replays and every node alone.
+    `status(text)`: held around each phase (a spinner)."""
     device = buffers.device
     m = scen.measure
     layers = buffers.layers
     run_layers(scen.program, bound, buffers, streams)  # eager warm-up: JIT, workspaces
     torch.cuda.synchronize(device)
-    with _status(console, "capturing and timing the layer graph"):
+    with status("capturing and timing the layer graph"):
         graph = _capture(lambda: run_layers(scen.program, bound, buffers, streams), device,
                          f"{layers} layers of {scen.name}", capture_hook(bound))
-        timing = time_graph(graph, layers, m.warmup, m.iters, m.repeats, m.seconds)
-    with _status(console, "profiling replays and nodes alone"):
+        timing = time_graph(graph, m, per_replay=layers)
+    with status("profiling replays and nodes alone"):
         events = device_events(lambda: [graph.replay() for _ in range(m.profile_replays)], device)
         alone = isolated(scen, buffers, bound, streams, m.profile_replays)
         collective = {n.name for n in scen.layer.nodes if n.is_collective}
@@ -210,32 +247,4 @@ def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: 
     timeline = Timeline(intervals, Source("measured", torch.cuda.get_device_name(device), {
         "backend": ",".join(sorted({backend_kind(b.backend) for b in bound.values()})),
         "torch": torch.__version__, "scenario": scen.name}), chained_bounds(intervals, layers))
-    return timing, timeline, summarize(timeline), alone, ceil
-
-
-def _status(console: Console, text: str):
-    return console.status(text) if console.is_terminal else contextlib.nullcontext()
-
-
-def measure_and_report(scen: Scenario, buffers: Buffers, bound: dict[str, Bound],
-                       streams: StreamSet, console: Console, out: Path) -> dict:
-    from streamlab.report.result import floor_us, layer_result, print_result
-    from streamlab.trace import write_chrome
-
-    timing, timeline, summary, alone, ceil = measure(scen, buffers, bound, streams, console)
-    trace_path = out / f"{scen.name}-b{scen.shape.batch}.trace.json.gz"
-    write_chrome(timeline, trace_path)
-    result = layer_result(
-        scen, f"measured on {timeline.source.device}", timing.per_replay_us, timing.repeat_medians, summary,
-        {n: percentiles(v.kernel_us)[1] for n, v in alone.items()},
-        {n: len(v.signature) for n, v in alone.items()},
-        {n.name: floor_us(n, ceil.copy_gbs, ceil.bf16_tflops, ceil.fp8_tflops) for n in scen.layer.nodes},
-        {n: b.backend for n, b in bound.items()},
-        next((b.backend for b in bound.values() if b.node.is_collective), "none"),
-        held_us={n: b.fn.duration_us for n, b in bound.items() if b.backend == "emulated"},
-        block_medians=timing.block_medians)
-    result["ceilings"] = vars(ceil)
-    result["trace"] = str(trace_path)
-    print_result(console, scen, result)
-    console.print(f"trace (Perfetto / chrome://tracing): {trace_path}")
-    return {"measured": result}
+    return Measurement(timing, timeline, alone, ceil)

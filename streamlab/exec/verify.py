@@ -6,14 +6,13 @@ Both runs start from the same saved state; afterwards every tensor the layer wri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from streamlab.exec.buffers import Buffers
 from streamlab.exec.eager import StreamSet, run_layers
 from streamlab.kernels import Bound
 from streamlab.layer import Layer
+from streamlab.results import Difference
 from streamlab.schedule.program import Launch, Program
 
 OUTPUTS = ("hidden", "residual")
@@ -21,18 +20,6 @@ OUTPUTS = ("hidden", "residual")
 
 def serial_program(layer: Layer) -> Program:
     return Program([Launch(n, "main") for n in layer.names])
-
-
-@dataclass(frozen=True)
-class Difference:
-    tensor: str
-    max_abs: float
-    mismatched: int  # elements (bytes for caches) that differ
-    total: int
-
-    @property
-    def identical(self) -> bool:
-        return self.mismatched == 0
 
 
 def _diff(name: str, a: torch.Tensor, b: torch.Tensor) -> Difference:

@@ -1,148 +1,156 @@
-"""Several layouts side by side: run each (measured on a GPU, simulated otherwise), tabulate,
-plot, and export JSON + Markdown atomically into one folder."""
+"""Several layouts side by side (a `results.CompareResult`): rich tables, Markdown, plots, and the
+report folder written atomically (report.json, report.md, PNG and SVG plots)."""
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
-from streamlab.check import _part, attribute
-from streamlab.io import write_atomic, write_json_atomic
-from streamlab.scenario import Scenario
+from streamlab.check import attribute
+from streamlab.io import write_atomic
+from streamlab.layer import build_layer
+from streamlab.models import MODELS, RankDims
+from streamlab.results import CompareResult, RunResult, dump
 
-SCHEMA_VERSION = 1
-
-
-@dataclass
-class Run:
-    scenario: Scenario
-    batch: int
-    result: dict
-
-    @property
-    def part(self) -> dict:
-        return _part(self.result)
-
-
-def collect(scenarios: list[Scenario], batches: list[int], console: Console, **run_options) -> list[Run]:
-    from streamlab.exec.fresh import run_apart
-
-    runs = []
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("running", total=len(scenarios) * len(batches))
-        for batch in batches:
-            for scen in scenarios:
-                progress.update(task, description=f"{scen.name} batch {batch}")
-                at = scen.override(batch=batch)
-                runs.append(Run(at, batch, run_apart(at, **run_options)))
-                progress.advance(task)
-    return runs
+__all__ = ["export", "layer_table", "markdown", "node_table"]
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def layer_table(runs: list[Run], batch: int) -> Table:
+def layer_table(runs: list[RunResult], batch: int) -> Table:
     here = [r for r in runs if r.batch == batch]
     base = here[0]
-    t = Table(title=f"batch {batch}: per layer ({base.part['source']})", title_justify="left")
+    t = Table(title=f"batch {batch}: per layer ({base.source})", title_justify="left")
     t.add_column("")
     for r in here:
-        t.add_column(r.scenario.name, justify="right")
+        t.add_column(r.scenario, justify="right")
     rows: list[tuple[str, list[str]]] = []
 
     def row(label, f):
         rows.append((label, [f(r) for r in here]))
 
-    row("latency us (median)", lambda r: _fmt(r.part["per_layer_us"]["median"]))
-    row("p20 - p80", lambda r: f"{r.part['per_layer_us']['p20']:.1f} - {r.part['per_layer_us']['p80']:.1f}")
-    row("delta vs first", lambda r: f"{r.part['per_layer_us']['median'] - base.part['per_layer_us']['median']:+.1f}")
-    row("repeat spread", lambda r: f"{100 * r.part['repeat_spread']:.2f}%")
-    row("drift (blocks)", lambda r: f"{100 * r.part.get('drift', 0.0):.2f}%")
+    row("latency us (median)", lambda r: _fmt(r.latency.median))
+    row("p20 - p80", lambda r: f"{r.latency.p20:.1f} - {r.latency.p80:.1f}")
+    row("delta vs first", lambda r: f"{r.latency.median - base.latency.median:+.1f}")
+    row("repeat spread", lambda r: f"{100 * r.latency.repeat_spread:.2f}%")
+    row("drift (blocks)", lambda r: f"{100 * r.latency.drift:.2f}%")
     for cls in ("launch", "fence", "stall"):
-        row(f"bubble {cls} us", lambda r, c=cls: _fmt(r.part["profile"]["bubble_by_class_us"][c]["median"]))
-    row("AR us per call", lambda r: _fmt((r.part["profile"]["allreduce_per_call_us"] or {}).get("median")))
-    row("overlap factor", lambda r: _fmt(r.part["profile"]["overlap"]["median"], 2))
-    row("physical streams", lambda r: str(r.part["profile"]["physical_streams"]))
-    row("outputs = serial", lambda r: "yes" if r.result["equal_to_serial"] else "[red]NO[/]")
+        row(f"bubble {cls} us", lambda r, c=cls: _fmt(r.anatomy.bubble_by_class_us[c].median))
+    row("AR us per call", lambda r: _fmt(r.anatomy.allreduce_per_call_us.median
+                                         if r.anatomy.allreduce_per_call_us else None))
+    row("overlap factor", lambda r: _fmt(r.anatomy.overlap.median, 2))
+    row("physical streams", lambda r: str(r.anatomy.physical_streams))
+    row("outputs = serial", lambda r: "yes" if r.equal_to_serial else "[red]NO[/]")
     for label, cells in rows:
         t.add_row(label, *cells)
     return t
 
 
-def node_table(runs: list[Run], batch: int) -> Table:
+def node_table(runs: list[RunResult], batch: int) -> Table:
     here = [r for r in runs if r.batch == batch]
     t = Table(title=f"batch {batch}: per node, in-graph us (slowdown vs isolated)", title_justify="left")
     t.add_column("node")
     for r in here:
-        t.add_column(r.scenario.name, justify="right")
-    names = list(dict.fromkeys(n for r in here for n in r.part["nodes"]))
+        t.add_column(r.scenario, justify="right")
+    names = list(dict.fromkeys(n for r in here for n in r.nodes))
     for name in names:
         cells = []
         for r in here:
-            n = r.part["nodes"].get(name)
-            if not n or not n["in_graph_us"]:
+            n = r.nodes.get(name)
+            if not n or not n.in_graph_us:
                 cells.append("")
                 continue
-            slow = n["slowdown"]
-            mark = "red" if slow > 1.1 else "green" if slow < 0.95 else ""
-            text = f"{n['in_graph_us']['median']:.1f} (x{slow:.2f})"
+            mark = "red" if n.slowdown > 1.1 else "green" if n.slowdown < 0.95 else ""
+            text = f"{n.in_graph_us.median:.1f} (x{n.slowdown:.2f})"
             cells.append(f"[{mark}]{text}[/]" if mark else text)
         t.add_row(name, *cells)
     return t
 
 
-def markdown(runs: list[Run]) -> str:
+NOTES = ("latency / budget: per-layer median over (sum of node floors + 2 us per kernel); a node's floor "
+         "is max(bytes / copy bandwidth, FLOPs / peak), and the emulated all-reduce's floor is its set "
+         "time (it holds the stream that long by design); the last column counts only its bytes.\n\n"
+         "spread: max - min of the medians of the interleaved repeats (replay i in repeat i mod "
+         "repeats) over the timed window, over their median; drift: the same over the medians of "
+         "consecutive blocks of replays (how much the layer's speed wandered during the window).\n")
+
+
+def markdown(result: CompareResult) -> str:
+    """Per batch the layouts side by side (the first is the baseline of `delta`), then each run's
+    nodes."""
     out = io.StringIO()
-    for batch in sorted({r.batch for r in runs}):
-        here = [r for r in runs if r.batch == batch]
-        base = here[0].part["per_layer_us"]["median"]
-        out.write(f"\n### batch {batch} ({here[0].part['source']})\n\n")
-        out.write("| scenario | latency us | p20-p80 | delta | spread | launch/fence/stall us | AR/call us | overlap | streams |\n")
-        out.write("|---|---|---|---|---|---|---|---|---|\n")
+    for batch in result.batches:
+        here = result.at(batch)
+        base = here[0].latency.median
+        out.write(f"\n### batch {batch} ({here[0].source})\n\n")
+        out.write("| scenario | latency us | p20-p80 | delta | spread | drift | launch/fence/stall us | "
+                  "AR/call us | overlap | streams | = serial | latency / budget | without AR set time |\n")
+        out.write("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         for r in here:
-            p, b = r.part, r.part["profile"]["bubble_by_class_us"]
-            ar = r.part["profile"]["allreduce_per_call_us"]
-            out.write(f"| {r.scenario.name} | {p['per_layer_us']['median']:.1f} | "
-                      f"{p['per_layer_us']['p20']:.1f}-{p['per_layer_us']['p80']:.1f} | "
-                      f"{p['per_layer_us']['median'] - base:+.1f} | {100 * p['repeat_spread']:.2f}% | "
-                      f"{b['launch']['median']:.1f}/{b['fence']['median']:.1f}/{b['stall']['median']:.1f} | "
-                      f"{ar['median'] if ar else 0:.1f} | {p['profile']['overlap']['median']:.2f} | "
-                      f"{p['profile']['physical_streams']} |\n")
+            lat, a, b = r.latency, r.anatomy, r.anatomy.bubble_by_class_us
+            ar = a.allreduce_per_call_us
+            out.write(f"| {r.scenario} | {lat.median:.1f} | {lat.p20:.1f}-{lat.p80:.1f} | "
+                      f"{lat.median - base:+.1f} | {100 * lat.repeat_spread:.2f}% | {100 * lat.drift:.2f}% | "
+                      f"{b['launch'].median:.1f}/{b['fence'].median:.1f}/{b['stall'].median:.1f} | "
+                      f"{ar.median if ar else 0:.1f} | {a.overlap.median:.2f} | {a.physical_streams} | "
+                      f"{'yes' if r.equal_to_serial else 'NO'} | {lat.median / r.budget.us:.2f} | "
+                      f"{lat.median / r.budget.roofline_us:.2f} |\n")
+    for f in result.failures:
+        out.write(f"\n{f.scenario} batch {f.batch}: **failed**: {f.message}\n")
     return out.getvalue()
 
 
-def export(runs: list[Run], folder: Path, plot_batch: int | None = None) -> list[Path]:
-    """JSON (versioned schema) + Markdown + plots (per-layer ones at `plot_batch`, default the
-    smallest batch), each written atomically."""
+def node_markdown(r: RunResult) -> str:
+    out = io.StringIO()
+    out.write(f"\n### {r.scenario} batch {r.batch}: per node (us)\n\n")
+    out.write("| node | kernels | in-graph | isolated | slowdown | floor | isolated/floor |\n"
+              "|---|---|---|---|---|---|---|\n")
+    for name, n in r.nodes.items():
+        g = n.in_graph_us.median if n.in_graph_us else float("nan")
+        far = n.isolated_us / n.floor_us if n.floor_us else float("inf")
+        out.write(f"| {name} | {n.kernels} | {g:.2f} | {n.isolated_us:.2f} | {n.slowdown:.2f} | "
+                  f"{n.floor_us:.2f} | {far:.1f} |\n")
+    return out.getvalue()
+
+
+def _groups(r: RunResult) -> dict[str, list[str]]:
+    """The run's layer groups (plot colours), rebuilt from its model, shape and variant."""
+    model = MODELS.get(r.model)
+    return build_layer(RankDims(model, r.shape), r.variant).groups if model else {}
+
+
+def export(result: CompareResult, folder: Path, plot_batch: int | None = None) -> list[Path]:
+    """report.json (a CompareResult) + report.md + plots (per-layer ones at `plot_batch`, default
+    the smallest batch), each written atomically."""
     from streamlab.report import plots
     from streamlab.trace import read_chrome
 
     folder.mkdir(parents=True, exist_ok=True)
-    doc = {"schema": SCHEMA_VERSION, "runs": [
-        {"scenario": r.scenario.name, "batch": r.batch, **r.result} for r in runs]}
-    written = [write_json_atomic(folder / "report.json", doc)]
-    rows = [{"scenario": r.scenario.name, "batch": r.batch, **r.part["per_layer_us"]} for r in runs]
+    written = [dump(result, folder / "report.json")]
+    if not result.runs:
+        written.append(write_atomic(folder / "report.md", "# streamlab compare\n" + markdown(result)))
+        return written
+    rows = [{"scenario": r.scenario, "batch": r.batch, "median": r.latency.median, "p20": r.latency.p20,
+             "p80": r.latency.p80} for r in result.runs]
     written += plots.latency_bars(rows, folder / "latency")
-    first_batch = plot_batch if plot_batch is not None else min(r.batch for r in runs)
-    here = [r for r in runs if r.batch == first_batch]
-    timelines = [(r.scenario.name, read_chrome(r.part["trace"]), r.scenario.layer.groups) for r in here
-                 if r.part.get("trace")]
+    first_batch = plot_batch if plot_batch is not None else min(result.batches)
+    here = result.at(first_batch)
+    timelines = [(r.scenario, read_chrome(r.trace), _groups(r)) for r in here
+                 if r.trace and Path(r.trace).exists()]
     if timelines:
         written += plots.layer_timelines(timelines, 1, folder / f"timeline-b{first_batch}")
     for r in here[1:]:
-        a = attribute(here[0].result, r.result)
-        written += plots.waterfall(here[0].scenario.name, r.scenario.name, a.parts(), a.total,
-                                   folder / f"waterfall-{r.scenario.name}-b{first_batch}")
-        written += plots.slowdown_bars(r.part["nodes"], f"{r.scenario.name}, batch {first_batch}",
-                                       folder / f"slowdown-{r.scenario.name}-b{first_batch}")
-    md = f"# streamlab compare\n\nsource: {here[0].part['source']}\n" + markdown(runs)
+        a = attribute(here[0], r)
+        written += plots.waterfall(here[0].scenario, r.scenario, a.parts(), a.total,
+                                   folder / f"waterfall-{r.scenario}-b{first_batch}")
+        written += plots.slowdown_bars(r.nodes, f"{r.scenario}, batch {first_batch}",
+                                       folder / f"slowdown-{r.scenario}-b{first_batch}")
+    md = f"# streamlab compare\n\nsource: {here[0].source}\n" + markdown(result)
     md += "".join(f"\n![{p.stem}]({p.name})\n" for p in written if p.suffix == ".png")
+    md += "\n" + NOTES + "".join(node_markdown(r) for r in result.runs)
     written.append(write_atomic(folder / "report.md", md))
     return written

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from streamlab.analysis import STALL_US, gaps  # noqa: E402
+from streamlab.analysis import STALL_US, gaps, is_allreduce_node  # noqa: E402
+from streamlab.results import NodeResult  # noqa: E402
 from streamlab.timeline import Timeline  # noqa: E402
 
 # one colour per part of the layer, so the same work looks the same in every layout
@@ -23,7 +24,7 @@ PART_COLOURS = {
 
 
 def _part(node: str | None, groups: dict[str, list[str]]) -> str:
-    if node and node.startswith("allreduce"):
+    if is_allreduce_node(node):
         return "allreduce"
     for g, members in groups.items():
         if g != "moe" and node in members:
@@ -110,10 +111,10 @@ def latency_bars(rows: list[dict], path: Path) -> list[Path]:
     return save(fig, path)
 
 
-def slowdown_bars(nodes: dict[str, dict], title: str, path: Path) -> list[Path]:
+def slowdown_bars(nodes: dict[str, NodeResult], title: str, path: Path) -> list[Path]:
     """In-graph / isolated latency per node: contention from the other stream shows above 1."""
-    names = [n for n, v in nodes.items() if v.get("in_graph_us")]
-    vals = [nodes[n]["slowdown"] for n in names]
+    names = [n for n, v in nodes.items() if v.in_graph_us]
+    vals = [nodes[n].slowdown for n in names]
     fig, ax = plt.subplots(figsize=(10, 0.22 * len(names) + 1))
     ax.barh(names, vals, color=["#C44E52" if v > 1.1 else "#4C72B0" for v in vals])
     ax.axvline(1.0, color="black", linewidth=0.8)

@@ -64,7 +64,7 @@ def schedule_view(name: str, layer: Layer, program: Program, hw: Hardware,
     graph = capture(program)
     hip = hip_streams(graph, queues)
     streams = program.streams
-    floors = {n.name: hw.floor_us(n) for n in layer.nodes}
+    floors = {n.name: hw.ceilings.floor_us(n) for n in layer.nodes}
 
     table = Table(title=f"{name}: stream lanes in dispatch order", title_justify="left",
                   show_lines=False, pad_edge=False)

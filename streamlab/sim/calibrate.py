@@ -21,16 +21,15 @@ provenance (device, versions, shape, batches, command, the kernels' hash).
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from streamlab.analysis import percentiles
-from streamlab.check import run_noise
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Layer, Variant, build_layer
-from streamlab.models import MODELS, RankDims, Shape
+from streamlab.models import MODELS, RankDims
 from streamlab.models.hardware import HARDWARE
+from streamlab.results import NodeTime, RunResult, load_runs
 from streamlab.sim.pairwise import PairwiseFit, fit_pairwise, load_pairwise, pair_note
 from streamlab.sim.profile import (
     BatchTable,
@@ -43,35 +42,25 @@ from streamlab.sim.provenance import MEASURED, CalibrationShape, Provenance
 from streamlab.sim.provenance import kernel_hash as installed_kernel_hash
 
 
-def _load(paths: list[Path]) -> list[dict]:
-    runs = []
-    for path in paths:
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise Failure(f"{path}: cannot read: {e}", EXIT_BAD_INPUT) from None
-        for r in doc if isinstance(doc, list) else doc.get("runs", [doc]):
-            if isinstance(r, dict) and "measured" in r:
-                runs.append(r)
+def _load(paths: list[Path]) -> list[RunResult]:
+    runs = [r for path in paths for r in load_runs(path) if r.measured]
     if not runs:
         raise Failure("no measured runs in " + ", ".join(map(str, paths)), EXIT_BAD_INPUT)
     return runs
 
 
-def layer_mean_us(stat: dict) -> float:
+def layer_mean_us(stat: NodeTime) -> float:
     """A node's mean time per layer: as measured where the result has it, else estimated from its
     in-graph p20, median and p80 (equal weights: the midpoint rule over thirds of its quantile
-    function), else the median. A replay timed with events averages its layers, and a node can
+    function). A replay timed with events averages its layers, and a node can
     differ by layer: at H100 batch 64 the routed experts of one layer in four (its routing) take
     320 us against ~265 us, so their median reads ~10 us under their mean (p80 310 us) in the
     fused variant, not in the unfused one (p80 273 us). In the profiled traces of
     traces/h100-2026-11-21/ the estimate is within 3.1 us of every node's mean over its 20
     layers, the median up to 9.8 us off."""
-    if "mean" in stat:
-        return stat["mean"]
-    if "p20" in stat and "p80" in stat:
-        return (stat["p20"] + stat["median"] + stat["p80"]) / 3
-    return stat["median"]
+    if stat.mean is not None:
+        return stat.mean
+    return (stat.p20 + stat.median + stat.p80) / 3
 
 
 @dataclass
@@ -98,31 +87,30 @@ class SerialFit:
         return {b: (self.layer_us[b] - inside) / k for b, (inside, k) in self.inside_us.items()}
 
 
-def fit_serial(runs: list[dict]) -> SerialFit:
-    fit = SerialFit(runs[0]["device"], runs[0].get("variant", {}))
+def fit_serial(runs: list[RunResult]) -> SerialFit:
+    fit = SerialFit(runs[0].device, vars(runs[0].variant))
     for r in runs:
-        m, batch = r["measured"], r["shape"]["batch"]
+        batch = r.batch
         inside = 0.0
-        for node, n in m["nodes"].items():
-            t = layer_mean_us(n["in_graph_us"])
+        for node, n in r.nodes.items():
+            t = layer_mean_us(n.in_graph_us)
             fit.node_us.setdefault(node, {})[batch] = t
-            fit.isolated_us.setdefault(node, {})[batch] = n["isolated_us"]
-            fit.kernels[node] = n["kernels"]
+            fit.isolated_us.setdefault(node, {})[batch] = n.isolated_us
+            fit.kernels[node] = n.kernels
             inside += t
-        fit.inside_us[batch] = (inside, m["kernels_per_layer"])
-        fit.layer_us[batch] = m["per_layer_us"]["median"]
-        fit.noise[batch] = run_noise(m)
-        fit.copy_gbs.append(m["ceilings"]["copy_gbs"])
+        fit.inside_us[batch] = (inside, r.budget.kernels)
+        fit.layer_us[batch] = r.latency.median
+        fit.noise[batch] = r.latency.noise
+        fit.copy_gbs.append(r.ceilings.copy_gbs)
     return fit
 
 
-def _layer_of(run: dict, variant: dict) -> Layer | None:
-    """The run's layer built for `variant`; None when the run does not say its model and shape."""
-    model = MODELS.get(run.get("model", ""))
-    shape = run.get("shape", {})
-    if model is None or set(shape) != set(vars(Shape())):
+def _layer_of(run: RunResult, variant: dict) -> Layer | None:
+    """The run's layer built for `variant`; None when the run does not say its model."""
+    model = MODELS.get(run.model)
+    if model is None:
         return None
-    return build_layer(RankDims(model, Shape(**shape)), Variant(**variant))
+    return build_layer(RankDims(model, run.shape), Variant(**variant))
 
 
 def in_graph_scale(serial: SerialFit, batch: int, node: str) -> float:
@@ -139,7 +127,7 @@ def in_graph_scale(serial: SerialFit, batch: int, node: str) -> float:
     return percentiles(ratios)[1] if ratios else 1.0
 
 
-def fit_variants(runs: list[dict], serial: SerialFit, variant_serials: tuple[str, ...] = ()
+def fit_variants(runs: list[RunResult], serial: SerialFit, variant_serials: tuple[str, ...] = ()
                  ) -> tuple[dict[str, dict[str, BatchTable]], dict[str, int]]:
     """Latencies of nodes that another variant runs as a different kernel than serial does.
 
@@ -153,22 +141,22 @@ def fit_variants(runs: list[dict], serial: SerialFit, variant_serials: tuple[str
     direct: dict[str, dict[str, dict[int, float]]] = {}
     kernels: dict[str, int] = {}
     for r in runs:
-        variant = r.get("variant")
-        if not variant or variant == serial.variant:
+        variant = vars(r.variant)
+        if variant == serial.variant:
             continue
         layer, base = _layer_of(r, variant), _layer_of(r, serial.variant)
         if layer is None or base is None:
             continue
-        batch, key = r["shape"]["batch"], variant_key(Variant(**variant))
+        batch, key = r.batch, variant_key(r.variant)
         for node in layer.nodes:
-            if base.by_name.get(node.name) == node or node.name not in r["measured"]["nodes"]:
+            if base.by_name.get(node.name) == node or node.name not in r.nodes:
                 continue
-            n = r["measured"]["nodes"][node.name]
-            if r["scenario"] in variant_serials and n["in_graph_us"]:
-                direct.setdefault(key, {}).setdefault(node.name, {})[batch] = layer_mean_us(n["in_graph_us"])
-            est = n["isolated_us"] * in_graph_scale(serial, batch, node.name)
+            n = r.nodes[node.name]
+            if r.scenario in variant_serials and n.in_graph_us:
+                direct.setdefault(key, {}).setdefault(node.name, {})[batch] = layer_mean_us(n.in_graph_us)
+            est = n.isolated_us * in_graph_scale(serial, batch, node.name)
             samples.setdefault(key, {}).setdefault(node.name, {}).setdefault(batch, []).append(est)
-            kernels.setdefault(node.name, n["kernels"])
+            kernels.setdefault(node.name, n.kernels)
     tables = {key: {node: {b: direct.get(key, {}).get(node, {}).get(b, percentiles(v)[1])
                            for b, v in sorted(per.items())}
                     for node, per in nodes.items()} for key, nodes in samples.items()}
@@ -186,21 +174,21 @@ def calibrate(paths: list[Path], name: str, *, serial: str = "serial", fence_us:
     the runs measured (default: the installed ones, right for a calibration run where it was
     measured); `command`, `date`, `driver` go to its provenance."""
     runs = _load(paths)
-    serial_runs = [r for r in runs if r["scenario"] == serial]
+    serial_runs = [r for r in runs if r.scenario == serial]
     if not serial_runs:
         raise Failure(f"no measured run of the {serial!r} layout to calibrate from", EXIT_BAD_INPUT)
     fit = fit_serial(serial_runs)
     variants, variant_kernels = fit_variants(runs, fit, VARIANT_SERIALS)
-    direct = sorted({r["scenario"] for r in runs if r["scenario"] in VARIANT_SERIALS})
+    direct = sorted({r.scenario for r in runs if r.scenario in VARIANT_SERIALS})
     device = fit.device
     src = f"measured: {serial} layout on {device}, batches {fit.batches}"
     first = serial_runs[0]
-    shape = {k: v for k, v in first["shape"].items() if k != "batch"}
+    shape = {k: v for k, v in vars(first.shape).items() if k != "batch"}
     prov = Provenance(
-        basis=MEASURED, device=device, shape=CalibrationShape(model=first["model"], **shape),
+        basis=MEASURED, device=device, shape=CalibrationShape(model=first.model, **shape),
         batches=tuple(fit.batches), date=date or datetime.date.today().isoformat(),
         command=command or "streamlab calibrate " + " ".join(map(str, paths)), driver=driver,
-        versions={str(k): str(v) for k, v in first.get("versions", {}).items()},
+        versions={str(k): str(v) for k, v in first.versions.items()},
         kernel_hash=kernel_hash or installed_kernel_hash())
     gap = per_batch(fit.gaps, f"{src}: (layer latency - node times) / kernels, per batch; "
                     "below 0 the profiled node times read longer than the kernels run")

@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.table import Table
-
 from streamlab.analysis import summarize
 from streamlab.scenario import Scenario, load
 from streamlab.sim.predict import Prediction, predict
@@ -117,20 +115,6 @@ def breakdown(scen: Scenario, profile: DeviceProfile, baseline: str = "serial", 
     parts.append(Part("rest: total - stalls, all-reduce, MoE, indexer (overlap saved elsewhere, launch gaps)",
                       0.0, parts[0].difference_us - named, rest_pub, ""))
     return parts
-
-
-def explain(scen: Scenario, profile: DeviceProfile, baseline: str = "serial") -> Table:
-    """`breakdown` as a table, with the published figures' source and each parameter's value."""
-    table = Table(title=f"{scen.name} vs {baseline} on profile {profile.name}, batch {scen.shape.batch}, per layer "
-                  f"(simulated; published: {profile.reference.get('source', 'none on this profile')})",
-                  title_justify="left")
-    for col in ("part", baseline, scen.name, "difference", "published", "off by", "from parameters"):
-        table.add_column(col, justify="left" if col in ("part", "from parameters") else "right")
-    for p in breakdown(scen, profile, baseline):
-        table.add_row(p.name, f"{p.baseline_us:.1f}", f"{p.layout_us:.1f}", f"{p.difference_us:+.1f}",
-                      "" if p.published_us is None else f"{p.published_us:+.1f}",
-                      "" if p.off is None else f"{100 * p.off:+.0f}%", p.parameters)
-    return table
 
 
 def _value(profile: DeviceProfile, key: str) -> str:

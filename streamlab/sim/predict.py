@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from streamlab.layer import Layer
+from streamlab.results import IntervalPart, MovedNode, PredictedLatency, PredictedOverlap
 from streamlab.scenario import Scenario
 from streamlab.schedule.program import Program
 from streamlab.sim.costs import QUEUE_WAIT_EXEMPT, node_costs
@@ -100,22 +101,16 @@ class Prediction:
         return (f"{self.per_layer_us:.1f} us per layer, interval {self.low_us:.1f} - {self.high_us:.1f} us "
                 f"(simulated on profile {self.profile}: a prediction, not a measurement)")
 
-    def describe(self) -> list[str]:
-        """The prediction as `streamlab sim` prints it."""
-        parts = ", ".join(f"{b.name} +-{b.us:.1f}" for b in self.bands)
-        lines = [f"[bold]prediction[/] {self.line()}", f"  interval: {parts} us",
-                 f"  overlaps: {self.overlaps_line()}"]
-        shape = self.shape_line()
-        return lines + ([f"  shape: {shape}"] if shape else [])
-
-    def to_json(self) -> dict:
-        return {"per_layer_us": self.per_layer_us, "low_us": self.low_us, "high_us": self.high_us,
-                "bands": [{"name": b.name, "us": b.us, "source": b.source} for b in self.bands],
-                "overlaps": [{"first": o.first, "second": o.second, "measured": o.measured,
-                              "first_us": o.first_us, "second_us": o.second_us} for o in self.overlaps],
-                "overlaps_line": self.overlaps_line(),
-                "moved_nodes": [{"node": m.node, "us": m.us, "moved_us": m.moved_us, "from": m.moved_from}
-                                for m in self.moved]}
+    def record(self, measure_command: str | None = None) -> PredictedLatency:
+        """The prediction as a run result keeps it (results.PredictedLatency)."""
+        return PredictedLatency(
+            per_layer_us=self.per_layer_us, low_us=self.low_us, high_us=self.high_us,
+            parts=tuple(IntervalPart(b.name, b.us, b.source) for b in self.bands),
+            overlaps=tuple(PredictedOverlap(o.first, o.second, o.measured, o.first_us, o.second_us, o.crowded)
+                           for o in self.overlaps),
+            overlaps_line=self.overlaps_line(),
+            moved=tuple(MovedNode(m.node, m.us, m.moved_us, m.moved_from) for m in self.moved),
+            measure_command=measure_command)
 
 
 def measure_command(scenarios: list[str], profile: DeviceProfile) -> str:

@@ -236,9 +236,3 @@ PARAMS = ("hbm_gbs", "launch_gap_us", "multi_stream_launch_gap_us", "fence_us", 
           "ar_concurrency_factor", "multi_stream_entry_us", "multi_stream_graph_entry_us",
           "concurrency_slowdown", "queue_wait_kernel_us", "default_sm_demand", "calibration_noise",
           "overlap_model_spread")
-
-
-def load_profile(name_or_path: str) -> DeviceProfile:
-    """A shipped profile by name, or a profile YAML file, read and validated (sim/profile_file.py)."""
-    from streamlab.sim.profile_file import load_profile as load
-    return load(name_or_path)

@@ -1,34 +1,44 @@
-"""A scenario on the simulator: the same result and report as a measured run, labelled simulated,
-with the prediction interval (`result["prediction"]`, sim/predict.py)."""
+"""A scenario on the simulator: its prediction (per-layer latency with its interval, the overlaps it
+rests on, the replayed Timeline) and the per-node facts a result needs, labelled simulated
+(`streamlab.runs.simulated_result` turns it into the same result as a measured run)."""
 
 from __future__ import annotations
 
-from streamlab.analysis import summarize
-from streamlab.report.result import layer_result
+from dataclasses import dataclass
+
+from streamlab.models.hardware import Ceilings
 from streamlab.scenario import Scenario
 from streamlab.sim.costs import node_costs
 from streamlab.sim.predict import Prediction, predict
 from streamlab.sim.profile import DeviceProfile
 from streamlab.timeline import Timeline
 
-
-def simulate_scenario(scen: Scenario, profile: DeviceProfile, layers: int) -> tuple[dict, Timeline]:
-    """`run`, `compare` and `check` without a GPU: the profile is their fallback for any model, so a
-    model other than the profile's is scaled to (and the prediction says so), not refused."""
-    prediction = predict(scen, profile, layers=layers, other_model=True)
-    return simulated_result(scen, profile, prediction), prediction.timeline
+__all__ = ["Simulation", "simulate_scenario"]
 
 
-def simulated_result(scen: Scenario, profile: DeviceProfile, prediction: Prediction) -> dict:
-    """The run result of a prediction: what a measured run reports, from the simulated replay."""
+@dataclass(frozen=True)
+class Simulation:
+    """A layer simulated on a device profile: a prediction, not a measurement."""
+
+    profile: DeviceProfile
+    prediction: Prediction
+    isolated_us: dict[str, float]  # each node alone, from the profile at the layer's shape
+    kernels: dict[str, int]  # kernels per node
+    ceilings: Ceilings  # roofline denominators: the profile's bandwidth, the device's datasheet peaks
+
+    @property
+    def timeline(self) -> Timeline:
+        return self.prediction.timeline
+
+    @property
+    def per_layer_us(self) -> float:
+        return self.prediction.per_layer_us
+
+
+def simulate_scenario(scen: Scenario, profile: DeviceProfile, layers: int, *, other_model: bool = True) -> Simulation:
+    """`other_model`: a model other than the profile's is scaled to (and the prediction says so), not
+    refused: `run`, `compare` and `check` without a GPU fall back to the profile for any model."""
+    prediction = predict(scen, profile, layers=layers, other_model=other_model)
     costs = node_costs(scen.layer, profile)
-    hw = profile.ceilings
-    result = layer_result(
-        scen, f"simulated, profile {profile.name}", [prediction.per_layer_us], [],
-        summarize(prediction.timeline), dict(zip(costs.names, costs.alone_us)),
-        {n.name: profile.kernels(n) for n in scen.layer.nodes},
-        {n.name: hw.floor_us(n) for n in scen.layer.nodes},
-        {n.name: "simulated" for n in scen.layer.nodes}, f"simulated ({profile.name})")
-    result["sim_profile"] = [{"parameter": k, "value": v, "source": src} for k, v, src in profile.describe()]
-    result["prediction"] = prediction.to_json()
-    return result
+    return Simulation(profile, prediction, dict(zip(costs.names, costs.alone_us)),
+                      {n.name: profile.kernels(n) for n in scen.layer.nodes}, profile.ceilings.ceilings)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streamlab.layer import Layer, Node, build_layer
+from streamlab.results import PredictedStep, StepPart
 from streamlab.scenario import Scenario
 from streamlab.schedule.program import Launch, Program
 from streamlab.sim.costs import node_costs
@@ -67,25 +68,14 @@ class StepPrediction:
         return (self.dense_layers * self.dense.half_width_us + self.moe_layers * self.moe.half_width_us
                 + sum(o.spread_us for o in self.outside)) / 1e3
 
-    def to_json(self) -> dict:
-        return {"per_token_ms": self.per_token_ms, "low_ms": self.per_token_ms - self.half_width_ms,
-                "high_ms": self.per_token_ms + self.half_width_ms, "published_ms": self.published_ms,
-                "dense_layers": self.dense_layers, "dense_layer": self.dense.to_json(),
-                "moe_layers": self.moe_layers, "moe_layer": self.moe.to_json(),
-                "outside": [{"part": o.name, "us": o.us, "spread_us": o.spread_us, "how": o.how} for o in self.outside]}
-
-    def describe(self) -> str:
-        head = (f"[bold]decode step[/] (time per output token, simulated on profile {self.profile}: a "
-                f"prediction) {self.per_token_ms:.2f} ms, interval {self.per_token_ms - self.half_width_ms:.2f} - "
-                f"{self.per_token_ms + self.half_width_ms:.2f} ms"
-                + (f"; published {self.published_ms:.2f} ms" if self.published_ms else ""))
-        lines = [head,
-                 (f"  {self.dense_layers} dense layers x {self.dense.per_layer_us:.1f} us (+-{self.dense.half_width_us:.1f}) "
-                 f"+ {self.moe_layers} MoE layers x {self.moe.per_layer_us:.1f} us (+-{self.moe.half_width_us:.1f}) "
-                 f"= {self.layers_us / 1e3:.2f} ms")]
-        lines += [f"  {o.name}: {o.us:.1f} us +-{o.spread_us:.1f} ({o.how})" for o in self.outside]
-        lines.append("  not modelled: the host's time between steps (scheduler, input preparation)")
-        return "\n".join(lines)
+    def record(self) -> PredictedStep:
+        """The step as a run result keeps it (results.PredictedStep)."""
+        return PredictedStep(
+            per_token_ms=self.per_token_ms, low_ms=self.per_token_ms - self.half_width_ms,
+            high_ms=self.per_token_ms + self.half_width_ms, published_ms=self.published_ms,
+            dense_layers=self.dense_layers, dense_layer=self.dense.record(),
+            moe_layers=self.moe_layers, moe_layer=self.moe.record(),
+            outside=tuple(StepPart(o.name, o.us, o.spread_us, o.how) for o in self.outside))
 
 
 def dense_program(program: Program, moe: set[str]) -> Program:

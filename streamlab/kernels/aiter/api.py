@@ -113,7 +113,7 @@ ENTRY_POINTS: tuple[EntryPoint, ...] = (
                used_by="fused_moe (FP8 per-1x128 activations, 128x128 weight blocks)"),
     EntryPoint("CustomAllreduce", "aiter.dist.device_communicators.custom_all_reduce",
                "CustomAllreduce", ("group", "device"), keywords=("max_size",), required=False,
-               used_by="collective.impl aiter (streamlab.collective.impls.AiterAllReduce)"),
+               used_by="collective.impl aiter (streamlab.kernels.allreduce.impls.AiterAllReduce)"),
     EntryPoint("CustomAllreduce.all_reduce", "aiter.dist.device_communicators.custom_all_reduce",
                "CustomAllreduce.all_reduce", ("inp",), keywords=("out",), required=False,
                used_by="collective.impl aiter"),

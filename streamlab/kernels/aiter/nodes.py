@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping
 import torch
 
 from streamlab.errors import Failure
-from streamlab.kernels import Bound, bind, fallback_label
 from streamlab.kernels.aiter.layouts import rope_tables, shuffled
 from streamlab.kernels.aiter.runtime import AiterRuntime, Unmapped, require_aiter
 from streamlab.kernels.aiter.slots import positions_to_slots
+from streamlab.kernels.binding import Bound, bind_portable, fallback_label
 from streamlab.kernels.quant import FP8, GROUP, SHUFFLE_TILE
 from streamlab.kernels.triton.common import workspace
 from streamlab.layer import Node, TensorSpec
@@ -244,7 +244,7 @@ PLANS: dict[str, Planner] = {
 
 def bind_aiter(node: Node, specs: Specs, runtime: AiterRuntime | None = None) -> Bound:
     """The node on aiter, or on Triton with the reason recorded in its backend string."""
-    fallback = bind(node, "triton")
+    fallback = bind_portable(node, "triton")
     plan = PLANS.get(node.op)
     if plan is None:
         return fallback

@@ -23,8 +23,8 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction, mangle_type
 
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
-from streamlab.exec.buffers import TORCH_DTYPES, with_views
-from streamlab.exec.eager import bind_layer
+from streamlab.kernels import bind_layer
+from streamlab.kernels.tensors import TORCH_DTYPES, with_views
 from streamlab.kernels.triton.common import planning_for
 from streamlab.layer import Layer
 from streamlab.models.hardware import HARDWARE

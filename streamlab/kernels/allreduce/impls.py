@@ -23,8 +23,12 @@ from typing import Callable, ContextManager
 import torch
 import torch.distributed as dist
 
-from streamlab.collective.watch import in_collective
 from streamlab.errors import EXIT_BAD_INPUT, Failure
+from streamlab.kernels.allreduce.emulated import EmulatedAllReduce
+from streamlab.kernels.allreduce.progress import in_collective
+
+__all__ = ["IMPLS", "AiterAllReduce", "SymmMemAllReduce", "TorchDistAllReduce", "bandwidths", "busbw_factor",
+           "capture_hook", "choose", "describe", "self_test", "symm_mem_problem"]
 
 IMPLS = ("auto", "emulated", "nccl", "symm_mem", "aiter")
 DEFAULT_MAX_BYTES = 64 << 20
@@ -169,7 +173,9 @@ class AiterAllReduce:
                           + ("CUDA" if torch.version.cuda else "the CPU only")
                           + "; use nccl or symm_mem", EXIT_BAD_INPUT)
         try:
-            from aiter.dist.device_communicators.custom_all_reduce import CustomAllreduce
+            from aiter.dist.device_communicators.custom_all_reduce import (
+                CustomAllreduce,
+            )
         except Exception as e:  # aiter raises plain Exceptions when ROCm pieces are missing
             raise Failure(f"collective.impl aiter: cannot import aiter's CustomAllreduce "
                           f"({type(e).__name__}: {e}); pip install amd-aiter on the ROCm machine") from None
@@ -226,14 +232,14 @@ def _check_signatures(custom_allreduce: type) -> None:
 
 
 class _Emulated:
-    """streamlab.collective.emulated.EmulatedAllReduce with the hooks the others have."""
+    """EmulatedAllReduce with the hooks the others have."""
 
     impl = "emulated"
     backend = "emulated"
 
     def __init__(self, duration_us: float, device: torch.device) -> None:
-        from streamlab.collective.emulated import EmulatedAllReduce
         self.inner = EmulatedAllReduce(duration_us, device)
+        self.duration_us = duration_us  # the run's budget counts it as the node's floor
 
     def __call__(self, *, x: torch.Tensor, out: torch.Tensor) -> None:
         self.inner(x=x, out=out)

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+__all__ = ["DeviceEvent", "device_events"]
+
 GPU_CATEGORIES = {"kernel": "kernel", "gpu_memcpy": "memcpy", "gpu_memset": "memset"}
 
 

@@ -20,7 +20,10 @@ import torch
 from rich.console import Console
 
 from streamlab.errors import Failure
+from streamlab.results import RunResult
 from streamlab.scenario import Scenario
+
+__all__ = ["measures_on_gpu", "run_apart"]
 
 
 def measures_on_gpu(device: str) -> bool:
@@ -28,8 +31,8 @@ def measures_on_gpu(device: str) -> bool:
 
 
 def run_apart(scen: Scenario, *, verbose: bool = False, fresh: bool | None = None,
-              **options) -> dict:
-    """`session.run_scenario(scen, console, **options)`, in a fresh (spawned) process when
+              **options) -> RunResult:
+    """`session.run.run_scenario(scen, console, **options)`, in a fresh (spawned) process when
     `fresh` (default: when it measures on a GPU). Its report is printed only when `verbose`."""
     if not (measures_on_gpu(options.get("device", "auto")) if fresh is None else fresh):
         return _run(scen, verbose, options)
@@ -41,8 +44,8 @@ def run_apart(scen: Scenario, *, verbose: bool = False, fresh: bool | None = Non
                           "(see its output above)") from None
 
 
-def _run(scen: Scenario, verbose: bool, options: dict) -> dict:
-    from streamlab.exec.session import run_scenario
+def _run(scen: Scenario, verbose: bool, options: dict) -> RunResult:
+    from streamlab.session.run import run_scenario
 
     console = Console(width=160) if verbose else Console(file=io.StringIO(), width=200)
     return run_scenario(scen, console, **options)

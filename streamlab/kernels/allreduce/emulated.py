@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["EmulatedAllReduce"]
+
 CALIBRATION_CYCLES = 200_000
 
 
