@@ -3,9 +3,12 @@ baseline at each batch size, decided against the measured noise, with where the 
 
 A difference is a verdict only when it exceeds the noise band: twice the larger noise of the two
 runs (`results.Latency.noise`, times the baseline latency), and never less than `MIN_BAND` of it.
-Two simulated runs are predictions with intervals: the difference is a verdict only when their
-intervals do not overlap (the band is the sum of their half-widths), so a prediction the profile
-cannot back answers inconclusive rather than guessing. Two sides that are not comparable
+Two simulated runs are predictions with intervals, and the band is the half-width of the
+difference's interval: a part both intervals carry (the calibration's noise, a parameter's spread)
+moves both predictions together, so only the difference of its two widths counts; a part only one
+carries (an overlap the profile never measured) counts whole. A prediction the profile cannot
+back thus answers inconclusive rather than guessing, while a shared calibration error does not
+hide a difference the model is sure of. Two sides that are not comparable
 (another model, shape, device, software versions, or measured against simulated) are
 inconclusive whatever the numbers say, with the reason. The verdict types live in
 `streamlab.results` (CheckVerdict, BatchVerdict, Attribution).
@@ -68,10 +71,12 @@ def incomparable(base: RunResult, cand: RunResult) -> list[str]:
 
 
 def band_us(base: RunResult, cand: RunResult) -> float:
-    """How far apart the two must land to differ: the noise band, or for two predictions the sum of
-    their intervals' half-widths (their intervals then do not overlap)."""
+    """How far apart the two must land to differ: the noise band, or for two predictions the
+    half-width of their difference's interval (see the module docstring)."""
     if base.prediction is not None and cand.prediction is not None:
-        return sum((p.high_us - p.low_us) / 2 for p in (base.prediction, cand.prediction))
+        parts_b = {p.name: p.us for p in base.prediction.parts}
+        parts_c = {p.name: p.us for p in cand.prediction.parts}
+        return sum(abs(parts_c.get(n, 0.0) - parts_b.get(n, 0.0)) for n in parts_b.keys() | parts_c.keys())
     return base.latency.median * max(MIN_BAND, 2 * max(base.latency.noise, cand.latency.noise))
 
 

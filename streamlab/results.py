@@ -405,8 +405,9 @@ class CheckVerdict:
     def line(self) -> str:
         worst = max(self.batches, key=lambda b: b.delta_us)
         where = ", ".join(f"{name} {v:+.1f}" for name, v in worst.attribution.parts() if abs(v) >= 0.05)
+        band = "predicted, interval of the difference" if self.source.startswith("simulated") else "noise"
         deltas = ", ".join(f"batch {b.batch} {b.delta_us:+.1f} us ({100 * b.delta_us / b.baseline_us:+.1f}%"
-                           f", noise +-{b.band_us:.1f})" for b in self.batches)
+                           f", {band} +-{b.band_us:.1f})" for b in self.batches)
         head = f"{self.verdict.upper()}: {self.candidate} vs {self.baseline}: "
         if self.reason:
             head += f"not comparable ({self.reason}); "
