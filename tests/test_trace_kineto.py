@@ -14,8 +14,8 @@ import pytest
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.timeline import Interval, Source, Timeline
-from streamlab.trace import kineto
-from streamlab.trace.kineto import load_trace
+from streamlab.trace import jsonstream, kineto
+from streamlab.trace.formats import load_trace
 from streamlab.trace.segment import find_period, load_node_map, map_nodes, segment
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces"
@@ -142,7 +142,7 @@ def test_cuda_driver_launch_trace():
 def test_tiny_chunks_give_the_same_timeline(monkeypatch):
     """Events, strings and numbers cut at every possible chunk boundary."""
     whole = {p: load_trace(p) for p in (MI250, EVENT_SYNC, TRITON)}
-    monkeypatch.setattr(kineto, "CHUNK", 7)
+    monkeypatch.setattr(jsonstream, "CHUNK", 7)
     for p, lt in whole.items():
         again = load_trace(p)
         assert again.timeline == lt.timeline and again.info == lt.info
@@ -257,7 +257,7 @@ TRICKY = [
     # text that is not ASCII, raw and escaped; exponents; a negative duration; no device id
     '{"ph": "X", "cat": "kernel", "name": "k\u00e9rnel \\u00e9", "pid": 0, "tid": 7,'
     ' "ts": 1000009.5, "dur": 0.5, "args": {"device": 0, "stream": 7, "correlation": 21}}',
-    '{"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy \u00e9t\\u00e9 \u2192", "pid": 3,'
+    '{"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy \u00e9t\\u00e9 \u2192", "pid": 0,'
     ' "ts": 1.000010e6, "dur": -1, "args": {"stream": 7, "correlation": 19}}',
     # args that are not an object: no stream, the tid stands in
     '{"ph": "X", "cat": "kernel", "name": "no args", "tid": 5, "ts": 1000011, "dur": 1,'
@@ -285,7 +285,7 @@ def tricky_trace(path: Path, repeat: int = 3) -> Path:
 
 def _json_only(monkeypatch, path):
     with monkeypatch.context() as m:
-        m.setattr(kineto._Parser, "take", lambda self: 0)
+        m.setattr(jsonstream.JsonStream, "_take", lambda self, sink: 0)
         return load_trace(path)
 
 
@@ -295,7 +295,7 @@ def test_scanner_reads_what_json_reads(tmp_path, monkeypatch, chunk):
     the same counts as decoding every event with json."""
     path = tricky_trace(tmp_path / "t.json")
     expected = _json_only(monkeypatch, path)
-    monkeypatch.setattr(kineto, "CHUNK", chunk)
+    monkeypatch.setattr(jsonstream, "CHUNK", chunk)
     got = load_trace(path)
     assert got.timeline == expected.timeline and got.info == expected.info
     assert len(got.timeline.intervals) == 3 * 10 and got.info.flows == 6

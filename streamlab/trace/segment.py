@@ -50,7 +50,7 @@ import yaml
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.timeline import Interval, Source, Timeline
-from streamlab.trace.kineto import DeviceOps
+from streamlab.trace.loaded import DeviceOps
 
 DEFAULT_ARS_PER_LAYER = 2
 MIN_MATCH = 0.5  # share of names equal one period later below which there is no period

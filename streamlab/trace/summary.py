@@ -19,10 +19,24 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from streamlab.analysis import GAP_CLASSES, Stat, Summary, percentiles, stall_sites, summarize
+from streamlab.analysis import (
+    GAP_CLASSES,
+    Stat,
+    Summary,
+    percentiles,
+    stall_sites,
+    summarize,
+)
 from streamlab.timeline import Timeline
-from streamlab.trace.kineto import DeviceOps, LoadedTrace, TraceInfo, load_trace
-from streamlab.trace.segment import NodeMap, Segmentation, load_node_map, map_nodes, segment_ops
+from streamlab.trace.formats import load_trace
+from streamlab.trace.loaded import DeviceOps, LoadedTrace, TraceInfo
+from streamlab.trace.segment import (
+    NodeMap,
+    Segmentation,
+    load_node_map,
+    map_nodes,
+    segment_ops,
+)
 
 
 @dataclass
@@ -260,7 +274,7 @@ _TEMPLATE = re.compile(r"<[^<>]*>")
 
 def short(name: str, width: int = 64) -> str:
     """A kernel name that fits a table cell: no `void`, no argument list, templates folded."""
-    s = name[5:] if name.startswith("void ") else name
+    s = name.removeprefix("void ")
     depth, cut = 0, None
     for i, ch in enumerate(s):  # drop a trailing (argument list) at template depth 0
         if ch == "<":
