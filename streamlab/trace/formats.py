@@ -197,4 +197,11 @@ def _kineto(path: Path, stream, *, clip: bool, gpu: str | None) -> LoadedTrace:
     return read_kineto(stream, path, clip=clip, gpu=gpu)
 
 
-_READERS: dict[str, Callable[..., LoadedTrace]] = {"kineto": _kineto}
+def _rocprof_json(path: Path, stream, *, clip: bool, gpu: str | None) -> LoadedTrace:
+    from streamlab.trace.rocprof_json import read_rocprof_json
+
+    return read_rocprof_json(stream, path, clip=clip, gpu=gpu)
+
+
+_READERS: dict[str, Callable[..., LoadedTrace]] = {"kineto": _kineto,
+                                                   "rocprofv3-json": _rocprof_json}
