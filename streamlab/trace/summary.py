@@ -134,9 +134,11 @@ def _analyze(loaded: LoadedTrace, layer_regex: str | None, ars_per_layer: int | 
             timeline = map_nodes(timeline, node_map)
         ops = DeviceOps.of(timeline.intervals)
     else:  # a streamlab trace asked to find layers again forgets the recorded ones
-        seg = segment_ops(loaded.ops, loaded.source, ars_per_layer=ars_per_layer,
+        ops = loaded.ops
+        mixed = ops.replay is not None and info.graph_ops and info.eager_ops
+        seg = segment_ops(ops, loaded.source, ars_per_layer=ars_per_layer,
                           layer_regex=layer_regex, replays=info.replays, ar_offset=ar_offset,
-                          node_map=node_map)
+                          node_map=node_map, only=np.flatnonzero(ops.replay >= 0) if mixed else None)
         timeline, ops = seg.timeline, seg.ops
     summary = summarize(timeline)
     layers = len(summary.layers)
