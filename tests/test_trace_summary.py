@@ -13,7 +13,8 @@ from streamlab.analysis import summarize
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.trace.chrome import write_chrome
 from streamlab.trace.cli import app
-from streamlab.trace.summary import diff_reports, short, summarize_trace
+from streamlab.report.trace_view import short
+from streamlab.trace.summary import diff_reports, summarize_trace
 from tests.test_trace_kineto import (AR, EVENT_SYNC, MI250, NODES_YAML, TRITON,
                                      decode_trace, pattern_trace, write)
 
@@ -30,7 +31,7 @@ def test_decode_trace_numbers(tmp_path):
     r = summarize_trace(write(tmp_path / "a.json.gz", decode_trace(gaps=gaps)))
     d = r.to_dict()
     assert d["layers"] == {"method": "allreduce", "found": 21, "steady": 15, "period": None,
-                           "ars_per_layer": 2,
+                           "ars_per_layer": 2, "layers_per_unit": 1,
                            "description": "a layer ends after every 2 all-reduce calls, "
                                           "skipping the first 1 of each step",
                            "dropped": {"first of a step (prologue)": 3,

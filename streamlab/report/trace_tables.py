@@ -11,7 +11,7 @@ from rich.table import Table
 
 from streamlab.trace.critical import CriticalPath
 from streamlab.trace.explain import Explained
-from streamlab.trace.summary import short
+from streamlab.report.trace_view import short
 
 PATH_ROWS = 60  # longer paths show their longest rows (kernel + gap), in path order
 

@@ -23,8 +23,8 @@ Kept:
   that is how kernels are grouped into graph replays (decode steps);
 - `cuda_sync` events (event sync, stream wait event, context sync): by kind, and the
   waiting -> waited-on stream pairs of stream waits;
-- flow events (`s`/`t`/`f`): counted; mentions of CPU-side capture marks
-  (names.CAPTURE_MARKS, e.g. `CUDAGraphNode.record`) counted in the raw bytes.
+- flow events (`s`/`t`/`f`): counted; mentions of CPU-side capture and warm-up marks
+  (names.MARKS, e.g. `CUDAGraphNode.record`) counted in the raw bytes.
 
 Quirks handled here (the rest, common to every format, in module assemble):
 - roctracer (ROCm) traces are recognised by HIP runtime names or an AMD device in
@@ -55,7 +55,7 @@ from streamlab.trace import scan
 from streamlab.trace.assemble import RawOps, assemble
 from streamlab.trace.jsonstream import BadEvent, JsonStream
 from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo
-from streamlab.trace.names import ALLREDUCE, CAPTURE_MARKS, GRAPH_LAUNCH
+from streamlab.trace.names import ALLREDUCE, GRAPH_LAUNCH, MARKS
 from streamlab.trace.scan import UNSURE
 
 __all__ = ["read_kineto"]
@@ -146,12 +146,12 @@ class _Collector:
         self.missing_stream = 0
         self.name_is_ar: list[bool] = []
         self.graph_names: dict[str, bool] = {}
-        self.marks: Counter = Counter()  # names.CAPTURE_MARKS mentioned
+        self.marks: Counter = Counter()  # names.MARKS mentioned
 
     def add(self, ev, seq: int) -> None:
         """One decoded event, the `seq`-th of the file (jsonstream.Sink)."""
         if type(ev) is dict and isinstance(ev.get("name"), str):
-            for mark in CAPTURE_MARKS:
+            for mark in MARKS:
                 self.marks[mark.decode()] += mark.decode() in ev["name"]
         self._event(ev, seq)
 
@@ -247,7 +247,7 @@ class _Collector:
         whole[odd_runtime] = True
         n = self._add_whole(block, np.flatnonzero(whole), first)
         used = int(block.ends[n - 1]) + 1 if n else 0
-        for mark in CAPTURE_MARKS:
+        for mark in MARKS:
             self.marks[mark.decode()] += block.data.count(mark, 0, used)
         keep = device < n
         self._append(first + device[keep], *(c[keep] for c in columns))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["ALLREDUCE", "CAPTURE", "CAPTURE_MARKS", "GRAPH_LAUNCH", "capture_calls",
+__all__ = ["ALLREDUCE", "CAPTURE", "GRAPH_LAUNCH", "KERNEL_LAUNCH", "MARKS", "capture_calls",
            "graph_launch_names"]
 
 ALLREDUCE = re.compile(r"all_?reduce|cross_device_reduce", re.IGNORECASE)
@@ -15,8 +15,13 @@ GRAPH_LAUNCH = re.compile(r"graphlaunch", re.IGNORECASE)  # hipGraphLaunch, cuda
 # the calls of a graph capture: begin / end capture on a stream, instantiating the graph
 CAPTURE = re.compile(r"^(hip|cuda|cu)(Stream)?(BeginCapture|EndCapture)|^(hip|cuda|cu)GraphInstantiate",
                      re.IGNORECASE)
-# names of CPU-side events that mark a capture or warm-up where API calls are not recorded
-CAPTURE_MARKS = (b"CUDAGraphNode.record",)
+# names of CPU-side events (annotations, Python functions) that mark a graph capture or a
+# warm-up, counted where they occur in a trace: what each means
+MARKS = {b"CUDAGraphNode.record": "capture",  # torch.compile's CUDA-graph trees recording
+         b"_dummy_run": "warm-up", b"warmup": "warm-up", b"warm_up": "warm-up"}
+# kernel launch calls (not graph launches): what a capture records instead of running kernels
+KERNEL_LAUNCH = re.compile(r"Launch(Cooperative)?Kernel|ModuleLaunchKernel|^cuLaunchKernel",
+                           re.IGNORECASE)
 
 
 def graph_launch_names(names: Iterable[str]) -> list[str]:

@@ -73,6 +73,8 @@ class Segmentation:
     ars_per_layer: int | None = None
     ar_offset: int | None = None
     ops: DeviceOps | None = None  # the timeline's intervals as columns, layer included
+    # windows of every layer found, steady or not (step prologues and epilogues excluded)
+    windows: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def steady(self) -> int:
@@ -153,6 +155,7 @@ def segment_ops(ops: DeviceOps, source: Source, *, ars_per_layer: int | None = N
     found = len(cands)
     keep, dropped = _steady(cands) if steady_only else (cands, {})
     layer, bounds = _number(ops, cands, keep)
+    windows = _windows(ops, cands, sorted((c for c in cands if not c.edge), key=lambda c: c.lo))
     if only is not None:
         inside = layer
         layer, ops = np.full(len(everything), -1, np.int64), everything
@@ -162,7 +165,7 @@ def segment_ops(ops: DeviceOps, source: Source, *, ars_per_layer: int | None = N
     if node_map is not None:
         out = map_nodes(out, node_map)
         ops = replace(ops, nodes=[iv.node for iv in out.intervals])
-    return Segmentation(out, method, desc, found, dropped, ops=ops, **extra)
+    return Segmentation(out, method, desc, found, dropped, ops=ops, windows=windows, **extra)
 
 
 def _runs(starts: np.ndarray, replays) -> list[tuple[int, int]]:
@@ -388,7 +391,7 @@ def _edits(a: np.ndarray, b: np.ndarray, band: int, variants: _Variants) -> int:
         return band + 1  # each edit changes the kernels in one and not the other by <= 2
     x, y = a.tolist(), b.tolist()
     big = band + 1
-    prev = {j: j for j in range(0, min(len(y), band) + 1)}
+    prev = {j: j for j in range(min(len(y), band) + 1)}
     for i in range(1, len(x) + 1):
         cur = {}
         for j in range(max(0, i - band), min(len(y), i + band) + 1):
@@ -437,7 +440,7 @@ def layers_per_unit(unit: np.ndarray) -> int:
         if p // k < 3:
             break
         cuts = [int(starts[np.argmin(np.abs(starts - j * p / k))]) for j in range(k)] + [p]
-        parts = [unit[a:b] for a, b in zip(cuts, cuts[1:])]
+        parts = [unit[a:b] for a, b in pairwise(cuts)]
         if len(set(cuts)) != k + 1 or any(abs(x.size - p / k) > p / (4 * k) for x in parts):
             continue
         if all(_bag_distance(x, parts[0]) <= max(x.size, parts[0].size) / 4 for x in parts[1:]):
@@ -467,15 +470,20 @@ def _steady(cands: list[_Candidate]) -> tuple[list[_Candidate], dict[str, int]]:
 
 def _number(ops: DeviceOps, cands: list[_Candidate], keep: list[_Candidate]):
     """Layer index per operation (-1 outside steady layers) and each layer's window."""
-    starts = {c.lo for c in cands}
     layer = np.full(len(ops), -1, np.int64)
-    bounds = []
-    for k, c in enumerate(sorted(keep, key=lambda c: c.lo)):
+    chosen = sorted(keep, key=lambda c: c.lo)
+    for k, c in enumerate(chosen):
         layer[c.lo:c.hi] = k
-        end = (ops.start[c.hi] if c.hi in starts and c.hi < len(ops)
-               else ops.end[c.lo:c.hi].max())
-        bounds.append((float(ops.start[c.lo]), float(end)))
-    return layer, bounds
+    return layer, _windows(ops, cands, chosen)
+
+
+def _windows(ops: DeviceOps, cands: list[_Candidate],
+             chosen: list[_Candidate]) -> list[tuple[float, float]]:
+    """The window of each chosen candidate: from its first operation's start to the next
+    candidate's first start, or to its last end when no candidate follows directly."""
+    starts = {c.lo for c in cands}
+    return [(float(ops.start[c.lo]), float(ops.start[c.hi] if c.hi in starts and c.hi < len(ops)
+                                           else ops.end[c.lo:c.hi].max())) for c in chosen]
 
 
 # --- kernel names -> DAG nodes --------------------------------------------------------------
