@@ -203,5 +203,30 @@ def _rocprof_json(path: Path, stream, *, clip: bool, gpu: str | None) -> LoadedT
     return read_rocprof_json(stream, path, clip=clip, gpu=gpu)
 
 
-_READERS: dict[str, Callable[..., LoadedTrace]] = {"kineto": _kineto,
-                                                   "rocprofv3-json": _rocprof_json}
+def _rocprof_csv(path: Path, stream, *, clip: bool, gpu: str | None) -> LoadedTrace:
+    from streamlab.trace.rocprof_csv import read_rocprof_csv
+
+    return read_rocprof_csv(stream, path, clip=clip, gpu=gpu)
+
+
+def _pftrace(path: Path, stream, *, clip: bool, gpu: str | None) -> LoadedTrace:
+    from streamlab.trace.pftrace import read_pftrace
+
+    return read_pftrace(stream, path, clip=clip, gpu=gpu)
+
+
+def _rocpd(path: Path, stream, *, clip: bool, gpu: str | None) -> LoadedTrace:
+    from streamlab.trace.rocpd import read_rocpd
+
+    return read_rocpd(path, clip=clip, gpu=gpu)
+
+
+def _nsys(path: Path, stream, *, clip: bool, gpu: str | None) -> LoadedTrace:
+    from streamlab.trace.nsys import read_nsys
+
+    return read_nsys(path, clip=clip, gpu=gpu)
+
+
+_READERS: dict[str, Callable[..., LoadedTrace]] = {
+    "kineto": _kineto, "rocprofv3-json": _rocprof_json, "rocprofv3-csv": _rocprof_csv,
+    "pftrace": _pftrace, "rocpd": _rocpd, "nsys-sqlite": _nsys}
