@@ -108,7 +108,7 @@ def write_rocpd(path: Path, program: Program, *, tables: tuple[str, ...] | None 
         db.commit()
         db.close()
         return path
-    t = lambda name: f"`{name}{UUID}`"  # noqa: E731
+    t = lambda name: f"`{name}{UUID}`"
     db.executemany(f"INSERT INTO {t('rocpd_metadata')} (tag, value) VALUES (?, ?)",
                    [("schema_version", "3"), ("uuid", UUID)])
     agents = [(1, "CPU", 0, "AMD EPYC 9575F"), (2, "CPU", 1, "AMD EPYC 9575F"),
@@ -298,7 +298,7 @@ def write_rocprof_json(path: Path, program: Program) -> Path:
 
 # --- Perfetto .pftrace, as rocprofv3 writes it (generatePerfetto.cpp) ----------------------
 
-def write_pftrace(path: Path, program: Program, *, gpu_tracks: bool = True) -> Path:
+def write_pftrace(path: Path, program: Program) -> Path:
     """Track descriptors "COMPUTE AGENT [a] STREAM [s] (GPU)" and "THREAD 0 (4242)", slices
     with interned names, categories and debug annotation names on sequence 1 (state cleared on
     its first packet), debug annotations queue / corr_id as rocprofv3 adds them."""
@@ -328,15 +328,14 @@ def write_pftrace(path: Path, program: Program, *, gpu_tracks: bool = True) -> P
         if cat == "hip_api":
             uuid, corr, queue = thread_uuid, what, None
         else:
-            label = ("COPY to" if cat == "memory_copy" else "COMPUTE") if gpu_tracks else "CPU WORKER"
+            label = "COPY to" if cat == "memory_copy" else "COMPUTE"
             key = (GPU_AGENTS[what.gpu] - 1, what.stream, label)
             if key not in tracks:
                 tracks[key] = 1000 + len(tracks)
                 d = trace.packet.add()
                 d.trusted_packet_sequence_id = seq
                 d.track_descriptor.uuid = tracks[key]
-                d.track_descriptor.name = (f"{label} AGENT [{key[0]}] STREAM [{key[1]}] (GPU)"
-                                           if gpu_tracks else f"{label} {key[1]}")
+                d.track_descriptor.name = f"{label} AGENT [{key[0]}] STREAM [{key[1]}] (GPU)"
             uuid, corr, queue = tracks[key], what.corr, what.queue
         b = trace.packet.add()
         b.timestamp = start

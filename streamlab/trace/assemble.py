@@ -98,7 +98,8 @@ def _check_times(raw: RawOps, path: str) -> None:
     if bad.any():
         i = int(np.argmax(bad))
         raise Failure(f"{path}: device operation {i} ({raw.names[raw.name[i]]!r}) has {what} "
-                      f"({raw.start[i]!r} us, duration {raw.dur[i]!r} us); {int(bad.sum())} such "
+                      f"(start {float(raw.start[i])} us, duration {float(raw.dur[i])} us); "
+                      f"{int(bad.sum())} such "
                       "operation(s): the trace is corrupt or was written by a broken exporter",
                       EXIT_BAD_INPUT)
 

@@ -371,6 +371,8 @@ def _edge(codes: np.ndarray, at: int, p: int, limit: int, variants: _Variants,
     neighbouring whole period or a variant of it (a layer starts alike), and differs from that
     period by at most max(1, p // 10) edits: a kernel left out or added costs 1, one replaced
     by a variant of it 1 (module doc), by another kernel 2."""
+    if p > MAX_EDGE_PERIOD:
+        return None
     tol = max(1, p // 10)
     ref = codes[at:at + p] if backwards else codes[at - p:at]
     best = None
@@ -404,13 +406,16 @@ def _edits(a: np.ndarray, b: np.ndarray, band: int, variants: _Variants) -> int:
     return min(prev.get(len(y), big), big)
 
 
-VARIANT_PREFIX = 24  # characters two kernel names share at their start to be variants
+VARIANT_PREFIX = 24  # characters two kernel names share at their start to be variants, at least
+VARIANT_SHARE = 0.4  # and this share of the longer name (template arguments differ at the end)
+MAX_EDGE_PERIOD = 512  # kernels per unit above which no near-matching end block is looked for
 
 
 class _Variants:
     """Whether two kernels are variants of one (another template instance: the first layer's
     norm without the residual add, a norm kernel of another width): names that share their
-    first VARIANT_PREFIX characters. Cost of putting one for the other: 0 same, 1 variant, 2."""
+    first VARIANT_PREFIX characters and VARIANT_SHARE of the longer one. Cost of putting one for
+    the other: 0 same, 1 variant, 2 else."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
@@ -423,8 +428,9 @@ class _Variants:
         c = self.memo.get(key)
         if c is None:
             x, y = self.names[a], self.names[b]
-            c = self.memo[key] = 1 if len(x) >= VARIANT_PREFIX and x[:VARIANT_PREFIX] == \
-                y[:VARIANT_PREFIX] else 2
+            need = max(VARIANT_PREFIX, VARIANT_SHARE * max(len(x), len(y)))
+            shared = next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+            c = self.memo[key] = 1 if shared >= need else 2
         return c
 
 

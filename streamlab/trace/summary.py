@@ -28,7 +28,7 @@ from streamlab.analysis import (
     stall_sites,
     summarize,
 )
-from streamlab.errors import EXIT_NOT_A_STEP, Failure
+from streamlab.errors import EXIT_BAD_INPUT, EXIT_NOT_A_STEP, Failure
 from streamlab.timeline import Timeline
 from streamlab.trace.capture import NotAStep, recognise
 from streamlab.trace.formats import load_trace
@@ -157,6 +157,9 @@ def _analyze(loaded: LoadedTrace, layer_regex: str | None, ars_per_layer: int | 
         return TraceReport(info.path, info, None, loaded.timeline, None, None, [],
                            _kernels(ops, everything, 1), None, _streams(ops, everything, 1),
                            not_a_step=verdict, queues=queue_use(ops))
+    if not len(loaded.ops):
+        raise Failure(f"{info.path}: no device operations (kernels, copies) in this {info.format} "
+                      "trace: was GPU activity recorded (kernel tracing on)?", EXIT_BAD_INPUT)
     recorded = info.format == "streamlab" and layer_regex is None and ars_per_layer is None \
         and any(iv.layer is not None for iv in loaded.timeline.intervals)
     if recorded:
