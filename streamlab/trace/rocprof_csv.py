@@ -14,6 +14,8 @@ import csv
 import io
 import re
 import zlib
+from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +29,17 @@ __all__ = ["read_rocprof_csv"]
 
 NS = 1e-3  # us per ns
 REQUIRED = ("kernel_name", "start_timestamp", "end_timestamp")
+WANT = ("kernel_name", "start_timestamp", "end_timestamp", "agent_id", "queue_id", "stream_id",
+        "correlation_id")
+ROWS = 1 << 16  # rows turned into numpy columns at a time
+BUFFER = 1 << 20
 DIGITS = re.compile(r"-?\d+")
 
 
 def read_rocprof_csv(binary, path: Path, *, clip: bool = True, gpu: str | None = None) -> LoadedTrace:
     """The kernel dispatches of a kernel_trace.csv in the byte stream `binary`, of one GPU."""
-    text = io.TextIOWrapper(_Raw(binary), encoding="utf-8", errors="strict", newline="")
+    text = io.TextIOWrapper(io.BufferedReader(_Raw(binary), BUFFER), encoding="utf-8",
+                            errors="strict", newline="")
     try:
         rows = csv.reader(text)
         header = [h.strip().lower() for h in next(rows, [])]
@@ -40,19 +47,23 @@ def read_rocprof_csv(binary, path: Path, *, clip: bool = True, gpu: str | None =
         if missing:
             raise Failure(f"{path}: a CSV without the kernel_trace columns "
                           f"{', '.join(missing)}; pass rocprofv3's kernel_trace.csv", EXIT_BAD_INPUT)
-        at = {c: header.index(c) for c in header}
-        want = ("kernel_name", "start_timestamp", "end_timestamp", "agent_id", "queue_id",
-                "stream_id", "correlation_id")
-        columns: dict[str, list[str]] = {c: [] for c in want if c in at}
+        at = [header.index(c) for c in WANT if c in header]
+        present = [c for c in WANT if c in header]
         width = len(header)
-        for line, row in enumerate(rows, start=2):
-            if len(row) != width:
-                if not row:
-                    continue
-                raise Failure(f"{path}:{line}: {len(row)} fields where the header has {width}",
-                              EXIT_BAD_INPUT)
-            for c, values in columns.items():
-                values.append(row[at[c]])
+        names: dict[str, int] = {}
+        parts: list[dict[str, np.ndarray]] = []
+        line = 1
+        while chunk := list(islice(rows, ROWS)):
+            bad = next((i for i, r in enumerate(chunk) if len(r) != width), None)
+            if bad is not None:
+                raise Failure(f"{path}:{line + bad + 1}: {len(chunk[bad])} fields where the "
+                              f"header has {width}", EXIT_BAD_INPUT)
+            cols = dict(zip(present, zip(*(itemgetter(*at)(r) for r in chunk))))
+            part = {c: _ints(path, cols[c], c, line + 1) for c in present if c != "kernel_name"}
+            part["kernel_name"] = np.array([names.setdefault(x, len(names))
+                                            for x in cols["kernel_name"]], np.int64)
+            parts.append(part)
+            line += len(chunk)
     except UnicodeDecodeError as e:
         raise Failure(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})", EXIT_BAD_INPUT) from None
     except csv.Error as e:
@@ -60,23 +71,23 @@ def read_rocprof_csv(binary, path: Path, *, clip: bool = True, gpu: str | None =
     except (EOFError, OSError, zlib.error) as e:
         raise Failure(f"{path}: the file cannot be read to its end ({e}): truncated?",
                       EXIT_BAD_INPUT) from None
-    n = len(columns["kernel_name"])
-    start = _ints(path, columns, "start_timestamp")
-    end = _ints(path, columns, "end_timestamp")
-    agent = _ints(path, columns, "agent_id") if "agent_id" in columns else np.zeros(n, np.int64)
-    queue = _ints(path, columns, "queue_id") if "queue_id" in columns else np.zeros(n, np.int64)
-    stream = _ints(path, columns, "stream_id") if "stream_id" in columns else queue
-    corr = _ints(path, columns, "correlation_id") if "correlation_id" in columns \
-        else np.full(n, -1, np.int64)
-    names, name = np.unique(np.array(columns["kernel_name"], dtype=object), return_inverse=True)
-    names = [str(x) for x in names]
+    columns = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0, np.int64)
+               for c in present}
+    name = columns["kernel_name"]
+    n = name.size
+    start, end = columns["start_timestamp"], columns["end_timestamp"]
+    agent = columns.get("agent_id", np.zeros(n, np.int64))
+    queue = columns.get("queue_id", np.zeros(n, np.int64))
+    stream = columns.get("stream_id", queue)
+    corr = columns.get("correlation_id", np.full(n, -1, np.int64))
+    names = list(names)
     is_ar = np.array([bool(ALLREDUCE.search(x)) for x in names], bool)
     kind = np.where(is_ar[name] if n else np.zeros(0, bool), KINDS.index("allreduce"),
                     KINDS.index("kernel")).astype(np.int8)
     stream_ids, stream_ix = np.unique(stream, return_inverse=True)
     queue_ids, queue_ix = np.unique(queue, return_inverse=True)
     base = int(start.min()) if n else 0
-    raw = RawOps(names, name.astype(np.int64), stream_ids.tolist(), stream_ix.astype(np.int64),
+    raw = RawOps(names, name, stream_ids.tolist(), stream_ix.astype(np.int64),
                  kind, agent, (start - base) * NS, (end - start) * NS, corr,
                  queue=queue_ix.astype(np.int64), queue_ids=queue_ids.tolist())
     info = TraceInfo(str(path), "rocprofv3-csv", "rocprofiler-sdk", events=n,
@@ -84,9 +95,9 @@ def read_rocprof_csv(binary, path: Path, *, clip: bool = True, gpu: str | None =
     return assemble(raw, info, graph_corr=set(), device_names={}, gpu=gpu, clip=clip)
 
 
-def _ints(path: Path, columns: dict[str, list[str]], column: str) -> np.ndarray:
-    """A column of integers; "Agent 7" reads as 7. Failure naming the first bad row."""
-    values = columns[column]
+def _ints(path: Path, values: tuple[str, ...], column: str, first_line: int) -> np.ndarray:
+    """A column of integers; "Agent 7" reads as 7. Failure naming the first bad row (its line
+    in the file: `first_line` is the first value's)."""
     try:
         return np.array(values, dtype=np.int64)
     except (ValueError, OverflowError):
@@ -95,7 +106,7 @@ def _ints(path: Path, columns: dict[str, list[str]], column: str) -> np.ndarray:
     for i, v in enumerate(values):
         m = DIGITS.search(v)
         if m is None or (column.endswith("timestamp") and m.group() != v.strip()):
-            raise Failure(f"{path}:{i + 2}: {column} {v!r} is not an integer "
+            raise Failure(f"{path}:{first_line + i}: {column} {v!r} is not an integer "
                           "(nanoseconds for timestamps)", EXIT_BAD_INPUT)
         out[i] = int(m.group())
     return out

@@ -108,6 +108,41 @@ class _Records:
         return np.frombuffer(self.columns[name], np.int64).copy()
 
 
+class _Symbols:
+    """kernel_symbols entries: kernel id -> name (module doc), read by the scanner where the
+    names are plain strings (a jsonstream.Sink); the table of a long run holds thousands of
+    long names, most of the file's text besides the dispatches."""
+
+    KEYS = (b"kernel_id", b"formatted_kernel_name", b"demangled_kernel_name", b"kernel_name")
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+
+    def take(self, data, first: int) -> tuple[int, int]:
+        block = scan.Block(data, self.KEYS)
+        n = block.count
+        ids, bad = block.numbers(np.maximum(block.field(b"kernel_id"), 0), True, NUMBER_WIDTH)
+        ok = (block.field(b"kernel_id") >= 0) & ~bad
+        picked = np.full(n, -1, np.int64)
+        for key in self.KEYS[1:]:  # the first present, non-empty name, in order of preference
+            j = block.field(key)
+            s = block.string_value(np.maximum(j, 0))
+            usable = (j >= 0) & (s >= 0) & (picked < 0)
+            usable[usable] &= (block.e[s[usable]] - block.o[s[usable]] > 1) & ~block.escaped[s[usable]]
+            picked[usable] = s[usable]
+            ok &= (j != scan.UNSURE) & ((j < 0) | (s >= 0))
+        ok &= picked >= 0
+        stop = int(np.argmin(ok)) if not ok.all() else n
+        for kid, raw in zip(ids[:stop].tolist(), block.texts(picked[:stop])):
+            self.names[kid] = raw.decode("utf-8", "replace").removesuffix(".kd")
+        return stop, int(block.ends[stop - 1]) + 1 if stop else 0
+
+    def add(self, element, index: int) -> None:
+        if type(element) is not dict or type(element.get("kernel_id")) is not int:
+            raise BadEvent("a kernel_symbols entry without an integer kernel_id")
+        self.names[element["kernel_id"]] = _kernel_name(element)
+
+
 def read_rocprof_json(binary, path: Path, *, clip: bool = True, gpu: str | None = None) -> LoadedTrace:
     """The kernel dispatches and memory copies of a rocprofv3 JSON file, of one GPU."""
     stream = JsonStream(binary, path, DOCUMENT)
@@ -115,6 +150,7 @@ def read_rocprof_json(binary, path: Path, *, clip: bool = True, gpu: str | None 
         _Records(API, "hip_api")
     sinks = {"kernel_dispatch": dispatch, "memory_copy": copy, "hip_api": api}
     tools: list[dict] = []
+    symbols = _Symbols()
 
     def on_buffer(key: str) -> bool:
         if key in sinks:
@@ -126,7 +162,9 @@ def read_rocprof_json(binary, path: Path, *, clip: bool = True, gpu: str | None 
     def on_tool(key: str) -> bool:
         if key == "buffer_records":
             stream.object(on_buffer)
-        elif key not in ("agents", "kernel_symbols", "strings", "metadata"):
+        elif key == "kernel_symbols":
+            stream.records(key, symbols)
+        elif key not in ("agents", "strings", "metadata"):
             stream.skip()
         else:
             return False
@@ -147,22 +185,21 @@ def read_rocprof_json(binary, path: Path, *, clip: bool = True, gpu: str | None 
     stream.end()
     if TOOL not in top:
         raise stream.fail(f"no {TOOL!r} entry", at=False)
-    return _build(path, tools, dispatch, copy, api, clip, gpu)
+    return _build(path, tools, symbols.names, dispatch, copy, api, clip, gpu)
 
 
-def _build(path: Path, tools: list[dict], dispatch: _Records, copy: _Records, api: _Records,
-           clip: bool, gpu: str | None) -> LoadedTrace:
-    agents, symbols, operations, meta = _tables(path, tools)
-    names: dict[str, int] = {}
-    kernel_name = {kid: names.setdefault(n, len(names)) for kid, n in symbols.items()}
+def _build(path: Path, tools: list[dict], symbols: dict[int, str], dispatch: _Records,
+           copy: _Records, api: _Records, clip: bool, gpu: str | None) -> LoadedTrace:
+    agents, operations, meta = _tables(path, tools)
     kid = dispatch.col("kernel")
-    missing = sorted(set(np.unique(kid).tolist()) - kernel_name.keys())
+    used, inverse = np.unique(kid, return_inverse=True)
+    missing = [k for k in used.tolist() if k not in symbols]
     if missing:
         raise Failure(f"{path}: kernel_dispatch records name kernel ids {missing[:5]} that "
                       "kernel_symbols does not list: the file is incomplete", EXIT_BAD_INPUT)
-    k_names = np.array([kernel_name.get(k, 0) for k in range(max(kernel_name, default=0) + 1)],
-                       np.int64)
-    name = k_names[kid] if kid.size else np.zeros(0, np.int64)
+    names: dict[str, int] = {}
+    name = np.array([names.setdefault(symbols[k], len(names)) for k in used.tolist()],
+                    np.int64)[inverse] if kid.size else np.zeros(0, np.int64)
     is_ar = np.array([bool(ALLREDUCE.search(n)) for n in names], bool)
     kind = np.where(is_ar[name] if name.size else np.zeros(0, bool),
                     KINDS.index("allreduce"), KINDS.index("kernel")).astype(np.int8)
@@ -215,10 +252,9 @@ def _build(path: Path, tools: list[dict], dispatch: _Records, copy: _Records, ap
 
 
 def _tables(path: Path, tools: list[dict]):
-    """agents (handle -> (type, GPU index, product name)), kernel symbols (id -> name), the
-    names of operations ((kind, operation) -> name) and a little metadata."""
+    """agents (handle -> (type, GPU index, product name)), the names of operations
+    ((kind, operation) -> name) and a little metadata."""
     agents: dict[int, tuple[int, int, str]] = {}
-    symbols: dict[int, str] = {}
     operations: dict[tuple[int, int], str] = {}
     meta: dict = {}
     try:
@@ -231,8 +267,6 @@ def _tables(path: Path, tools: list[dict]):
                 arch = a.get("name") or ""
                 label = f"{product} ({arch})" if arch and arch != product else product
                 agents[a["id"]["handle"]] = (a.get("type"), index, label)
-            for k in tool.get("kernel_symbols") or []:
-                symbols[k["kernel_id"]] = _kernel_name(k)
             records = (tool.get("strings") or {}).get("buffer_records") or []
             for kind, entry in enumerate(records):
                 for op, name in enumerate(entry.get("operations") or []):
@@ -244,9 +278,9 @@ def _tables(path: Path, tools: list[dict]):
             if isinstance(m.get("node"), dict):
                 meta["hostname"] = m["node"].get("hostname")
     except (KeyError, TypeError, AttributeError) as e:
-        raise Failure(f"{path}: the agents / kernel_symbols / strings tables are not as "
+        raise Failure(f"{path}: the agents / strings tables are not as "
                       f"rocprofiler-sdk writes them ({type(e).__name__}: {e})", EXIT_BAD_INPUT) from None
-    return agents, symbols, operations, meta
+    return agents, operations, meta
 
 
 def _kernel_name(symbol: dict) -> str:

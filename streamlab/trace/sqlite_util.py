@@ -40,16 +40,24 @@ def columns(db: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in db.execute(f"PRAGMA table_info(`{table}`)")}
 
 
+ROWS = 1 << 16  # rows fetched at a time: the Python tuples of a million rows would outweigh the file
+
+
 def int_columns(db: sqlite3.Connection, sql: str, n: int, params=()) -> list[np.ndarray]:
     """The n integer columns of a query (NULL -> -1)."""
-    rows = db.execute(sql, params).fetchall()
-    if not rows:
-        return [np.zeros(0, np.int64) for _ in range(n)]
+    cursor = db.execute(sql, params)
+    parts = [np.zeros((0, n), np.int64)]
+    while rows := cursor.fetchmany(ROWS):
+        parts.append(_ints(rows))
+    arr = np.concatenate(parts)
+    return [arr[:, i].copy() for i in range(n)]
+
+
+def _ints(rows: list[tuple]) -> np.ndarray:
     try:
-        arr = np.array(rows, dtype=np.int64)
+        return np.array(rows, dtype=np.int64)
     except (TypeError, ValueError):  # NULLs (or text): -1, else a clear error
         try:
-            arr = np.array([[-1 if v is None else v for v in r] for r in rows], dtype=np.int64)
+            return np.array([[-1 if v is None else v for v in r] for r in rows], dtype=np.int64)
         except (TypeError, ValueError) as e:
             raise sqlite3.DataError(f"a column that should hold integers does not ({e})") from None
-    return [arr[:, i] for i in range(n)]
