@@ -41,6 +41,11 @@ FILES = {"rocprofv3-json": "big_results.json", "rocpd": "big_results.db",
 
 
 def _rss_mb() -> float:
+    """This process's peak resident memory (VmHWM, MB): unlike getrusage's ru_maxrss, which
+    Linux carries over from the parent through fork and exec, it starts afresh in a child."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

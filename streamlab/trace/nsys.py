@@ -65,14 +65,15 @@ def read_nsys(path: Path, *, clip: bool = True, gpu: str | None = None) -> Loade
             if "META_DATA_EXPORT" in have else {}
     names: dict[str, int] = {}
     name, kind = [], []
-    for rows, ids, what in parts:
-        for i in ids.tolist():
-            label = (strings.get(i, f"string {i}") if what == "kernel" else
-                     f"Memcpy {COPY_KINDS.get(i, i)}" if what == "memcpy" else "Memset")
-            name.append(names.setdefault(label, len(names)))
-        code = KINDS.index(what)
-        kind.append(np.full(ids.size, code, np.int8))
-    name = np.asarray(name, np.int64)
+    for _, ids, what in parts:
+        used, inverse = np.unique(ids, return_inverse=True)
+        labels = [strings.get(i, f"string {i}") if what == "kernel" else
+                  f"Memcpy {COPY_KINDS.get(i, i)}" if what == "memcpy" else "Memset"
+                  for i in used.tolist()]
+        name.append(np.array([names.setdefault(x, len(names)) for x in labels], np.int64)[inverse]
+                    if ids.size else np.zeros(0, np.int64))
+        kind.append(np.full(ids.size, KINDS.index(what), np.int8))
+    name = np.concatenate(name)
     kind = np.concatenate(kind)
     is_ar = np.array([bool(ALLREDUCE.search(n)) for n in names], bool)
     if name.size:

@@ -20,6 +20,7 @@ device work too, so other writers' GPU tracks read; a trace with none ends in on
 from __future__ import annotations
 
 import re
+from array import array
 from collections import Counter
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def read_pftrace(binary, path: Path, *, clip: bool = True, gpu: str | None = Non
     tracks: dict[int, str] = {}
     sequences: dict[int, _Sequence] = {}
     open_slices: dict[int, list] = {}
-    rows: list[tuple] = []  # (track, name, category, start, end, queue, corr)
+    rows = _Rows()
     api: Counter = Counter()
     graph_corr: set[int] = set()
     marks: Counter = Counter()
@@ -120,8 +121,8 @@ def read_pftrace(binary, path: Path, *, clip: bool = True, gpu: str | None = Non
                 for mark in MARKS:
                     marks[mark.decode()] += mark.decode() in name
             else:
-                rows.append((track, name, cat, start, packet.timestamp, notes.get("queue", -1),
-                             notes.get("corr_id", -1)))
+                rows.add(track, name, cat, start, packet.timestamp, notes.get("queue", -1),
+                         notes.get("corr_id", -1))
     return _build(path, rows, tracks, api, graph_corr, marks, packets, clip, gpu)
 
 
@@ -173,41 +174,69 @@ def _varint(buf: bytes, pos: int, path: Path, index: int) -> tuple[int, int]:
                   "malformed: truncated, or not a Perfetto trace", EXIT_BAD_INPUT)
 
 
-def _build(path: Path, rows, tracks, api, graph_corr, marks, packets, clip, gpu) -> LoadedTrace:
-    device_rows = [r for r in rows if r[2] in DEVICE_CATEGORIES or GPU_TRACK.search(tracks.get(r[0], ""))]
-    if not device_rows:
+class _Rows:
+    """Finished non-API slices as compact columns (a slice costs a few dozen bytes, as in the
+    file): track, name and category ids, stamps, queue, correlation."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, int] = {}
+        self.cats: dict[str, int] = {}
+        self.cols = {k: array("q") for k in ("track", "name", "cat", "start", "end", "queue", "corr")}
+
+    def add(self, track, name, cat, start, end, queue, corr) -> None:
+        c = self.cols
+        c["track"].append(track)
+        c["name"].append(self.names.setdefault(name, len(self.names)))
+        c["cat"].append(self.cats.setdefault(cat, len(self.cats)))
+        c["start"].append(start)
+        c["end"].append(end)
+        c["queue"].append(queue)
+        c["corr"].append(corr)
+
+    def col(self, key: str) -> np.ndarray:
+        return np.frombuffer(self.cols[key], np.int64) if len(self.cols[key]) else \
+            np.zeros(0, np.int64)
+
+
+def _build(path: Path, rows: _Rows, tracks, api, graph_corr, marks, packets, clip, gpu) -> LoadedTrace:
+    track, cat = rows.col("track"), rows.col("cat")
+    cat_names = list(rows.cats)
+    by_track = {t: (tracks.get(t, str(t)), TRACK_IDS.search(tracks.get(t, "")))
+                for t in np.unique(track).tolist()}
+    device_cat = np.array([c in DEVICE_CATEGORIES for c in cat_names], bool)
+    gpu_track = {t: bool(GPU_TRACK.search(label)) for t, (label, _) in by_track.items()}
+    keep = (device_cat[cat] if cat.size else np.zeros(0, bool)) | \
+        np.array([gpu_track[t] for t in track.tolist()], bool)
+    if not keep.any():
         shown = ", ".join(sorted({t for t in tracks.values() if t})[:6]) or "none named"
         raise Failure(f"{path}: a Perfetto trace with no GPU tracks: no kernel_dispatch / "
                       f"memory_copy slices and no track named like GPU work (GPU, COMPUTE, STREAM); "
                       f"its tracks: {shown}", EXIT_BAD_INPUT)
-    names: dict[str, int] = {}
-    streams: dict[str, int] = {}
-    queues: dict = {}
-    cols = {k: [] for k in ("name", "stream", "kind", "device", "start", "end", "corr", "queue")}
-    for track, name, cat, start, end, queue, corr in device_rows:
-        label = tracks.get(track, str(track))
-        m = TRACK_IDS.search(label)
-        agent, stream = (int(m.group(1)), m.group(3)) if m else (-1, label or str(track))
-        if m and m.group(2).upper() == "QUEUE" and queue < 0:
-            queue = int(m.group(3))
-        kind = DEVICE_CATEGORIES.get(cat, "kernel")
-        if kind == "kernel" and ALLREDUCE.search(name):
-            kind = "allreduce"
-        cols["name"].append(names.setdefault(name, len(names)))
-        cols["stream"].append(streams.setdefault(stream, len(streams)))
-        cols["kind"].append(KINDS.index(kind))
-        cols["device"].append(agent)
-        cols["start"].append(start)
-        cols["end"].append(end)
-        cols["corr"].append(corr)
-        cols["queue"].append(queues.setdefault(queue, len(queues)))
-    start, end = np.array(cols["start"], np.int64), np.array(cols["end"], np.int64)
+    idx = np.flatnonzero(keep)
+    track, cat = track[idx], cat[idx]
+    name, start, end = rows.col("name")[idx], rows.col("start")[idx], rows.col("end")[idx]
+    queue, corr = rows.col("queue")[idx], rows.col("corr")[idx]
+    names = list(rows.names)
+    # per track: its agent and stream (from the name), and a queue when the track is one
+    tracks_used, at = np.unique(track, return_inverse=True)
+    agent_of, stream_of, queue_of = [], [], []
+    for t in tracks_used.tolist():
+        label, m = by_track[t]
+        agent_of.append(int(m.group(1)) if m else -1)
+        stream_of.append(m.group(3) if m else (label or str(t)))
+        queue_of.append(int(m.group(3)) if m and m.group(2).upper() == "QUEUE" else -1)
+    queue = np.where(queue < 0, np.array(queue_of, np.int64)[at], queue)
+    stream_ids, stream = np.unique(np.array(stream_of, object)[at].astype(str), return_inverse=True)
+    queue_ids, queue = np.unique(queue, return_inverse=True)
+    kind_of = np.array([KINDS.index(DEVICE_CATEGORIES.get(c, "kernel")) for c in cat_names], np.int8)
+    kind = kind_of[cat]
+    is_ar = np.array([bool(ALLREDUCE.search(n)) for n in names], bool)
+    kind[(kind == KINDS.index("kernel")) & is_ar[name]] = KINDS.index("allreduce")
     base = int(start.min())
-    raw = RawOps(list(names), np.array(cols["name"], np.int64), list(streams),
-                 np.array(cols["stream"], np.int64), np.array(cols["kind"], np.int8),
-                 np.array(cols["device"], np.int64), (start - base) * NS, (end - start) * NS,
-                 np.array(cols["corr"], np.int64), queue=np.array(cols["queue"], np.int64),
-                 queue_ids=[str(q) if q >= 0 else "-" for q in queues])
+    raw = RawOps(names, name, stream_ids.tolist(), stream.astype(np.int64), kind,
+                 np.array(agent_of, np.int64)[at], (start - base) * NS, (end - start) * NS, corr,
+                 queue=queue.astype(np.int64),
+                 queue_ids=[str(q) if q >= 0 else "-" for q in queue_ids.tolist()])
     info = TraceInfo(str(path), "pftrace", "perfetto", events=packets,
                      runtime_calls=sum(api.values()),
                      runtime_by_name=dict(sorted(api.items(), key=lambda kv: (-kv[1], kv[0]))),

@@ -125,20 +125,23 @@ def _api(db, name: dict, strings: dict[int, str]) -> tuple[Counter, set[int]]:
 def _build(path: Path, kernels, copies, symbols, agents, strings, runtime, graph_corr, meta,
            clip: bool, gpu: str | None) -> LoadedTrace:
     names: dict[str, int] = {}
+    used, inverse = np.unique(kernels["kernel_id"], return_inverse=True)
     name = np.array([names.setdefault(symbols.get(k, f"kernel {k}"), len(names))
-                     for k in kernels["kernel_id"].tolist()], np.int64)
+                     for k in used.tolist()], np.int64)[inverse]
     is_ar = np.array([bool(ALLREDUCE.search(n)) for n in names], bool)
     kind = np.where(is_ar[name] if name.size else np.zeros(0, bool), KINDS.index("allreduce"),
                     KINDS.index("kernel")).astype(np.int8)
     cols = {k: v for k, v in kernels.items() if k != "kernel_id"}
     if copies is not None and copies["start"].size:
+        used, inverse = np.unique(copies["name_id"], return_inverse=True)
         c_name = np.array([names.setdefault(strings.get(n, "MEMORY_COPY"), len(names))
-                           for n in copies["name_id"].tolist()], np.int64)
+                           for n in used.tolist()], np.int64)[inverse]
         name = np.concatenate((name, c_name))
         kind = np.concatenate((kind, np.full(c_name.size, KINDS.index("memcpy"), np.int8)))
         cols = {k: np.concatenate((v, copies[k])) for k, v in cols.items()}
     gpu_index = {i: (ti if ti is not None else i) for i, (t, ti, _) in agents.items()}
-    device = np.array([gpu_index.get(a, -1) for a in cols["agent"].tolist()], np.int64)
+    used, inverse = np.unique(cols["agent"], return_inverse=True)
+    device = np.array([gpu_index.get(a, -1) for a in used.tolist()], np.int64)[inverse]
     missing = cols["stream"] < 0
     stream_key = np.where(missing, cols["queue"], cols["stream"])
     stream_ids, stream = np.unique(stream_key, return_inverse=True)
