@@ -45,12 +45,13 @@ ROWS = 1 << 16  # rows fetched at a time: the Python tuples of a million rows wo
 
 def int_columns(db: sqlite3.Connection, sql: str, n: int, params=()) -> list[np.ndarray]:
     """The n integer columns of a query (NULL -> -1)."""
-    cursor = db.execute(sql, params)
-    parts = [np.zeros((0, n), np.int64)]
+    count = db.execute(f"SELECT COUNT(*) FROM ({sql})", params).fetchone()[0]
+    out = np.empty((n, count), np.int64)  # filled a chunk at a time: one copy of the columns
+    cursor, at = db.execute(sql, params), 0
     while rows := cursor.fetchmany(ROWS):
-        parts.append(_ints(rows))
-    arr = np.concatenate(parts)
-    return [arr[:, i].copy() for i in range(n)]
+        out[:, at:at + len(rows)] = _ints(rows).T
+        at += len(rows)
+    return list(out[:, :at])
 
 
 def _ints(rows: list[tuple]) -> np.ndarray:
