@@ -42,7 +42,7 @@ from streamlab.analysis import summarize
 from streamlab.check import run_noise
 from streamlab.io import write_atomic, write_json_atomic
 from streamlab.trace.deps import DepGraph, for_trace
-from streamlab.trace.kineto import load_trace
+from streamlab.trace.formats import load_trace
 from streamlab.trace.whatif import Change, parse_change, what_if
 
 CHANGED_US, CHANGED_SHARE = 0.5, 0.05
