@@ -130,7 +130,7 @@ def child_ours(path: str, trace_malloc: bool) -> dict:
     if trace_malloc:
         import tracemalloc
         tracemalloc.start()
-    from streamlab.trace.kineto import load_trace
+    from streamlab.trace.formats import load_trace
     from streamlab.trace.summary import analyze
 
     base = _rss_mb()

@@ -42,7 +42,7 @@ from streamlab.errors import Failure
 from streamlab.io import write_atomic, write_json_atomic
 from streamlab.results import RunResult, load_any, load_runs
 from streamlab.trace.deps import DepGraph, for_trace
-from streamlab.trace.kineto import load_trace
+from streamlab.trace.formats import load_trace
 from streamlab.trace.whatif import Change, parse_change, what_if
 
 CHANGED_US, CHANGED_SHARE = 0.5, 0.05

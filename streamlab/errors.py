@@ -8,6 +8,7 @@ EXIT_CHECK_FAILED = 1  # also `check`: do not enable
 EXIT_BAD_INPUT = 2
 EXIT_INCONCLUSIVE = 2  # `check`: the difference is inside the noise, or the sides are not comparable
 EXIT_ENVIRONMENT = 3
+EXIT_NOT_A_STEP = 4  # a trace of a graph capture or of warm-up: no step to measure (trace summary)
 
 
 class Failure(Exception):

@@ -14,7 +14,7 @@ from streamlab.timeline import Edge, Interval, Source, Timeline
 from streamlab.trace.chrome import from_chrome, read_chrome, to_chrome, write_chrome
 from streamlab.trace.deps import (STREAM, capture_edges, dependency_graph, for_trace,
                                   scenario_edges, with_capture_edges)
-from streamlab.trace.kineto import load_trace
+from streamlab.trace.formats import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 H100 = ROOT / "traces" / "h100-2026-11-22"

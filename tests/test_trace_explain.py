@@ -18,7 +18,7 @@ from streamlab.trace.comm import exposed_comm, rank_skew
 from streamlab.trace.critical import critical_path, slack
 from streamlab.trace.deps import dependency_graph
 from streamlab.trace.explain import explain
-from streamlab.trace.kineto import load_trace
+from streamlab.trace.formats import load_trace
 from streamlab.trace.roofline import layer_of
 from streamlab.trace.summary import summarize_trace
 

@@ -4,6 +4,7 @@ must give exactly the run's numbers."""
 
 import gzip
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,22 @@ from typer.testing import CliRunner
 
 from streamlab.analysis import summarize
 from streamlab.errors import EXIT_BAD_INPUT, Failure
+from streamlab.report.trace_view import short
 from streamlab.trace.chrome import write_chrome
 from streamlab.trace.cli import app
-from streamlab.trace.summary import diff_reports, short, summarize_trace
-from tests.test_trace_kineto import (AR, EVENT_SYNC, MI250, NODES_YAML, TRITON,
-                                     decode_trace, pattern_trace, write)
+from streamlab.trace.summary import diff_reports, summarize_trace
+from tests.test_trace_kineto import (
+    AR,
+    EVENT_SYNC,
+    MI250,
+    NODES_YAML,
+    SHARED,
+    TRITON,
+    decode_trace,
+    needs_shared,
+    pattern_trace,
+    write,
+)
 
 runner = CliRunner()
 
@@ -30,7 +42,7 @@ def test_decode_trace_numbers(tmp_path):
     r = summarize_trace(write(tmp_path / "a.json.gz", decode_trace(gaps=gaps)))
     d = r.to_dict()
     assert d["layers"] == {"method": "allreduce", "found": 21, "steady": 15, "period": None,
-                           "ars_per_layer": 2,
+                           "ars_per_layer": 2, "layers_per_unit": 1,
                            "description": "a layer ends after every 2 all-reduce calls, "
                                           "skipping the first 1 of each step",
                            "dropped": {"first of a step (prologue)": 3,
@@ -110,6 +122,7 @@ def test_node_map_in_summary(tmp_path):
     assert r.stall_sites[0]["before"] == "attn" and r.stall_sites[0]["after"] == "o_proj_gemm"
 
 
+@needs_shared
 def test_real_traces_summary():
     r = summarize_trace(EVENT_SYNC)
     # no layer structure: the whole trace is one window, numbers exact (whole-us CUPTI stamps)
@@ -238,13 +251,102 @@ def test_short_names():
 def test_our_h100_graph_trace_splits_into_layers_not_replays():
     """Our raw Kineto trace of a_v4_moe_dual (4 eager passes then 20 replays of a 4-layer
     graph): the replayed kernels land on executor-chosen streams that repeat per replay, so one
-    stream's period is 4 layers; all streams in start order give the 37-kernel layer."""
+    stream's period is 4 layers; all streams in start order give the 37-kernel layer. Layers are
+    of the replayed kernels (the eager passes apart): all 20 x 4, each starting with its norm,
+    even where two concurrent kernels swapped places in start order."""
     from tests.test_trace_kineto import H100
 
     r = summarize_trace(H100)
     seg = r.segmentation
-    assert (seg.method, seg.period) == ("pattern", 37)
+    assert (seg.method, seg.period, seg.layers_per_unit) == ("pattern", 37, 1)
     assert "all streams" in seg.description
-    assert r.layers >= 76 and seg.dropped == {}
+    assert (seg.found, r.layers) == (80, 80) and seg.dropped == {}
     assert all(len(seg.timeline.in_layer(k)) == 37 for k in range(r.layers))
+    assert {seg.timeline.in_layer(k)[0].name for k in range(r.layers)} == {"_norm_kernel"}
     assert 215.0 < r.summary.wall.p20 < r.summary.wall.median < 260.0  # us per layer
+    o = r.origins
+    assert (o.replays, o.graph_ops, o.eager_ops) == (20, 2960, 592)
+    assert r.steps.steps == 20 and r.steps.layers.median == 4
+
+
+# --- the shared traces recorded by others ------------------------------------------------------
+
+QWEN = SHARED / "sglang_Qwen3-8B_decode.json.gz"
+CAPTURE = SHARED / "sglang_decode_bs32_graph_capture_rank0.json.gz"
+GPT_OSS = SHARED / "vllm_decode_full_graph_execution.json.gz"
+ROCPROF = SHARED / "rocprofv3_908_results.json.gz"
+
+
+@needs_shared
+def test_qwen3_decode_has_its_36_layers():
+    """One replayed bs=32 decode step of Qwen3-8B (36 layers): each layer starts with its input
+    norm (the first layer's a variant without the residual add), the final norm, LM head and
+    sampling stay outside, and the eager kernel that ran beside the graph is no layer's."""
+    r = summarize_trace(QWEN)
+    seg = r.segmentation
+    assert (seg.method, seg.period, seg.found, r.layers, seg.dropped) == ("pattern", 15, 36, 36, {})
+    firsts = [seg.timeline.in_layer(k)[0].name for k in range(36)]
+    assert all("add_rmsnorm_quant_kernel" in n for n in firsts) and len(set(firsts)) == 2
+    assert all(len(seg.timeline.in_layer(k)) == 15 for k in range(36))
+    outside = [iv.name for iv in r.timeline.intervals if iv.layer is None]
+    assert any("neg_kernel" in n for n in outside) and any("vectorized_gather" in n for n in outside)
+    assert sum("add_rmsnorm" in n for n in outside) == 1  # the final norm: the head's
+    st = r.steps
+    assert (st.steps, st.layers.median) == (1, 36)
+    assert st.wall_us.median == pytest.approx(st.layers_us.median + st.outside_us.median
+                                              + st.idle_us.median)
+    assert (r.origins.graph_ops, r.origins.eager_ops) == (544, 14)
+
+
+@needs_shared
+def test_capture_trace_is_no_step():
+    r = summarize_trace(CAPTURE)
+    assert r.not_a_step.kind == "graph capture" and r.summary is None and r.layers == 0
+    assert r.not_a_step.evidence == {"hipGraphInstantiateWithFlags": 1, "hipStreamBeginCapture": 1,
+                                     "hipStreamEndCapture": 1, "kernel launches recorded": 546,
+                                     "kernels run": 2}
+    res = runner.invoke(app, ["summary", str(CAPTURE), "--json"])
+    d = json.loads(res.stdout)
+    assert res.exit_code == 4 and d["layers"] is None and "wall_us" not in d
+    assert d["not_a_step"]["advice"].startswith("record a step after capture")
+    res = runner.invoke(app, ["diff", str(CAPTURE), str(QWEN)])
+    assert res.exit_code == 4 and "records a graph capture" in res.stderr
+
+
+@needs_shared
+def test_gpt_oss_decode_has_a_unit_of_two_layers():
+    """gpt-oss alternates sliding-window and full-attention layers: the kernel sequence repeats
+    every two layers (35 kernels); 12 units = 24 layers, the first unit (its first layer one
+    kernel short and with another norm) found but not steady."""
+    r = summarize_trace(GPT_OSS)
+    seg = r.segmentation
+    assert (seg.period, seg.layers_per_unit, seg.found, r.layers) == (35, 2, 12, 11)
+    assert seg.dropped == {"kernel count other than 35": 1}
+    assert r.steps.layers.median == 24
+    unit = [iv.name for iv in seg.timeline.in_layer(0)]
+    assert unit.count("kernel_unified_attention_2d") == 1
+    assert unit.count("kernel_unified_attention_3d") == 1
+
+
+@needs_shared
+def test_rocprofv3_json_of_eight_gpus():
+    r = summarize_trace(ROCPROF)
+    info = r.info
+    assert (info.format, info.tracer, info.events) == ("rocprofv3-json", "rocprofiler-sdk", 43915)
+    assert info.device_ops == {"kernel": 43915} and info.metadata["gpus_listed"] == 8
+    assert [(g.id, g.name, g.ops) for g in info.gpus] == [("0", "AMD Instinct MI350X (gfx950)", 43915)]
+    assert info.gpu_choice == "GPU 0 (AMD Instinct MI350X (gfx950)): the only GPU with work"
+    raw = json.loads(gzip.decompress(ROCPROF.read_bytes()))["rocprofiler-sdk-tool"][0]
+    dispatches = raw["buffer_records"]["kernel_dispatch"]
+    queues = Counter(str(d["dispatch_info"]["queue_id"]["handle"]) for d in dispatches)
+    streams = Counter(str(d["stream_id"]["handle"]) for d in dispatches)
+    assert [(q.queue, q.ops) for q in r.queues] == queues.most_common()
+    assert [q.queue for q in r.queues] == ["18", "19", "20", "17", "16"]
+    assert r.queues[0].streams[:2] == ["567", "5"]
+    assert [(x["stream"], x["ops"]) for x in r.streams] == sorted(
+        streams.items(), key=lambda kv: -kv[1])[:1] + [(x["stream"], x["ops"]) for x in r.streams[1:]]
+    assert len(r.streams) == len(streams) == 567 and r.streams[0]["ops"] == 37300
+    assert r.kernels[0]["calls"] > 0 and sum(k["calls"] for k in r.kernels) <= 43915
+    res = runner.invoke(app, ["summary", str(ROCPROF), "--top", "5"])
+    assert res.exit_code == 0 and "hardware queues" in res.stdout
+    assert "... and 555 more streams" in res.stdout  # 12 listed

@@ -15,7 +15,7 @@ from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.timeline import Edge, Interval, Source, Timeline
 from streamlab.trace.cli import app
 from streamlab.trace.deps import dependency_graph, for_trace
-from streamlab.trace.kineto import load_trace
+from streamlab.trace.formats import load_trace
 from streamlab.trace.whatif import Change, parse_change, replay, what_if
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import math
 from rich.console import Console
 from rich.table import Table
 
+from streamlab.report.trace_view import short
 from streamlab.trace.critical import CriticalPath
 from streamlab.trace.explain import Explained
-from streamlab.trace.summary import short
 
 PATH_ROWS = 60  # longer paths show their longest rows (kernel + gap), in path order
 

@@ -1,21 +1,33 @@
-"""`streamlab trace`: the numbers of a PyTorch-profiler (Kineto) trace or of a streamlab run's
-trace, and two traces side by side. Mounted by streamlab.cli as the `trace` sub-command."""
+"""`streamlab trace`: the numbers of a profiler trace (Kineto, rocprofv3 JSON / CSV / rocpd,
+Perfetto, Nsight Systems SQLite; told apart by content) or of a streamlab run's trace, and two
+traces side by side. Mounted by streamlab.cli as the `trace` sub-command. Each command parses its
+options, calls one function of streamlab.trace.summary and prints through
+streamlab.report.trace_view (or JSON through TraceReport.to_dict).
+
+Exit codes: 0 done; 2 (EXIT_BAD_INPUT) a file or option that cannot be read; 4
+(EXIT_NOT_A_STEP) `summary` of a trace that records a graph capture or warm-up only (it prints
+what it found and the step to record instead; `diff` refuses such a trace with the same code).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 
-from streamlab.errors import guard
+from streamlab.errors import EXIT_NOT_A_STEP, guard
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Per-layer latency, stalls, all-reduce and stream use from profiler traces.")
 console = Console(highlight=False)
 
+FILES = typer.Argument(..., show_default=False,
+                       help="trace: Kineto / Chrome JSON, rocprofv3 JSON or kernel_trace.csv, rocpd "
+                            "or Nsight Systems SQLite, Perfetto .pftrace; gzip allowed; more than "
+                            "one: the ranks of one run (the first is summarised, all give the skew "
+                            "at collectives)")
 REGEX = typer.Option(None, "--layer-regex",
                      help="regex on kernel names marking the first kernel of a layer")
 ARS = typer.Option(None, "--ars-per-layer",
@@ -23,9 +35,6 @@ ARS = typer.Option(None, "--ars-per-layer",
 NODES = typer.Option(None, "--nodes", help="YAML `node: [kernel-name regex, ...]` naming DAG nodes")
 JSON = typer.Option(False, "--json", help="print JSON instead of tables")
 TOP = typer.Option(25, "--top", help="kernels shown in the per-kernel table")
-FILES = typer.Argument(..., help="trace: Kineto / Chrome JSON, plain or .gz; more than one: the "
-                      "ranks of one run (the first is summarised, all give the skew at "
-                      "collectives)", show_default=False)
 WHAT_IF = typer.Option([], "--what-if",
                        help="KEY=VALUE, repeatable: replay the trace's dependency graph with KEY (a "
                             "kernel class: allreduce, attention, gemm, moe, norm, ...; a node; a "
@@ -35,30 +44,44 @@ PLOT_OUT = typer.Option(None, "--out", help="folder for the critical-path plot (
 OFFSET = typer.Option(None, "--ar-offset",
                       help="all-reduces to skip at the start of each step before the first layer "
                            "(default: all-reduces per graph replay modulo --ars-per-layer)")
+BASELINE = typer.Argument(..., help="baseline trace", show_default=False)
+CANDIDATE = typer.Argument(..., help="candidate trace", show_default=False)
+DIFF_TOP = typer.Option(10, "--top", help="kernels in the time-change table")
+GPU = typer.Option(None, "--gpu", help="the GPU to summarise when the trace holds several (its id "
+                                       "as the trace numbers it; default: the one with the most "
+                                       "device time)")
 
 
-def _report(path: Path, layer_regex, ars_per_layer, nodes, ar_offset):
+def _report(path: Path, layer_regex, ars_per_layer, nodes, ar_offset, gpu):
     from streamlab.trace.summary import summarize_trace
 
     return summarize_trace(path, layer_regex=layer_regex, ars_per_layer=ars_per_layer,
-                           nodes=nodes, ar_offset=ar_offset)
+                           nodes=nodes, ar_offset=ar_offset, gpu=gpu)
 
 
 @app.command()
 @guard
-def summary(files: list[Path] = FILES, layer_regex: Optional[str] = REGEX,
-            ars_per_layer: Optional[int] = ARS, nodes: Optional[Path] = NODES,
-            ar_offset: Optional[int] = OFFSET, as_json: bool = JSON, top: int = TOP,
-            what_if: list[str] = WHAT_IF, out: Optional[Path] = PLOT_OUT):
+def summary(files: list[Path] = FILES, layer_regex: str | None = REGEX,
+            ars_per_layer: int | None = ARS, nodes: Path | None = NODES,
+            ar_offset: int | None = OFFSET, as_json: bool = JSON, top: int = TOP,
+            what_if: list[str] = WHAT_IF, out: Path | None = PLOT_OUT, gpu: str | None = GPU):
     """Per-layer wall, kernel sum, overlap, bubble by gap class and stall sites, all-reduce per
-    call, streams and per-kernel times over the steady-state decode layers of a trace; its
-    critical path, exposed communication, roofline per node and what-ifs; with several ranks'
-    traces, the skew between ranks at each collective."""
+    call, streams, hardware queues, per-kernel times and each step's time split into layers,
+    other work and idle, over the steady-state decode layers of a trace; its critical path,
+    exposed communication, roofline per node and what-ifs; with several ranks' traces, the skew
+    between ranks at each collective. Exits 4 for a trace of a graph capture or of warm-up
+    only."""
     from streamlab.report.trace_tables import print_explained
+    from streamlab.report.trace_view import print_report
     from streamlab.trace.explain import explain
-    from streamlab.trace.summary import print_report
 
-    report, *ranks = [_report(f, layer_regex, ars_per_layer, nodes, ar_offset) for f in files]
+    report, *ranks = [_report(f, layer_regex, ars_per_layer, nodes, ar_offset, gpu) for f in files]
+    if report.not_a_step is not None:
+        if as_json:
+            print(json.dumps(report.to_dict(), indent=1, default=str, allow_nan=False))
+        else:
+            print_report(console, report, top)
+        raise typer.Exit(EXIT_NOT_A_STEP)
     explained = explain(report, ranks=ranks, what_ifs=what_if)
     plots = []
     if out is not None:
@@ -67,7 +90,7 @@ def summary(files: list[Path] = FILES, layer_regex: Optional[str] = REGEX,
         plots = write_critical_path(explained, report.path, out)
     if as_json:
         print(json.dumps({**report.to_dict(), **explained.to_json(), "plots": [str(p) for p in plots]},
-                         indent=1, default=str))
+                         indent=1, default=str, allow_nan=False))
     else:
         print_report(console, report, top)
         print_explained(console, explained)
@@ -77,20 +100,19 @@ def summary(files: list[Path] = FILES, layer_regex: Optional[str] = REGEX,
 
 @app.command()
 @guard
-def diff(a: Path = typer.Argument(..., help="baseline trace", show_default=False),
-         b: Path = typer.Argument(..., help="candidate trace", show_default=False),
-         layer_regex: Optional[str] = REGEX, ars_per_layer: Optional[int] = ARS,
-         nodes: Optional[Path] = NODES, ar_offset: Optional[int] = OFFSET, as_json: bool = JSON,
-         top: int = typer.Option(10, "--top", help="kernels in the time-change table")):
+def diff(a: Path = BASELINE, b: Path = CANDIDATE, layer_regex: str | None = REGEX, ars_per_layer: int | None = ARS,
+         nodes: Path | None = NODES, ar_offset: int | None = OFFSET, as_json: bool = JSON,
+         top: int = DIFF_TOP, gpu: str | None = GPU):
     """Two traces side by side: per-layer wall, bubble classes, all-reduce per call, kernel count
     changes and the kernels whose time changed most (B - A)."""
-    from streamlab.trace.summary import diff_reports, print_diff
+    from streamlab.report.trace_view import print_diff
+    from streamlab.trace.summary import diff_reports
 
-    ra = _report(a, layer_regex, ars_per_layer, nodes, ar_offset)
-    rb = _report(b, layer_regex, ars_per_layer, nodes, ar_offset)
+    ra = _report(a, layer_regex, ars_per_layer, nodes, ar_offset, gpu)
+    rb = _report(b, layer_regex, ars_per_layer, nodes, ar_offset, gpu)
     d = diff_reports(ra, rb, top)
     if as_json:
         print(json.dumps({**d, "summary_a": ra.to_dict(), "summary_b": rb.to_dict()}, indent=1,
-                         default=str))
+                         default=str, allow_nan=False))
     else:
         print_diff(console, ra, rb, d)

@@ -39,7 +39,8 @@ from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.schedule.graph import CaptureGraph, capture
 from streamlab.schedule.program import Program
 from streamlab.timeline import Edge, Timeline
-from streamlab.trace.kineto import DEVICE_CATS, TraceInfo
+from streamlab.trace.kineto import DEVICE_CATS
+from streamlab.trace.loaded import TraceInfo
 
 STREAM = "stream"  # the kind of a stream-order dependency (Edge kinds cover the rest)
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"

@@ -32,6 +32,7 @@ import numpy as np
 PAD = b" " * 32  # room for the 8-byte word and number-window reads past a block's last byte
 ABSENT, UNSURE = -1, -2  # field() / codes() for an element without the key / one to decode whole
 FLOAT_WIDTH, INT_WIDTH = 24, 16  # longest number read, in bytes (longer: UNSURE)
+KEY_LENGTHS = 32  # keys are looked up by length (below this) and first byte
 _QUOTE, _COLON, _SPACE, _COMMA = 0x22, 0x3A, 0x20, 0x2C
 _OPEN, _CLOSE = 0x7B, 0x7D  # { and }; [ and ] fold onto them with | 0x20
 _WS = np.zeros(256, bool)
@@ -50,19 +51,18 @@ def _word(text: bytes) -> np.uint64:
 
 
 @lru_cache(maxsize=8)
-def _key_table(keys: tuple[bytes, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Key number (1-based) by (length, first byte), and per number the key's first and second
-    8 bytes: a candidate string is that key if its bytes are."""
-    table = np.zeros(16 * 256, np.int16)
-    first = np.zeros(len(keys) + 1, np.uint64)
-    second = np.zeros(len(keys) + 1, np.uint64)
+def _key_table(keys: tuple[bytes, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Key number (1-based) by (length, first byte), and per number the key's first, second and
+    third 8 bytes: a candidate string is that key if its bytes are."""
+    table = np.zeros(KEY_LENGTHS * 256, np.int16)
+    words = np.zeros((3, len(keys) + 1), np.uint64)
     for k, key in enumerate(keys, 1):
         slot = len(key) * 256 + key[0]
-        if len(key) >= 15 or table[slot]:
+        if len(key) >= min(KEY_LENGTHS, 25) or table[slot]:
             raise ValueError(f"keys {keys} are not told apart by length and first byte")
         table[slot] = k
-        first[k], second[k] = _word(key), _word(key[8:])
-    return table, first, second
+        words[:, k] = [_word(key), _word(key[8:]), _word(key[16:])]
+    return table, words
 
 
 class Block:
@@ -183,15 +183,17 @@ class Block:
         depth. Elements where a key may hide (escapes, white space before ':') become
         unsure."""
         o, e, u8 = self.o, self.e, self.u8
-        table, first, second = _key_table(self.keys)
-        number = table[np.minimum(e - o - 1, 15) * 256 + u8[o + 1]]
+        table, words = _key_table(self.keys)
+        number = table[np.minimum(e - o - 1, KEY_LENGTHS - 1) * 256 + u8[o + 1]]
         cand = np.flatnonzero(number)
         number = number[cand]
         at = o[cand] + 1
         length = e[cand] - at
-        same = (self.words[at] & _MASKS[np.minimum(length, 8)]) == first[number]
-        long = np.flatnonzero(length > 8)
-        same[long] &= (self.words[at[long] + 8] & _MASKS[length[long] - 8]) == second[number[long]]
+        same = (self.words[at] & _MASKS[np.minimum(length, 8)]) == words[0][number]
+        for w in (1, 2):
+            long = np.flatnonzero(length > 8 * w)
+            same[long] &= ((self.words[at[long] + 8 * w] & _MASKS[np.minimum(length[long] - 8 * w, 8)])
+                           == words[w][number[long]])
         cand, number = cand[same], number[same]
         after = u8[e[cand] + 1]
         owner = self._string_owner()[cand]
@@ -219,12 +221,13 @@ class Block:
             depth[many] = self.depth[np.searchsorted(self.brackets, pos[many]) - 1]
         return depth
 
-    def field(self, key: bytes, depth: int = 1) -> np.ndarray:
+    def field(self, key: bytes, depth: int | None = 1) -> np.ndarray:
         """Per element, the string index of `key` at `depth` (2: inside the element's only
-        nested object), ABSENT, or UNSURE (it occurs more than once, or the element cannot be
-        read here)."""
+        nested object; None: at any depth), ABSENT, or UNSURE (it occurs more than once, or the
+        element cannot be read here)."""
         js, own, at = self.hits[key]
-        js, own = js[at == depth], own[at == depth]
+        if depth is not None:
+            js, own = js[at == depth], own[at == depth]
         out = np.full(self.count, ABSENT, np.int64)
         out[own] = js
         out[np.bincount(own, minlength=self.count) > 1] = UNSURE
@@ -232,6 +235,17 @@ class Block:
         if depth == 2:
             out[self.multi] = UNSURE
         return out
+
+    def inner_key(self, j: np.ndarray, inner: bytes) -> np.ndarray:
+        """For key strings j whose value is an object that starts with key `inner` (written
+        `"key":{"inner":`, at most one space after the colon), the string index of `inner`;
+        -1 elsewhere."""
+        at = self.value_at(j)
+        k = np.minimum(j + 1, self.o.size - 1)
+        first = np.zeros(self.o.size, bool)
+        first[self.hits[inner][0]] = True
+        ok = (at >= 0) & (self.u8[np.maximum(at, 0)] == _OPEN) & (self.o[k] == at + 1) & first[k]
+        return np.where(ok, k, -1)
 
     def value_at(self, j: np.ndarray) -> np.ndarray:
         """Offset of the value of key string j (after ':' and at most one space), or -1 where
@@ -276,13 +290,14 @@ class Block:
         """Element i as written."""
         return self.data[self.starts[i]:self.ends[i] + 1]
 
-    def numbers(self, j: np.ndarray, integer: bool) -> tuple[np.ndarray, np.ndarray]:
+    def numbers(self, j: np.ndarray, integer: bool,
+                width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Values of key strings j that are plain numbers (int64 if `integer`, else float64),
-        and a mask of those that are not (another type, too long, malformed)."""
+        and a mask of those that are not (another type, longer than `width` bytes, malformed)."""
         at = self.value_at(j)
         ok = at >= 0
         at[~ok] = 0
-        width = INT_WIDTH if integer else FLOAT_WIDTH
+        width = width or (INT_WIDTH if integer else FLOAT_WIDTH)
         window = np.stack([self.words[at + i] for i in range(0, width, 8)], 1).view(np.uint8)
         foreign = (_NOT_INT if integer else _NOT_FLOAT)[window]
         length = foreign.argmax(1)  # the first byte that is no part of a number ends it

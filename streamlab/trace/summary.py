@@ -1,60 +1,93 @@
 """The numbers of a trace, from the same analysis code as our own runs: per-layer wall, kernel
 sum, overlap, all-stream-idle bubble by gap class and where the stalls are, all-reduce time per
-call, kernel counts per layer, streams, per-kernel times; and two traces side by side.
+call, kernel counts per layer, streams and hardware queues, per-kernel times, each decode step's
+time split into layers, other work and idle (module steps); and two traces side by side.
 
-`analyze` takes a loaded trace (kineto.load_trace), finds the steady-state decode layers
-(segment.segment) and runs `analysis.summarize` over them; a trace written by `streamlab run`
-keeps the layers and nodes it was written with, so its numbers are the run's.
+`analyze` takes a loaded trace (formats.load_trace, any format), first recognises a trace that
+holds no step (a graph capture, warm-up only: module capture; its report has no layer numbers),
+else finds the steady-state decode layers (segment.segment_ops; graph-replayed kernels apart from
+eager ones) and runs `analysis.summarize` over them; a trace written by `streamlab run` keeps the
+layers and nodes it was written with, so its numbers are the run's. Rendering lives in
+streamlab.report.trace_view; `TraceReport.to_dict` is the one JSON form.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
-from streamlab.analysis import GAP_CLASSES, Stat, Summary, percentiles, stall_sites, summarize
+from streamlab.analysis import (
+    GAP_CLASSES,
+    Stat,
+    Summary,
+    percentiles,
+    stall_sites,
+    summarize,
+)
+from streamlab.errors import EXIT_BAD_INPUT, EXIT_NOT_A_STEP, Failure
 from streamlab.timeline import Timeline
-from streamlab.trace.kineto import DeviceOps, LoadedTrace, TraceInfo, load_trace
-from streamlab.trace.segment import NodeMap, Segmentation, load_node_map, map_nodes, segment_ops
+from streamlab.trace.capture import NotAStep, recognise
+from streamlab.trace.formats import load_trace
+from streamlab.trace.loaded import DeviceOps, LoadedTrace, TraceInfo
+from streamlab.trace.segment import (
+    NodeMap,
+    Segmentation,
+    load_node_map,
+    map_nodes,
+    segment_ops,
+)
+from streamlab.trace.steps import (
+    Origins,
+    QueueUse,
+    StepSplit,
+    origins,
+    queue_use,
+    step_split,
+)
 
 
 @dataclass
 class TraceReport:
     path: str
     info: TraceInfo
-    segmentation: Segmentation | None  # None: the trace's own layers (a streamlab run)
+    segmentation: Segmentation | None  # None: the trace's own layers (a streamlab run), or none
     timeline: Timeline  # with steady layers numbered, nodes when mapped
-    summary: Summary
+    summary: Summary | None  # None: a trace with no step to measure (not_a_step)
     allreduce: dict | None  # per call: p10, p50, p90, mean, n, per_layer
     stall_sites: list[dict]
-    kernels: list[dict]  # per kernel name over the steady layers, most time first
-    kernels_per_layer: Stat
+    kernels: list[dict]  # per kernel name over the steady layers (all, without layers)
+    kernels_per_layer: Stat | None
     streams: list[dict]
     outside: dict = field(default_factory=dict)  # device operations outside steady layers
+    not_a_step: NotAStep | None = None  # a graph capture or warm-up: no layer numbers
+    steps: StepSplit | None = None  # per decode step: time per output token split
+    origins: Origins | None = None  # graph-replayed vs eager operations
+    queues: list[QueueUse] = field(default_factory=list)  # hardware queues, when known
 
     @property
     def layers(self) -> int:
-        return len(self.summary.layers)
+        return 0 if self.summary is None else len(self.summary.layers)
 
     def to_dict(self) -> dict:
         s = self.summary
         seg = self.segmentation
-        return {
-            "file": self.path,
-            "source": asdict(s.source),
-            "loader": self.info.to_dict(),
+        out = {"file": self.path, "source": asdict(self.timeline.source),
+               "loader": self.info.to_dict(),
+               "not_a_step": self.not_a_step.to_dict() if self.not_a_step else None}
+        if s is None:
+            return out | {"layers": None, "kernels": self.kernels, "streams": self.streams,
+                          "hardware_queues": [q.to_dict() for q in self.queues]}
+        return out | {
             "layers": {"method": seg.method if seg else "recorded",
                        "description": seg.description if seg else "layers recorded by the run",
                        "found": seg.found if seg else self.layers, "steady": self.layers,
                        "dropped": seg.dropped if seg else {},
                        "period": seg.period if seg else None,
+                       "layers_per_unit": seg.layers_per_unit if seg else 1,
                        "ars_per_layer": seg.ars_per_layer if seg else None},
             "wall_us": _stat(s.wall), "kernel_sum_us": _stat(s.kernel_sum), "busy_us": _stat(s.busy),
             "overlap": _stat(s.overlap), "bubble_us": _stat(s.bubble),
@@ -67,9 +100,12 @@ class TraceReport:
             "kernels_per_layer": _stat(self.kernels_per_layer),
             "streams": self.streams,
             "physical_streams": len(s.streams),
+            "hardware_queues": [q.to_dict() for q in self.queues],
             "kernels": self.kernels,
             "nodes": {n: asdict(v) for n, v in s.nodes.items()},
             "outside_layers": self.outside,
+            "per_step": self.steps.to_dict() if self.steps else None,
+            "origins": self.origins.to_dict() if self.origins else None,
         }
 
 
@@ -79,9 +115,12 @@ def _stat(s: Stat | None) -> dict | None:
 
 def summarize_trace(path: str | os.PathLike, *, layer_regex: str | None = None,
                     ars_per_layer: int | None = None, nodes: str | os.PathLike | None = None,
-                    ar_offset: int | None = None, clip: bool = True) -> TraceReport:
+                    ar_offset: int | None = None, clip: bool = True,
+                    gpu: str | None = None) -> TraceReport:
+    """The report of the trace at `path` (any format; one GPU: `gpu`, default the one with the
+    most device time)."""
     node_map = load_node_map(nodes) if nodes is not None else None
-    return analyze(load_trace(path, clip=clip), layer_regex=layer_regex,
+    return analyze(load_trace(path, clip=clip, gpu=gpu), layer_regex=layer_regex,
                    ars_per_layer=ars_per_layer, node_map=node_map, ar_offset=ar_offset)
 
 
@@ -111,6 +150,16 @@ def analyze(loaded: LoadedTrace, *, layer_regex: str | None = None,
 def _analyze(loaded: LoadedTrace, layer_regex: str | None, ars_per_layer: int | None,
              node_map: NodeMap | None, ar_offset: int | None) -> TraceReport:
     info = loaded.info
+    verdict = recognise(info)
+    if verdict is not None:
+        ops = loaded.ops
+        everything = np.ones(len(ops), bool)
+        return TraceReport(info.path, info, None, loaded.timeline, None, None, [],
+                           _kernels(ops, everything, 1), None, _streams(ops, everything, 1),
+                           not_a_step=verdict, queues=queue_use(ops))
+    if not len(loaded.ops):
+        raise Failure(f"{info.path}: no device operations (kernels, copies) in this {info.format} "
+                      "trace: was GPU activity recorded (kernel tracing on)?", EXIT_BAD_INPUT)
     recorded = info.format == "streamlab" and layer_regex is None and ars_per_layer is None \
         and any(iv.layer is not None for iv in loaded.timeline.intervals)
     if recorded:
@@ -119,17 +168,25 @@ def _analyze(loaded: LoadedTrace, layer_regex: str | None, ars_per_layer: int | 
         if node_map is not None:
             timeline = map_nodes(timeline, node_map)
         ops = DeviceOps.of(timeline.intervals)
+        windows, per_unit = list(timeline.layers), 1
     else:  # a streamlab trace asked to find layers again forgets the recorded ones
-        seg = segment_ops(loaded.ops, loaded.source, ars_per_layer=ars_per_layer,
+        ops = loaded.ops
+        mixed = ops.replay is not None and info.graph_ops and info.eager_ops
+        seg = segment_ops(ops, loaded.source, ars_per_layer=ars_per_layer,
                           layer_regex=layer_regex, replays=info.replays, ar_offset=ar_offset,
-                          node_map=node_map)
+                          node_map=node_map, only=np.flatnonzero(ops.replay >= 0) if mixed else None)
         timeline, ops = seg.timeline, seg.ops
+        windows, per_unit = seg.windows, seg.layers_per_unit
     summary = summarize(timeline)
     layers = len(summary.layers)
+    inside = ops.layer >= 0
     return TraceReport(info.path, info, seg, timeline, summary, _allreduce(summary),
-                       [asdict(site) for site in stall_sites(summary)], _kernels(ops, layers),
+                       [asdict(site) for site in stall_sites(summary)],
+                       _kernels(ops, inside, layers),
                        Stat.of([ls.kernels for ls in summary.layers]),
-                       _streams(ops, layers), _outside(ops))
+                       _streams(ops, inside, layers), _outside(ops),
+                       steps=step_split(timeline, info.replays, windows, per_unit),
+                       origins=origins(ops, len(info.replays)), queues=queue_use(ops))
 
 
 def _allreduce(summary: Summary) -> dict | None:
@@ -149,10 +206,11 @@ def _first_seen(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq[order], first[order]
 
 
-def _kernels(ops: DeviceOps, layers: int) -> list[dict]:
-    """Per kernel name over the steady layers, from columns (a large trace has a million
-    operations); sums run in timeline order, as a Python sum over the intervals would."""
-    inside = np.flatnonzero(ops.layer >= 0)
+def _kernels(ops: DeviceOps, mask: np.ndarray, layers: int) -> list[dict]:
+    """Per kernel name over the operations `mask` (those in steady layers), from columns (a
+    large trace has a million operations); sums run in timeline order, as a Python sum over the
+    intervals would."""
+    inside = np.flatnonzero(mask)
     name, dur = ops.name[inside], (ops.end - ops.start)[inside]
     names, first = _first_seen(name)
     rank = np.zeros(len(ops.names), np.int64)
@@ -184,8 +242,7 @@ def _kernels(ops: DeviceOps, layers: int) -> list[dict]:
     return rows
 
 
-def _streams(ops: DeviceOps, layers: int) -> list[dict]:
-    inside = ops.layer >= 0
+def _streams(ops: DeviceOps, inside: np.ndarray, layers: int) -> list[dict]:
     count = np.bincount(ops.stream, minlength=len(ops.streams))
     per = np.bincount(ops.stream[inside], minlength=len(ops.streams))
     time = np.bincount(ops.stream[inside], weights=(ops.end - ops.start)[inside],
@@ -208,6 +265,11 @@ def _outside(ops: DeviceOps) -> dict:
 # --- two traces ---------------------------------------------------------------------------
 
 def diff_reports(a: TraceReport, b: TraceReport, top: int = 10) -> dict:
+    """Two reports side by side (B - A); Failure (EXIT_NOT_A_STEP) when either trace holds no
+    step to measure."""
+    for r in (a, b):
+        if r.not_a_step is not None:
+            raise Failure(f"{r.path}: {r.not_a_step.line()}", EXIT_NOT_A_STEP)
     sa, sb = a.summary, b.summary
 
     def row(what, va, vb):
@@ -251,153 +313,3 @@ def diff_reports(a: TraceReport, b: TraceReport, top: int = 10) -> dict:
     times = sorted(per, key=lambda r: (-abs(r["us_delta"]), r["name"]))[:top]
     return {"a": a.path, "b": b.path, "metrics": metrics, "kernel_count_changes": counts,
             "kernel_time_changes": times}
-
-
-# --- printing -----------------------------------------------------------------------------
-
-_TEMPLATE = re.compile(r"<[^<>]*>")
-
-
-def short(name: str, width: int = 64) -> str:
-    """A kernel name that fits a table cell: no `void`, no argument list, templates folded."""
-    s = name[5:] if name.startswith("void ") else name
-    depth, cut = 0, None
-    for i, ch in enumerate(s):  # drop a trailing (argument list) at template depth 0
-        if ch == "<":
-            depth += 1
-        elif ch == ">":
-            depth -= 1
-        elif ch == "(" and depth == 0 and i > 0:
-            cut = i
-            break
-    if cut is not None:
-        s = s[:cut]
-    if len(s) > width:
-        folded = s
-        while True:
-            nxt = _TEMPLATE.sub("\0", folded)
-            if nxt == folded:
-                break
-            folded = nxt
-        s = folded.replace("\0", "<…>")
-    return s if len(s) <= width else s[:width - 1] + "…"
-
-
-def _say(console: Console, text: str) -> None:
-    """A line of text, wrapped by the terminal rather than cut into lines by rich."""
-    console.print(text, soft_wrap=True)
-
-
-def _f(v, digits: int = 1) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
-def print_report(console: Console, r: TraceReport, top: int = 25) -> None:
-    s, info, seg = r.summary, r.info, r.segmentation
-    _say(console, f"[bold]{r.path}[/]  {s.source.describe()}")
-    ops = ", ".join(f"{v} {k}" for k, v in sorted(info.device_ops.items()))
-    _say(console, f"loaded {info.events:,} events: {ops}; {info.runtime_calls:,} runtime calls"
-                  + (f", {info.graph_launches} graph launches ({len(info.replays)} replays)"
-                     if info.graph_launches or info.replays else "")
-                  + (f", syncs {_kv(info.syncs)}" if info.syncs else "")
-                  + (f", stream waits {_kv(info.stream_waits)}" if info.stream_waits else ""))
-    notes = []
-    if info.same_stream_overlaps:
-        notes.append(f"{info.same_stream_overlaps} same-stream overlaps clipped "
-                     f"({info.overlap_clipped_us:.2f} us in all, largest {info.max_overlap_us:.2f} us)")
-    if info.negative_durations:
-        notes.append(f"{info.negative_durations} negative durations set to 0")
-    if info.missing_stream:
-        notes.append(f"{info.missing_stream} device operations without a stream id (tid used)")
-    if notes:
-        _say(console, "[yellow]trace quirks:[/] " + "; ".join(notes))
-    if seg is None:
-        _say(console, f"layers: {r.layers} recorded by the run")
-    else:
-        drop = ", ".join(f"{v} {k}" for k, v in seg.dropped.items())
-        _say(console, f"layers: {seg.description}; {seg.found} found, {r.layers} steady"
-                      + (f" (dropped: {drop})" if drop else ""))
-    b = s.bubble_by_class
-    _say(console, 
-        f"[bold]per layer[/] wall {s.wall.median:.1f} us (p20 {s.wall.p20:.1f}, p80 {s.wall.p80:.1f}), "
-        f"kernel sum {s.kernel_sum.median:.1f} us, overlap x{s.overlap.median:.2f}, bubble "
-        f"{s.bubble.median:.1f} us (launch {b['launch'].median:.1f} / fence {b['fence'].median:.1f}"
-        f" / stall {b['stall'].median:.1f}), {r.kernels_per_layer.median:g} kernels, "
-        f"{len(s.streams)} streams")
-    ar = r.allreduce
-    if ar:
-        _say(console, f"[bold]all-reduce[/] {ar['p50']:.2f} us per call (p10 {ar['p10']:.2f}, "
-                      f"p90 {ar['p90']:.2f}, max {ar['max']:.2f}), {ar['per_layer']:g} calls per "
-                      f"layer, {ar['n']} calls")
-    else:
-        _say(console, "[bold]all-reduce[/] none")
-    if r.stall_sites:
-        t = Table(title="stalls (>= 2 us all-stream idle), most time first", title_justify="left")
-        for col in ("kernel before the gap", "kernel after it", "count", "per layer", "median us",
-                    "max us"):
-            t.add_column(col, justify="left" if col.startswith("kernel") else "right")
-        for site in r.stall_sites[:10]:
-            t.add_row(short(site["before"], 40), short(site["after"], 40), str(site["count"]),
-                      f"{site['per_layer']:.2f}", f"{site['median_us']:.2f}", f"{site['max_us']:.2f}")
-        console.print(t)
-    t = Table(title="streams", title_justify="left")
-    for col in ("stream", "ops in trace", "per layer", "us per layer"):
-        t.add_column(col, justify="left" if col == "stream" else "right")
-    for st in r.streams:
-        t.add_row(st["stream"], str(st["ops"]), f"{st['per_layer']:g}", f"{st['time_per_layer_us']:.1f}")
-    console.print(t)
-    t = Table(title=f"kernels in steady layers ({min(top, len(r.kernels))} of {len(r.kernels)}, "
-                    "most time first)", title_justify="left")
-    for col in ("kernel", "kind", "node", "per layer", "median us", "us per layer", "share"):
-        t.add_column(col, justify="left" if col in ("kernel", "kind", "node") else "right")
-    for k in r.kernels[:top]:
-        t.add_row(short(k["name"]), k["kind"], ",".join(k["nodes"]) or "-", f"{k['per_layer']:g}",
-                  f"{k['median_us']:.2f}", f"{k['per_layer_us']:.2f}", f"{100 * k['share']:.1f}%")
-    console.print(t)
-    if s.nodes:
-        t = Table(title="per node (sum of its kernels per occurrence, us)", title_justify="left")
-        for col in ("node", "kernels", "median", "p20-p80", "streams"):
-            t.add_column(col, justify="left" if col in ("node", "streams") else "right")
-        for name, n in s.nodes.items():
-            t.add_row(name, f"{n.kernels_per_occurrence:g}", f"{n.median:.2f}",
-                      f"{n.p20:.1f}-{n.p80:.1f}", ",".join(n.streams))
-        console.print(t)
-    if r.outside["ops"]:
-        _say(console, f"outside steady layers: {r.outside['ops']} device operations, "
-                      f"{r.outside['time_us']:.1f} us")
-
-
-def _kv(d: dict) -> str:
-    return ", ".join(f"{k} x{v}" for k, v in d.items())
-
-
-def print_diff(console: Console, a: TraceReport, b: TraceReport, d: dict) -> None:
-    _say(console, f"[bold]A[/] {a.path}  ({a.layers} steady layers, {a.summary.source.describe()})")
-    _say(console, f"[bold]B[/] {b.path}  ({b.layers} steady layers, {b.summary.source.describe()})")
-    t = Table(title="per layer", title_justify="left")
-    for col in ("", "A", "B", "B - A", "%"):
-        t.add_column(col, justify="left" if col == "" else "right")
-    for m in d["metrics"]:
-        digits = (0 if all(isinstance(m[k], int) for k in ("a", "b")) else
-                  2 if "overlap" in m["metric"] or "per layer" in m["metric"] else 1)
-        pct = (f"{100 * m['delta'] / m['a']:+.1f}%" if m["delta"] is not None and m["a"] else "")
-        t.add_row(m["metric"], _f(m["a"], digits), _f(m["b"], digits),
-                  "-" if m["delta"] is None else f"{m['delta']:+.{digits}f}", pct)
-    console.print(t)
-    if d["kernel_count_changes"]:
-        t = Table(title="kernel count per layer changed", title_justify="left")
-        for col in ("kernel", "A", "B", "B - A"):
-            t.add_column(col, justify="left" if col == "kernel" else "right")
-        for r in d["kernel_count_changes"][:15]:
-            t.add_row(short(r["name"]), f"{r['per_layer_a']:g}", f"{r['per_layer_b']:g}",
-                      f"{r['count_delta']:+g}")
-        console.print(t)
-    else:
-        _say(console, "kernel counts per layer: the same")
-    t = Table(title="kernels whose time per layer changed most (us)", title_justify="left")
-    for col in ("kernel", "A", "B", "B - A", "median A", "median B"):
-        t.add_column(col, justify="left" if col == "kernel" else "right")
-    for r in d["kernel_time_changes"]:
-        t.add_row(short(r["name"]), f"{r['us_per_layer_a']:.2f}", f"{r['us_per_layer_b']:.2f}",
-                  f"{r['us_delta']:+.2f}", _f(r["median_us_a"], 2), _f(r["median_us_b"], 2))
-    console.print(t)

@@ -1,0 +1,246 @@
+"""Read a Perfetto protobuf trace (.pftrace), as rocprofv3 writes it (`--output-format
+pftrace`), through the TracePacket protos that the `perfetto` Python package ships (compiled
+for `protobuf`; no trace_processor binary, so it works offline and in CI).
+
+The file is a protobuf `Trace`: length-delimited `TracePacket`s, read one at a time (memory
+stays flat). What is used:
+- `track_descriptor`: track uuid -> name. rocprofv3 names GPU tracks
+  "COMPUTE AGENT [a] STREAM [s] (GPU)" and "COPY to AGENT [a] STREAM [s] (GPU)" (or
+  "COMPUTE ... QUEUE [q] ..." with --group-by-queue): the agent and stream come from there;
+- `track_event` slices (SLICE_BEGIN / SLICE_END on a track; name, categories and debug
+  annotation names interned per packet sequence in `interned_data`, cleared when a packet says
+  SEQ_INCREMENTAL_STATE_CLEARED): category `kernel_dispatch` -> a kernel, `memory_copy` -> a
+  copy; `hip_api`, `hsa_api`, `marker_api`, `rccl_api` -> API calls counted by name;
+- debug annotations `queue` (the hardware queue), `corr_id` (the correlation id: graph launches
+  group the kernels they replay) and `agent`.
+Slices on tracks named like GPU work (GPU, COMPUTE, STREAM) with other categories count as
+device work too, so other writers' GPU tracks read; a trace with none ends in one Failure.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
+from streamlab.trace.assemble import RawOps, assemble
+from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo
+from streamlab.trace.names import ALLREDUCE, GRAPH_LAUNCH, MARKS
+
+__all__ = ["read_pftrace"]
+
+NS = 1e-3  # us per ns
+DEVICE_CATEGORIES = {"kernel_dispatch": "kernel", "memory_copy": "memcpy"}
+API_CATEGORIES = {"hip_api", "hsa_api", "marker_api", "rccl_api", "rocdecode_api", "rocjpeg_api"}
+GPU_TRACK = re.compile(r"GPU|COMPUTE|STREAM|COPY to AGENT", re.IGNORECASE)
+TRACK_IDS = re.compile(r"AGENT \[(\d+)\].*?(STREAM|QUEUE) \[(\d+)\]", re.IGNORECASE)
+SLICE_BEGIN, SLICE_END = 1, 2
+INCREMENTAL_STATE_CLEARED = 1
+CHUNK = 1 << 20
+
+
+def _protos():
+    try:
+        from perfetto.protos.perfetto.trace import perfetto_trace_pb2
+    except ImportError:
+        raise Failure("reading a Perfetto .pftrace needs the perfetto and protobuf packages: "
+                      "pip install perfetto protobuf (or pip install streamlab[traces])",
+                      EXIT_ENVIRONMENT) from None
+    return perfetto_trace_pb2
+
+
+class _Sequence:
+    """Interned strings of one packet sequence."""
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+        self.categories: dict[int, str] = {}
+        self.annotations: dict[int, str] = {}
+        self.default_track = 0
+
+
+def read_pftrace(binary, path: Path, *, clip: bool = True, gpu: str | None = None) -> LoadedTrace:
+    """The GPU slices of a .pftrace in the byte stream `binary`, of one GPU."""
+    pb = _protos()
+    from google.protobuf.message import DecodeError
+
+    tracks: dict[int, str] = {}
+    sequences: dict[int, _Sequence] = {}
+    open_slices: dict[int, list] = {}
+    rows = _Rows()
+    api: Counter = Counter()
+    graph_corr: set[int] = set()
+    marks: Counter = Counter()
+    packets = 0
+    for index, data in _packets(binary, path):
+        packets += 1
+        try:
+            packet = pb.TracePacket.FromString(data)
+        except DecodeError as e:
+            raise Failure(f"{path}: TracePacket {index} does not decode ({e}): not a Perfetto "
+                          "trace, or a corrupt one", EXIT_BAD_INPUT) from None
+        seq_id = packet.trusted_packet_sequence_id
+        if packet.sequence_flags & INCREMENTAL_STATE_CLEARED or seq_id not in sequences:
+            sequences[seq_id] = _Sequence()
+        seq = sequences[seq_id]
+        if packet.HasField("trace_packet_defaults"):
+            seq.default_track = packet.trace_packet_defaults.track_event_defaults.track_uuid
+        if packet.HasField("interned_data"):
+            interned = packet.interned_data
+            seq.names.update((x.iid, x.name) for x in interned.event_names)
+            seq.categories.update((x.iid, x.name) for x in interned.event_categories)
+            seq.annotations.update((x.iid, x.name) for x in interned.debug_annotation_names)
+        if packet.HasField("track_descriptor"):
+            d = packet.track_descriptor
+            tracks[d.uuid] = d.name or d.static_name or (d.thread.thread_name if d.HasField("thread")
+                                                          else "")
+        if not packet.HasField("track_event"):
+            continue
+        ev = packet.track_event
+        track = ev.track_uuid if ev.HasField("track_uuid") else seq.default_track
+        if ev.type == SLICE_BEGIN:
+            name = ev.name if ev.HasField("name") else seq.names.get(ev.name_iid, "?")
+            cats = list(ev.categories) + [seq.categories.get(i, "") for i in ev.category_iids]
+            notes = {}
+            for a in ev.debug_annotations:
+                key = a.name if a.HasField("name") else seq.annotations.get(a.name_iid, "")
+                if key in ("queue", "corr_id", "stream"):
+                    notes[key] = a.int_value if a.HasField("int_value") else a.uint_value
+            open_slices.setdefault(track, []).append(
+                (name, cats[0] if cats else "", packet.timestamp, notes))
+        elif ev.type == SLICE_END and open_slices.get(track):
+            name, cat, start, notes = open_slices[track].pop()
+            if cat in API_CATEGORIES:
+                api[name] += 1
+                if GRAPH_LAUNCH.search(name) and "corr_id" in notes:
+                    graph_corr.add(notes["corr_id"])
+                for mark in MARKS:
+                    marks[mark.decode()] += mark.decode() in name
+            else:
+                rows.add(track, name, cat, start, packet.timestamp, notes.get("queue", -1),
+                         notes.get("corr_id", -1))
+    return _build(path, rows, tracks, api, graph_corr, marks, packets, clip, gpu)
+
+
+def _packets(binary, path: Path):
+    """(index, bytes) of each TracePacket of the protobuf Trace in the stream."""
+    buf, pos, index = b"", 0, 0
+    eof = False
+
+    def need(n: int) -> bool:
+        nonlocal buf, pos, eof
+        while len(buf) - pos < n and not eof:
+            try:
+                data = binary.read1(CHUNK)
+            except (EOFError, OSError) as e:
+                raise Failure(f"{path}: the file cannot be read to its end after TracePacket "
+                              f"{index} ({e}): truncated?", EXIT_BAD_INPUT) from None
+            if not data:
+                eof = True
+            buf, pos = buf[pos:] + data, 0
+        return len(buf) - pos >= n
+
+    while need(1):
+        need(20)  # a tag and a length: two varints of at most 10 bytes
+        tag, pos = _varint(buf, pos, path, index)
+        length, pos = _varint(buf, pos, path, index)
+        field, wire = tag >> 3, tag & 7
+        if wire != 2:
+            raise Failure(f"{path}: at TracePacket {index}: field {field} of wire type {wire}, "
+                          "expected length-delimited packets: not a Perfetto trace", EXIT_BAD_INPUT)
+        if not need(length):
+            raise Failure(f"{path}: the file ends inside TracePacket {index} ({len(buf) - pos:,} "
+                          f"of its {length:,} bytes): truncated", EXIT_BAD_INPUT)
+        if field == 1:
+            yield index, buf[pos:pos + length]
+            index += 1
+        pos += length
+
+
+def _varint(buf: bytes, pos: int, path: Path, index: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while pos < len(buf) and shift <= 63:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+    raise Failure(f"{path}: the file ends inside the header of TracePacket {index}, or it is "
+                  "malformed: truncated, or not a Perfetto trace", EXIT_BAD_INPUT)
+
+
+class _Rows:
+    """Finished non-API slices as compact columns (a slice costs a few dozen bytes, as in the
+    file): track, name and category ids, stamps, queue, correlation."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, int] = {}
+        self.cats: dict[str, int] = {}
+        self.cols = {k: array("q") for k in ("track", "name", "cat", "start", "end", "queue", "corr")}
+
+    def add(self, track, name, cat, start, end, queue, corr) -> None:
+        c = self.cols
+        c["track"].append(track)
+        c["name"].append(self.names.setdefault(name, len(self.names)))
+        c["cat"].append(self.cats.setdefault(cat, len(self.cats)))
+        c["start"].append(start)
+        c["end"].append(end)
+        c["queue"].append(queue)
+        c["corr"].append(corr)
+
+    def col(self, key: str) -> np.ndarray:
+        return np.frombuffer(self.cols[key], np.int64) if len(self.cols[key]) else \
+            np.zeros(0, np.int64)
+
+
+def _build(path: Path, rows: _Rows, tracks, api, graph_corr, marks, packets, clip, gpu) -> LoadedTrace:
+    track, cat = rows.col("track"), rows.col("cat")
+    cat_names = list(rows.cats)
+    by_track = {t: (tracks.get(t, str(t)), TRACK_IDS.search(tracks.get(t, "")))
+                for t in np.unique(track).tolist()}
+    device_cat = np.array([c in DEVICE_CATEGORIES for c in cat_names], bool)
+    gpu_track = {t: bool(GPU_TRACK.search(label)) for t, (label, _) in by_track.items()}
+    keep = (device_cat[cat] if cat.size else np.zeros(0, bool)) | \
+        np.array([gpu_track[t] for t in track.tolist()], bool)
+    if not keep.any():
+        shown = ", ".join(sorted({t for t in tracks.values() if t})[:6]) or "none named"
+        raise Failure(f"{path}: a Perfetto trace with no GPU tracks: no kernel_dispatch / "
+                      f"memory_copy slices and no track named like GPU work (GPU, COMPUTE, STREAM); "
+                      f"its tracks: {shown}", EXIT_BAD_INPUT)
+    idx = np.flatnonzero(keep)
+    track, cat = track[idx], cat[idx]
+    name, start, end = rows.col("name")[idx], rows.col("start")[idx], rows.col("end")[idx]
+    queue, corr = rows.col("queue")[idx], rows.col("corr")[idx]
+    names = list(rows.names)
+    # per track: its agent and stream (from the name), and a queue when the track is one
+    tracks_used, at = np.unique(track, return_inverse=True)
+    agent_of, stream_of, queue_of = [], [], []
+    for t in tracks_used.tolist():
+        label, m = by_track[t]
+        agent_of.append(int(m.group(1)) if m else -1)
+        stream_of.append(m.group(3) if m else (label or str(t)))
+        queue_of.append(int(m.group(3)) if m and m.group(2).upper() == "QUEUE" else -1)
+    queue = np.where(queue < 0, np.array(queue_of, np.int64)[at], queue)
+    stream_ids, stream = np.unique(np.array(stream_of, object)[at].astype(str), return_inverse=True)
+    queue_ids, queue = np.unique(queue, return_inverse=True)
+    kind_of = np.array([KINDS.index(DEVICE_CATEGORIES.get(c, "kernel")) for c in cat_names], np.int8)
+    kind = kind_of[cat]
+    is_ar = np.array([bool(ALLREDUCE.search(n)) for n in names], bool)
+    kind[(kind == KINDS.index("kernel")) & is_ar[name]] = KINDS.index("allreduce")
+    base = int(start.min())
+    raw = RawOps(names, name, stream_ids.tolist(), stream.astype(np.int64), kind,
+                 np.array(agent_of, np.int64)[at], (start - base) * NS, (end - start) * NS, corr,
+                 queue=queue.astype(np.int64),
+                 queue_ids=[str(q) if q >= 0 else "-" for q in queue_ids.tolist()])
+    info = TraceInfo(str(path), "pftrace", "perfetto", events=packets,
+                     runtime_calls=sum(api.values()),
+                     runtime_by_name=dict(sorted(api.items(), key=lambda kv: (-kv[1], kv[0]))),
+                     graph_launches=sum(v for k, v in api.items() if GRAPH_LAUNCH.search(k)),
+                     markers={k: v for k, v in marks.items() if v},
+                     metadata={"tracks": len(tracks)})
+    return assemble(raw, info, graph_corr=graph_corr, device_names={}, gpu=gpu, clip=clip)
