@@ -51,7 +51,7 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe lo
 REQUIRED = ("format", "name", "streams", "provenance", "hbm_gbs", "launch_gap_us", "fence_us", "graph_entry_us",
             "ar_concurrency_factor", "multi_stream_entry_us", "concurrency_slowdown", "calibration_noise",
             "node_us")
-OPTIONAL = ("hip_queues", "ar_scope", "hardware", "multi_stream_graph_entry_us", "multi_stream_launch_gap_us",
+OPTIONAL = ("hip_queues", "hip_source", "ar_scope", "hardware", "multi_stream_graph_entry_us", "multi_stream_launch_gap_us",
             "default_sm_demand", "overlap_model_spread", "queue_wait_kernel_us", "op_overhead_us", "op_efficiency", "node_kernels",
             "node_source", "variant_source", "variant_node_us", "sm_source", "sm_demand", "pair_source",
             "pair_variant", "pair_measures", "reference")
@@ -127,6 +127,7 @@ def parse_profile(raw, path: str) -> DeviceProfile:
         ar_scope=r.choice("ar_scope", raw.get("ar_scope", "concurrent"), ("concurrent", "graph")),
         hardware=r.choice("hardware", raw.get("hardware", ""), ("", *HARDWARE)),
         hip_queues=r.count("hip_queues", raw.get("hip_queues", 4)),
+        hip_source=r.text("hip_source", raw.get("hip_source", "")),
         op_overhead_us={k: r.param(f"op_overhead_us.{k}", v, LATENCY)
                         for k, v in r.mapping("op_overhead_us", raw.get("op_overhead_us", {})).items()},
         op_efficiency={k: r.param(f"op_efficiency.{k}", v, (0.0, False, 1.0, "0 to 1 of the copy bandwidth"))
@@ -358,6 +359,7 @@ def dump_profile(profile: DeviceProfile) -> str:
     prov = profile.provenance
     doc = {
         "format": FORMAT, "name": profile.name, "streams": profile.streams, "hip_queues": profile.hip_queues,
+        **({"hip_source": profile.hip_source} if profile.hip_source else {}),
         "ar_scope": profile.ar_scope, "hardware": profile.hardware,
         "provenance": {"basis": prov.basis, "device": prov.device, "driver": prov.driver,
                        "versions": dict(prov.versions), "date": prov.date, "command": prov.command,
