@@ -210,6 +210,29 @@ def test_a_pairs_stage_estimate_grows_with_its_graphs():
     assert estimate_pairs_s(20, 2, replace(p, rounds=10), cross_stream=False) > many
 
 
+def test_the_time_left_is_the_estimates_ahead_scaled_by_how_the_finished_stages_compared(monkeypatch):
+    from streamlab.calibration import progress as module
+    clock = [100.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    with module.StageProgress(Console(file=out, width=200)) as p:  # not a terminal: plain lines
+        p.ahead([("serial a b4", 20.0), ("serial b b4", 10.0), ("pairs 1", 30.0)])
+        assert p.left_s() == 60.0
+        with p.stage("serial a b4", 20.0):
+            clock[0] += 5.0
+            assert p.left_s() == 55.0  # 15 s of this stage's estimate, then 40
+            clock[0] += 35.0  # it takes 40 s against 20: everything ahead takes twice its estimate
+            assert p.left_s() == 40.0  # past its estimate: only what is ahead
+        assert p.ratio == 2.0 and p.left_s() == 80.0
+        with p.stage("serial b b4", 10.0):
+            clock[0] += 4.0
+            assert p.left_s() == pytest.approx(2 * (10.0 - 4.0 / 2) + 2 * 30.0)
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("stage 1/3: serial a b4 (~20 s; ~60 s left)")
+    assert lines[1].endswith("serial a b4: done in 40.0 s")
+    assert lines[2].endswith("stage 2/3: serial b b4 (~20 s; ~80 s left)")
+
+
 # --- the work folder ----------------------------------------------------------------------------
 
 KEY = WorkKey(DEVICE, "sha256:0123456789abcdef", CalibrationShape("glm5", 8192, 8, 64, "fp8"), (4, 64), "triton")
