@@ -16,7 +16,8 @@
 #
 # Environment: BATCHES (4,64); NAME (the GPU's hardware entry: h200, h100, mi355x); PROFILE (the
 # profile `for` and `accuracy` start from; default $OUT/$NAME.yaml, written by `calibrate`: point it
-# at a committed one to run them in a later call); BUDGET_S (575): a stage whose estimate no longer
+# at a committed one to run them in a later call) and FOR_PROFILE (the one `accuracy` scores after
+# --for; default $OUT/$NAME-heldout.yaml, written by `for`); BUDGET_S (575): a stage whose estimate no longer
 # fits is skipped and the log says so (the device call ends at 600 s); the held-out compare is cut
 # (SIGINT) where it would overrun, keeping the runs it finished; RESUME=1 continues the calibrations
 # in $WORK (default /tmp/streamlab-gpu-check) instead of starting afresh.
@@ -49,7 +50,7 @@ from streamlab.models.hardware import HARDWARE
 name = torch.cuda.get_device_name(0).upper()
 print(next((h for h in sorted(HARDWARE, key=len, reverse=True) if h.upper() in name), 'gpu'))" 2>/dev/null || echo gpu)}
 PROFILE=${PROFILE:-$OUT/$NAME.yaml}
-FOR_PROFILE=$OUT/$NAME-heldout.yaml
+FOR_PROFILE=${FOR_PROFILE:-$OUT/$NAME-heldout.yaml}
 nb=$(tr ',' '\n' <<<"$BATCHES" | grep -c .)
 nl=$(wc -w <<<"$HELDOUT_LAYOUTS")
 log() { echo "$*" | tee -a "$OUT/log.txt"; }
@@ -109,7 +110,7 @@ for stage in "${stages[@]}"; do
     for)
       if [[ ! -f $PROFILE ]]; then log "=== for: SKIPPED, no profile $PROFILE (run calibrate first)"; continue; fi
       run_stage for python3 -m streamlab calibrate --measure --for bench/heldout/*.yaml --profile "$PROFILE" \
-        --out "$FOR_PROFILE" --work "$WORK/$NAME-heldout.calibration" $([[ ${RESUME:-0} == 1 ]] && echo --resume) ;;
+        --out "$OUT/$NAME-heldout.yaml" --work "$WORK/$NAME-heldout.calibration" $([[ ${RESUME:-0} == 1 ]] && echo --resume) ;;
     heldout)
       left=$((BUDGET_S - (SECONDS - start) - $(estimate accuracy) - 25))
       if ((left < 2 * 17)); then log "=== heldout: SKIPPED, $left s left"; continue; fi
