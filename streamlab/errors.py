@@ -9,6 +9,7 @@ EXIT_BAD_INPUT = 2
 EXIT_INCONCLUSIVE = 2  # `check`: the difference is inside the noise, or the sides are not comparable
 EXIT_ENVIRONMENT = 3
 EXIT_NOT_A_STEP = 4  # a trace of a graph capture or of warm-up: no step to measure (trace summary)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it): `calibrate --measure` says how to resume
 
 
 class Failure(Exception):

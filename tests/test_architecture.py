@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("streamlab.runs",),  # Timeline + timings -> RunResult
     ("streamlab.check",),
     ("streamlab.report",),  # rendering: rich, matplotlib, Markdown
-    ("streamlab.session", "streamlab.collective", "streamlab.search"),  # orchestration
+    ("streamlab.session", "streamlab.collective", "streamlab.search", "streamlab.calibration"),  # orchestration
     ("streamlab.cli", "streamlab.__main__", "streamlab.trace.cli"),  # trace.cli: the `streamlab trace` commands
 ]
 INDEPENDENT = ("streamlab.exec", "streamlab.sim", "streamlab.trace")
