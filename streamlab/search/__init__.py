@@ -1,0 +1,1 @@
+"""Search the layout space of a decode layer for the fastest stream layout."""
