@@ -20,10 +20,18 @@ from dataclasses import dataclass
 
 from streamlab.schedule.graph import capture, hip_streams
 from streamlab.schedule.program import Program
-from streamlab.search.key import LaneModel
 from streamlab.search.space import Space
 from streamlab.sim.engine import isolated_us
 from streamlab.sim.profile import Profile
+
+
+@dataclass(frozen=True)
+class LaneModel:
+    """How capture streams become lanes on the device: "cuda" (a lane per capture stream) or
+    "hip" (the queues of the depth-first rule, `schedule.graph.hip_streams`)."""
+
+    kind: str = "cuda"
+    queues: int = 4
 
 
 @dataclass(frozen=True)

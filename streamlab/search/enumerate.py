@@ -188,17 +188,23 @@ def _descendants(anc: tuple[int, ...]) -> list[int]:
     return desc
 
 
-def _dominated(streams: tuple[int, ...], anc: tuple[int, ...]) -> bool:
-    """P2: some stream other than main only ever runs beside its own nodes."""
+def closed_streams(streams: tuple[int, ...], anc: tuple[int, ...]) -> set[int]:
+    """Streams other than main whose nodes only ever run beside nodes of the same stream: on
+    main they keep the same happens-before and lose their fences (pruning rule P2)."""
     m = len(streams)
     everyone = (1 << m) - 1
     desc = _descendants(anc)
+    closed = set()
     for s in set(streams) - {0}:
         mine = sum(1 << j for j in range(m) if streams[j] == s)
         if all((everyone & ~anc[j] & ~desc[j] & ~(1 << j)) & ~mine == 0
                for j in range(m) if streams[j] == s):
-            return True
-    return False
+            closed.add(s)
+    return closed
+
+
+def _dominated(streams: tuple[int, ...], anc: tuple[int, ...]) -> bool:
+    return bool(closed_streams(streams, anc))
 
 
 def _tops(anc: tuple[int, ...], j: int) -> int:
@@ -259,8 +265,16 @@ def _topological(anc: tuple[int, ...], after: list[int]) -> tuple[int, ...] | No
 
 
 def place(space: Space, program: Program, limits: Limits) -> tuple[list[RegionLayout], list[str]]:
-    """Any program of the layer (a shipped scenario's) in the space's terms: its region layouts
-    (look them up by `key`), and what keeps it outside the space (nothing when it is inside)."""
+    """Any program of the layer (a shipped scenario's) in the space's terms: its region layouts,
+    and what keeps it outside the space (nothing when it is inside).
+
+    This is the equivalence the search deduplicates by: two programs are one layout when `place`
+    gives them the same region keys, i.e. when they capture the same graph: the same stream for
+    every node up to renaming the streams within each region, the same happens-before (edges
+    after transitive reduction), and, wherever one completion releases kernels on several
+    streams, the same order of dispatching them. Any other difference in dispatch order changes
+    nothing the captured graph records. (On HIP the queues follow from the captured graph by the
+    depth-first rule, `schedule.graph.hip_streams`, so they are a prediction, not part of the key.)"""
     g = capture(program, 1)
     index = {n: i for i, n in enumerate(space.names)}
     dispatched = [index[k[1]] for k in g.nodes]
@@ -276,7 +290,7 @@ def place(space: Space, program: Program, limits: Limits) -> tuple[list[RegionLa
     parts = []
     for r, nodes in enumerate(space.regions):
         names: dict[str, int] = {main: 0}
-        for v in sorted(nodes, key=rank.get):
+        for v in nodes:  # numbered by first use in reference order, as the walk numbers them
             names.setdefault(lane[v], len(names))
         streams = tuple(names[lane[v]] for v in nodes)
         if len(names) > limits.streams:

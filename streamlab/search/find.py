@@ -18,7 +18,7 @@ from pathlib import Path
 import streamlab
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Variant
-from streamlab.models import Shape
+from streamlab.models import MODELS, RankDims, Shape
 from streamlab.scenario import Scenario, ScenarioError, load
 from streamlab.search.bound import lower_bound
 from streamlab.search.enumerate import Limits, assemble, place, region_layouts
@@ -131,6 +131,11 @@ def check_request(req: Request) -> None:
         raise Failure(f"--budget {req.budget_s}: give seconds above 0", EXIT_BAD_INPUT)
     if not req.batches or min(req.batches) <= 0:
         raise Failure(f"--batch needs positive batch sizes, got {list(req.batches)}", EXIT_BAD_INPUT)
+    try:
+        RankDims(MODELS[req.model], req.shape)
+    except ValueError as e:
+        raise Failure(f"--model {req.model} at --tp {req.shape.tp}: {e}; pick a --tp that divides it",
+                      EXIT_BAD_INPUT) from None
 
 
 def variants(req: Request, profile: Profile, source: str) -> tuple[list[Variant], list[tuple[Variant, tuple[str, ...]]]]:

@@ -69,6 +69,10 @@ class Layout:
         parts = [f"{STREAM_NAMES[s]}: {_compact(space, names)}" for s, names in sorted(off.items())]
         if self.barriers:
             parts.append("barrier before " + ", ".join(space.names[p] for p in self.barriers))
+        # release orders other than the reference one show as kernels dispatched ahead of it
+        ahead = [f"{space.names[a]} before {space.names[b]}" for a, b in zip(self.order, self.order[1:]) if a > b]
+        if ahead:
+            parts.append("dispatch " + ", ".join(ahead))
         return "; ".join(parts)
 
 

@@ -32,12 +32,12 @@ from streamlab.schedule.program import Program
 from streamlab.search.bound import (
     Costs,
     LaneGraph,
+    LaneModel,
     RegionBound,
     captured_graph,
     lower_bound,
 )
 from streamlab.search.enumerate import Limits, RegionLayout, assemble, region_layouts
-from streamlab.search.key import LaneModel
 from streamlab.search.layout import Layout, build_program
 from streamlab.search.space import Space, partitions
 from streamlab.sim.engine import per_layer_us, simulate
@@ -82,7 +82,8 @@ class Tally:
     classes: int = 0  # equivalence classes in the space (product over regions); when not
     pruned: int = 0   # `complete`, only those the walk reached. pruned: dominated (P2)
     complete: bool = True  # every region's classes were listed (else walked with pruning)
-    distinct: int = 0  # classes the profile tells apart, over all region passes
+    considered: int = 0  # layouts bounded or simulated: one per class the profile tells apart,
+    # region by region (the others held), plus serial and the combinations of the regions' best
     simulated: int = 0
     bounded: int = 0  # not simulated: their bound is no better than the K-th best
     cut: int = 0  # subtrees of a pruned walk cut by their partial bound
@@ -331,7 +332,7 @@ class BatchSearch:
 
         def flush() -> None:
             scored.sort(key=lambda s: s[0])
-            self.tally.distinct += len(scored)
+            self.tally.considered += len(scored)
             self.on_total(len(scored))
             results.extend(self.walk(space, scored))
             scored.clear()
@@ -429,6 +430,7 @@ class BatchSearch:
                 predicted, _ = predict(space.layer, build_program(space, layout), self.profile, self.layers)
                 self.tally.engine_s += time.perf_counter() - t0
                 self.tally.simulated += 1
+                self.tally.considered += 1
                 bound = lower_bound(self.costs(space)[graph.multi_lane], graph, self.layers)
                 self.board.add(Candidate(layout, layout.describe(space), predicted, bound))
             out.append(self.board.seen[layout])

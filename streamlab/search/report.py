@@ -39,8 +39,8 @@ def print_result(console: Console, result: SearchResult) -> None:
         best = o.best_shipped()
         t = o.tally
         console.print(f"space: {o.programs:.2e} programs on <= {req.limits.streams} streams; searched "
-                      + (f"{t.classes:,} equivalence classes ({t.pruned:,} dominated, P2), {t.distinct:,} distinct to "
-                         f"the profile" if t.complete else
+                      + (f"{t.classes:,} equivalence classes ({t.pruned:,} dominated, P2), {t.considered:,} "
+                         f"considered (one per class the profile tells apart, region by region)" if t.complete else
                          f"{t.classes:,} classes reached ({t.cut:,} subtrees cut by their bound)")
                       + f"; {t.simulated:,} simulated, {t.bounded:,} left out by their bound"
                       + (f", {t.unvisited:,} left when the --budget ran out" if t.unvisited else ""), markup=False)

@@ -145,7 +145,7 @@ def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, comma
     best = outcome.best_shipped()
     if best is not None:
         versus.append(f"best shipped {best.name} {best.predicted.us:.1f} us ({us - best.predicted.us:+.1f})")
-    space = (f"{t.classes:,} equivalence classes ({t.pruned:,} dominated), {t.distinct:,} distinct to the profile"
+    space = (f"{t.classes:,} equivalence classes ({t.pruned:,} dominated), {t.considered:,} considered"
              if t.complete else f"{t.classes:,} classes reached by a walk that cut {t.cut:,} subtrees by their bound")
     sources = [f"node latencies: {p.node_source or 'roofline fit'}",
                f"pairs measured together: {len(p.pair_excess) or 'none'}"
