@@ -142,3 +142,29 @@ def test_a_layer_where_nothing_can_overlap():
     with pytest.raises(Failure, match="no room for overlap: no two nodes of the layer can run at the same time") as e:
         room_for_overlap(Request(model="tiny"), spaces)
     assert e.value.code == EXIT_BAD_INPUT
+
+
+def test_a_budget_stops_the_search_and_reports_its_gap():
+    r = find(Request(model="tiny", shape=Shape(tp=1), profile="h100", limits=Limits(2, 4, 0), top=3, workers=1,
+                     budget_s=0.01))
+    (o,) = r.batches
+    t = o.tally
+    assert t.stopped and t.unvisited > 0 and t.simulated + t.bounded + t.unvisited == t.considered
+    best = o.best.candidate
+    assert t.floor <= best.predicted.us and o.gap_us == best.predicted.us - t.floor
+    assert all(c.bound >= t.floor for c in (r_.candidate for r_ in o.top))
+
+
+def test_three_streams_walk_with_a_partial_bound_from_the_two_stream_best():
+    two = find(Request(model="tiny", shape=Shape(tp=1), profile="h200", limits=Limits(2, 4, 0), top=2, workers=2,
+                       variant=Variant()))
+    three = find(Request(model="tiny", shape=Shape(tp=1), profile="h200", limits=Limits(3, 5, 0), top=2, workers=2,
+                         variant=Variant(), budget_s=60))
+    (o2,), (o3,) = two.batches, three.batches
+    t = o3.tally
+    assert not t.complete and t.classes > 0 and t.cut > 0
+    assert o3.best.candidate.predicted.us <= o2.best.candidate.predicted.us  # the 2-stream space is inside
+    if t.stopped:  # the walk ran out of time: only the bound of every layout holds for the rest
+        assert t.floor <= o3.best.candidate.predicted.us
+    else:  # every subtree it did not walk was cut by its bound: the top is exact
+        assert o3.gap_us == 0.0 and t.floor >= o3.top[-1].candidate.predicted.us

@@ -89,7 +89,7 @@ class Tally:
     cut: int = 0  # subtrees of a pruned walk cut by their partial bound
     unvisited: int = 0  # listed but not simulated: the time budget ran out first
     stopped: bool = False  # the time budget ran out
-    floor: float = float("inf")  # no layout the search did not simulate can predict below this
+    floor: float = float("inf")  # no layout the search did not simulate predicts below this
     enumerate_s: float = 0.0
     bound_s: float = 0.0
     engine_s: float = 0.0  # inside the simulator, summed over workers
@@ -149,7 +149,14 @@ _WORKER: dict = {}
 
 
 def _init_worker(model: str, shape: Shape, profile: str, layers: int) -> None:
-    _WORKER.update(model=model, shape=shape, profile=load_profile(profile), layers=layers, spaces={})
+    _WORKER.update(model=model, shape=shape, profile=load_profile(profile), layers=layers, spaces={}, costs={})
+
+
+def _worker_costs(space: Space, variant: Variant, batch: int, multi_lane: bool) -> Costs:
+    key = (variant, batch, multi_lane)
+    if key not in _WORKER["costs"]:
+        _WORKER["costs"][key] = Costs.of(space, _WORKER["profile"], multi_lane=multi_lane)
+    return _WORKER["costs"][key]
 
 
 def _worker_space(variant: Variant, batch: int) -> Space:
@@ -172,7 +179,7 @@ def _simulate_chunk(batch: int, chunk: list[tuple[Layout, float]]) -> list[tuple
         exact = None
         if lanes.kind == "hip":
             graph = captured_graph(space, program, lanes, layers)
-            exact = lower_bound(Costs.of(space, profile, multi_lane=graph.multi_lane), graph)
+            exact = lower_bound(_worker_costs(space, layout.variant, batch, graph.multi_lane), graph)
             if exact >= threshold:
                 out.append((None, exact, 0.0))
                 continue
@@ -289,6 +296,8 @@ class BatchSearch:
             self.best_parts[vs.variant] = parts
             if len(vs.regions) > 1:
                 self.combine(space, vs)
+        # everything left out had a bound at or above the K-th best when it was left out
+        self.tally.floor = min(self.tally.floor, self.board.threshold())
         self.tally.wall_s = time.perf_counter() - t0
         return self.board.ranked()
 
@@ -355,7 +364,6 @@ class BatchSearch:
                     return True
                 return False
 
-            self.tally.floor = min(self.tally.floor, self.universal_bound(space))
             for rl in region_layouts(space, r, limits, prune=prune):
                 self.tally.classes += 1
                 self.tally.pruned += rl.dominated
@@ -366,6 +374,8 @@ class BatchSearch:
                     self.tally.stopped = True
                     break
             flush()
+            if self.tally.stopped:  # subtrees never walked: only the bound of every layout holds
+                self.tally.floor = min(self.tally.floor, self.universal_bound(space))
         results.sort(key=lambda rc: rc[1].predicted.us)
         return results
 
@@ -391,7 +401,7 @@ class BatchSearch:
                 if scored[i][0] >= threshold:
                     stop = "bound"
                     break
-                chunk = scored[i:i + CHUNK]
+                chunk = scored[i:i + (CHUNK if self.lanes.kind == "cuda" else 4 * CHUNK)]
                 pending[self.sim.submit(self.shape.batch, [(layout, threshold) for _, _, layout in chunk])] = chunk
                 i += len(chunk)
             if not pending:
