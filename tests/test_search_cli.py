@@ -102,6 +102,16 @@ def test_the_report_compares_winner_best_shipped_and_serial(tmp_path):
     report = (tmp_path / "report-tiny-h100-b4" / "report.md").read_text()
     assert "found_tiny_b4_s2_h100" in report and "| serial |" in report
     assert (tmp_path / "report-tiny-h100-b4" / "timeline-b4.png").exists()
+    # and the gate takes the found layout like any shipped one
+    serial = yaml.safe_load(open("scenarios/serial.yaml"))
+    serial.update(model="tiny", shape={**serial["shape"], "tp": 1})
+    (tmp_path / "serial-tiny.yaml").write_text(yaml.safe_dump(serial))
+    gate = runner.invoke(app, ["check", "--baseline", str(tmp_path / "serial-tiny.yaml"), "--candidate",
+                               str(tmp_path / "tiny-b4-s2-h100.yaml"), "--device", "cpu", "--profile", "h100",
+                               "--json", "--out", str(tmp_path / "check")])
+    verdict = json.loads(gate.stdout)
+    assert verdict["candidate"] == "found_tiny_b4_s2_h100" and gate.exit_code == verdict["exit_code"]
+    assert verdict["batches"][0]["candidate_us"] <= verdict["batches"][0]["baseline_us"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -163,15 +163,20 @@ class RegionBound:
             self.tail[j] = max((costs.work[self.nodes[k]] + self.tail[k] for k in kids), default=0.0)
         self.end = [0.0] * m
 
-    def __call__(self, j: int, streams: list[int], parents: list[tuple[int, ...]]) -> float:
-        """The bound once positions 0..j are set (call in order: ends of 0..j-1 are kept)."""
+    def __call__(self, j: int, streams: list[int], parents: list[int]) -> float:
+        """The bound once positions 0..j are set (call in order: ends of 0..j-1 are kept);
+        `parents[j]`: position j's reduced parents as a bitmask."""
         c, s = self.costs, streams[j]
         lane = next((k for k in range(j - 1, -1, -1) if streams[k] == s), None)
         t = self.entry_end + (c.gap if s == 0 else c.fence)
         if lane is not None:
             t = max(t, self.end[lane] + c.gap)
-        for p in parents[j]:
-            t = max(t, self.end[p] + (c.fence if streams[p] != s else 0.0))
+        mask, p = parents[j], 0
+        while mask:
+            if mask & 1:
+                t = max(t, self.end[p] + (c.fence if streams[p] != s else 0.0))
+            mask >>= 1
+            p += 1
         self.end[j] = t + c.work[self.nodes[j]]
         closes = max(self.end[k] + self.tail[k] for k in range(j + 1))
         return (c.entry + self.layers * (closes + self.after)) / self.layers

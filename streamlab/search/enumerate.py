@@ -106,7 +106,8 @@ def region_layouts(space: Space, region: int, limits: Limits,
                    prune: Prune | None = None) -> Iterator[RegionLayout]:
     """Every class of the region within `limits`, lazily, depth first (the all-main one first).
     `prune(j, streams, parents)`, called once position j has its stream (positions up to j set:
-    their streams and reduced parents), cuts the subtree when it returns True."""
+    their streams and reduced parents, each a bitmask of positions), cuts the subtree when it
+    returns True."""
     nodes = space.regions[region]
     local = {v: j for j, v in enumerate(nodes)}
     parents = [tuple(local[p] for p in space.parents[v] if p in local) for v in nodes]
@@ -119,25 +120,25 @@ def region_layouts(space: Space, region: int, limits: Limits,
             yield RegionLayout(region, nodes, streams, order, cuts, anc, reduced, releases, waits, dominated)
 
 
-Prune = Callable[[int, list[int], list[tuple[int, ...]]], bool]
+Prune = Callable[[int, list[int], list[int]], bool]  # (position, streams, reduced parents as bitmasks)
 
 
 def _assignments(parents: list[tuple[int, ...]], limits: Limits, prune: Prune | None):
-    """(streams, ancestors, reduced parents, barriers, waits) per distinct happens-before."""
+    """(streams, ancestors, reduced parents, barriers, waits) per distinct happens-before.
+
+    Sets of positions are bitmasks: a node's candidate parents (its data parents, its stream's
+    last node, the nodes a barrier closes), their closure (ancestors), and the reduced parents:
+    the candidates no other candidate has as an ancestor."""
     m, S, W, K = len(parents), limits.streams, limits.max_waits, limits.max_barriers
+    pmask = [sum(1 << p for p in ps) for ps in parents]
     streams = [0] * m
     anc = [0] * m
-    red: list[tuple[int, ...]] = [()] * m
+    red = [0] * m  # reduced parents, as a bitmask
+    on = [0] * S  # positions on each stream
     last: list[int | None] = [None] * S
     seen: set[tuple] = set()
 
-    def maxima(j: int) -> list[int]:
-        covered = 0
-        for k in range(j):
-            covered |= anc[k]
-        return [k for k in range(j) if not covered >> k & 1]
-
-    def walk(j: int, used: int, waits: int, cuts: tuple[int, ...], cutmask: int, tops: list[int]):
+    def walk(j: int, used: int, waits: int, cuts: tuple[int, ...], cutmask: int, tops: int):
         if j == m:
             below = 0
             for a in anc:
@@ -146,34 +147,40 @@ def _assignments(parents: list[tuple[int, ...]], limits: Limits, prune: Prune | 
             key = (tuple(streams), tuple(anc))
             if waits <= W and key not in seen:
                 seen.add(key)
-                yield key[0], key[1], tuple(red), cuts, waits
+                yield key[0], key[1], tuple(tuple(_bits(r)) for r in red), cuts, waits
             return
         options = [(cuts, cutmask, tops)]
         if j and len(cuts) < K:
-            options.append((cuts + (j,), (1 << j) - 1, maxima(j)))
+            covered = 0
+            for k in range(j):
+                covered |= anc[k]
+            options.append((cuts + (j,), (1 << j) - 1, ((1 << j) - 1) & ~covered))
         for cuts_, cutmask_, tops_ in options:
+            base = pmask[j] | (tops_ if cutmask_ else 0)
             for s in range(min(S, used + 2)):
                 lane = last[s]
-                cands = set(parents[j])
-                if lane is not None:
-                    cands.add(lane)
-                if cutmask_:
-                    cands.update(tops_)
-                a, covered = cutmask_, 0
-                for c in cands:
-                    a |= (1 << c) | anc[c]
-                    covered |= anc[c]
-                reduced = tuple(sorted(c for c in cands if not covered >> c & 1))
-                added = sum(1 for c in reduced if streams[c] != s) + (1 if s and not reduced else 0)
+                cands = base | (1 << lane) if lane is not None else base
+                a, covered, rest = cutmask_ | cands, 0, cands
+                k = 0
+                while rest:
+                    if rest & 1:
+                        a |= anc[k]
+                        covered |= anc[k]
+                    rest >>= 1
+                    k += 1
+                reduced = cands & ~covered
+                added = (reduced & ~on[s]).bit_count() + (1 if s and not reduced else 0)
                 if waits + added > W:
                     continue
                 streams[j], anc[j], red[j], last[s] = s, a, reduced, j
+                on[s] |= 1 << j
                 if prune is None or not prune(j, streams, red):
                     yield from walk(j + 1, max(used, s), waits + added, cuts_, cutmask_, tops_)
+                on[s] &= ~(1 << j)
                 last[s] = lane
-        streams[j], anc[j], red[j] = 0, 0, ()
+        streams[j], anc[j], red[j] = 0, 0, 0
 
-    yield from walk(0, 0, 0, (), 0, [])
+    yield from walk(0, 0, 0, (), 0, 0)
 
 
 def _descendants(anc: tuple[int, ...]) -> list[int]:

@@ -43,8 +43,8 @@ class Explanation:
 
     def line(self) -> str:
         """One line: what overlaps, what it costs, what stalls change."""
-        parts = [f"{o.a} || {o.b} {o.us:.1f}" for o in self.overlaps[:2]] or ["no overlap"]
-        text = f"overlaps {', '.join(parts)} us ({self.overlap_us:.1f} in all)"
+        parts = [f"{o.a} || {o.b} {o.us:.1f}" for o in self.overlaps[:2]]
+        text = f"overlaps {', '.join(parts)} us ({self.overlap_us:.1f} in all)" if parts else "no overlap"
         if self.slowed:
             s = self.slowed[0]
             text += f"; {s.node} {s.serial_us:.1f} -> {s.us:.1f} us"

@@ -20,7 +20,7 @@ from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Variant
 from streamlab.models import MODELS, RankDims, Shape
 from streamlab.scenario import Scenario, ScenarioError, load
-from streamlab.search.bound import lower_bound
+from streamlab.search.bound import Costs, captured_graph, lower_bound
 from streamlab.search.enumerate import Limits, assemble, place, region_layouts
 from streamlab.search.explain import Explanation, explain
 from streamlab.search.layout import Layout, build_program
@@ -281,15 +281,17 @@ def _place_shipped(req: Request, profile: Profile, search: BatchSearch, spaces: 
                               f"exact waits and {vs.limits.max_barriers} barrier(s) per region can", one,
                               explanation=explanation))
             continue
-        layout, graph = assemble(space, found)
+        layout, _ = assemble(space, found)
         rank = position.get(layout)
-        bound = lower_bound(search.costs(space)[graph.multi_lane], graph, req.layers)
+        exact = captured_graph(space, build_program(space, layout), search.lanes, req.layers)
+        bound = lower_bound(Costs.of(space, profile, multi_lane=exact.multi_lane), exact)
         threshold = search.board.threshold()
         where = (f"candidate {rank}" if rank else
                  f"in the space, left out by its bound {bound:.1f} us >= the {req.top}th best {threshold:.1f} us"
                  if bound >= threshold else
                  "in the space, not simulated as such: it combines region layouts that were each beaten "
-                 "in their own region")
+                 "in their own region" if len(found) > 1 else
+                 "in the space, not simulated: the --budget ran out first")
         out.append(Placed(scen.name, str(path), predicted, where, one, rank, explanation))
     return out
 

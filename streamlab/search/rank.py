@@ -357,7 +357,7 @@ class BatchSearch:
             trial[r] = next(region_layouts(space, r, limits, prune=lambda j, streams, _: streams[j] != 0))
             bound = RegionBound(space, r, costs[True], assemble(space, trial)[1], self.layers)
 
-            def prune(j: int, streams: list[int], parents: list[tuple[int, ...]]) -> bool:
+            def prune(j: int, streams: list[int], parents: list[int]) -> bool:
                 value = bound(j, streams, parents)
                 if any(streams[:j + 1]) and value >= self.board.threshold():
                     self.tally.cut += 1

@@ -3,6 +3,7 @@ winner beside the best shipped layout and serial (the same tables and plots as `
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def to_json(result: SearchResult, written: list[Path]) -> dict:
         "variants": [asdict(v) for v in result.variants],
         "skipped": [{"variant": asdict(v), "missing": list(m)} for v, m in result.skipped],
         "batches": [{
-            "batch": o.batch, "programs": o.programs, "tally": asdict(o.tally), "gap_us": o.gap_us,
+            "batch": o.batch, "programs": o.programs, "gap_us": o.gap_us,
+            "tally": {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in asdict(o.tally).items()},
             "top": [ranked_json(r, names[r.candidate.layout.variant]) for r in o.top],
             "serial": ranked_json(o.serial, names[o.serial.candidate.layout.variant]),
             "shipped": [_placed_json(s) for s in o.shipped]} for o in result.batches],
