@@ -22,6 +22,7 @@ from streamlab.search.enumerate import (
 )
 from streamlab.search.explain import explain
 from streamlab.search.layout import Layout, build_program
+from streamlab.search.rank import prediction_key
 from streamlab.search.space import Space, partitions
 from streamlab.sim.engine import per_layer_us, simulate
 from streamlab.sim.profile import load_profile
@@ -197,6 +198,23 @@ def test_a_dominated_layout_never_beats_its_streams_moved_to_main(glm5_region_a,
         image = Layout(layout.variant, streams, layout.order, layout.barriers)
         a, b = (per_layer_us(simulate(space.layer, build_program(space, x), prof, 4), 4) for x in (layout, image))
         assert a >= b - 1e-9
+
+
+def test_classes_the_profile_cannot_tell_apart_predict_the_same(glm5_region_a):
+    """On CUDA lanes only the release orders of measured pairs reach the simulator."""
+    space, classes = glm5_region_a
+    prof = load_profile("h100")
+    pairs = frozenset(tuple(k.split("|", 1)) for k in prof.pair_excess)
+    groups: dict[tuple, list] = {}
+    for rl in classes:
+        groups.setdefault(prediction_key(rl, space, pairs, LaneModel()), []).append(rl)
+    shared = [g for g in groups.values() if len(g) > 1]
+    assert len(groups) < len(classes) and shared
+    rng = random.Random(3)
+    for group in rng.sample(shared, 15):
+        a, b = (per_layer_us(simulate(space.layer, build_program(space, assemble(space, [rl])[0]), prof, 4), 4)
+                for rl in rng.sample(group, 2))
+        assert a == b
 
 
 def test_explanation_numbers_on_a_small_case():

@@ -60,7 +60,7 @@ def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(M
            layers: int = typer.Option(4, help="layers per simulated graph (a scenario's measure.layers)"),
            budget: float | None = typer.Option(None, help="seconds per batch before the search stops and "
                                                              "reports its gap to the bound"),
-           workers: int | None = typer.Option(None, help="processes simulating (default: up to 2 cores)"),
+           workers: int | None = typer.Option(None, help="processes simulating (default: the cores available, up to 8)"),
            out: Path = typer.Option(FOUND, help="folder for the winners' scenario files and the report"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object (candidates, layouts, "
                                                               "predictions, explanations) on stdout"),

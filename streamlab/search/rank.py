@@ -302,13 +302,7 @@ class BatchSearch:
         return self.board.ranked()
 
     def prediction_key(self, rl: RegionLayout, space: Space) -> tuple:
-        """What the profile can tell apart: on CUDA lanes, the release orders of measured pairs only."""
-        if self.lanes.kind == "hip":
-            return rl.key
-        names = space.names
-        measured = tuple(g for g in rl.releases if any((names[rl.nodes[a]], names[rl.nodes[b]]) in self.pairs
-                                                       for a in g for b in g if a != b))
-        return (rl.streams, rl.ancestors, measured)
+        return prediction_key(rl, space, self.pairs, self.lanes)
 
     def costs(self, space: Space) -> dict[bool, Costs]:
         costs = {m: Costs.of(space, self.profile, multi_lane=m) for m in (False, True)}
@@ -464,10 +458,22 @@ class BatchSearch:
                 self.tally.combine_error_us = max(self.tally.combine_error_us, abs(added - c.predicted.us))
 
 
+def prediction_key(rl: RegionLayout, space: Space, pairs: frozenset[tuple[str, str]], lanes: LaneModel) -> tuple:
+    """What the profile can tell apart: on CUDA lanes the dispatch order of kernels released
+    together matters to the simulator only for pairs it measured (`pairs`), so the other release
+    orders drop out; on HIP every release order may pick other queues."""
+    if lanes.kind == "hip":
+        return rl.key
+    names = space.names
+    measured = tuple(g for g in rl.releases if any((names[rl.nodes[a]], names[rl.nodes[b]]) in pairs
+                                                   for a in g for b in g if a != b))
+    return (rl.streams, rl.ancestors, measured)
+
+
 def profile_covers(profile: Profile, layer: Layer) -> list[str]:
     """The layer's nodes the profile has no measured latency for."""
     return [n.name for n in layer.nodes if profile.latency_table(n.name, layer.variant) is None]
 
 
 def default_workers() -> int:
-    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
