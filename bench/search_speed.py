@@ -26,7 +26,8 @@ from streamlab.models import Shape
 from streamlab.search.enumerate import Limits, assemble
 from streamlab.search.find import Request, find
 from streamlab.search.layout import build_program
-from streamlab.search.rank import _LISTED, layer_at, predict
+from streamlab.search.predict import layer_at, predict
+from streamlab.search.rank import _LISTED
 from streamlab.search.space import Space
 
 ROOT = Path(__file__).resolve().parents[1]

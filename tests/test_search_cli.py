@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import pytest
 import yaml
@@ -103,7 +104,7 @@ def test_the_report_compares_winner_best_shipped_and_serial(tmp_path):
     assert "found_tiny_b4_s2_h100" in report and "| serial |" in report
     assert (tmp_path / "report-tiny-h100-b4" / "timeline-b4.png").exists()
     # and the gate takes the found layout like any shipped one
-    serial = yaml.safe_load(open("scenarios/serial.yaml"))
+    serial = yaml.safe_load(Path("scenarios/serial.yaml").read_text())
     serial.update(model="tiny", shape={**serial["shape"], "tp": 1})
     (tmp_path / "serial-tiny.yaml").write_text(yaml.safe_dump(serial))
     gate = runner.invoke(app, ["check", "--baseline", str(tmp_path / "serial-tiny.yaml"), "--candidate",

@@ -36,7 +36,7 @@ from streamlab.search.bound import lower_bound
 from streamlab.search.enumerate import Limits, RegionLayout, place, region_layouts
 from streamlab.search.find import Request, SearchResult, find
 from streamlab.search.layout import Layout, build_program
-from streamlab.search.rank import Predicted, predict
+from streamlab.search.predict import Predicted, predict
 from streamlab.search.space import Space
 from streamlab.search.write import Found, top_scenarios
 

@@ -76,7 +76,7 @@ def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(M
     can run at once) and a profile that lacks measured latencies for the model's nodes."""
     from streamlab.search.enumerate import Limits
     from streamlab.search.find import SHIPPED, Request, find
-    from streamlab.search.rank import default_workers
+    from streamlab.search.predict import default_workers
     from streamlab.search.report import print_result, write_report
     from streamlab.search.write import write_winners
 

@@ -29,7 +29,7 @@ from streamlab.schedule.graph import capture
 from streamlab.schedule.program import Program
 from streamlab.search.bound import LaneGraph
 from streamlab.search.layout import Layout
-from streamlab.search.space import MAX_STREAMS, Space
+from streamlab.search.space import MAX_STREAMS, Space, bits
 
 ENTRY = -1  # the sequential node before a region (or the layer's start): it releases the heads
 
@@ -147,7 +147,7 @@ def _assignments(parents: list[tuple[int, ...]], limits: Limits, prune: Prune | 
             key = (tuple(streams), tuple(anc))
             if waits <= W and key not in seen:
                 seen.add(key)
-                yield key[0], key[1], tuple(tuple(_bits(r)) for r in red), cuts, waits
+                yield key[0], key[1], tuple(tuple(bits(r)) for r in red), cuts, waits
             return
         options = [(cuts, cutmask, tops)]
         if j and len(cuts) < K:
@@ -217,18 +217,9 @@ def _dominated(streams: tuple[int, ...], anc: tuple[int, ...]) -> bool:
 def _tops(anc: tuple[int, ...], j: int) -> int:
     """The reduced parents of position j: its ancestors that are nobody else's ancestor there."""
     covered = 0
-    for k in _bits(anc[j]):
+    for k in bits(anc[j]):
         covered |= anc[k]
     return anc[j] & ~covered
-
-
-def _bits(mask: int) -> Iterator[int]:
-    k = 0
-    while mask:
-        if mask & 1:
-            yield k
-        mask >>= 1
-        k += 1
 
 
 def _groups(reduced: tuple[tuple[int, ...], ...]) -> list[tuple[int, ...]]:
@@ -307,7 +298,7 @@ def place(space: Space, program: Program, limits: Limits) -> tuple[list[RegionLa
             mine = sorted((j for j in range(len(nodes)) if streams[j] == s), key=lambda j: rank[nodes[j]])
             if mine != sorted(mine):
                 problems.append(f"stream {s} of region {r} does not run its nodes in reference order (R1)")
-        reduced = tuple(tuple(_bits(_tops(local, j))) for j in range(len(nodes)))
+        reduced = tuple(tuple(bits(_tops(local, j))) for j in range(len(nodes)))
         order = tuple(sorted(range(len(nodes)), key=lambda j: rank[nodes[j]]))
         pos = {p: i for i, p in enumerate(order)}
         releases = tuple(sorted(tuple(sorted(c, key=pos.get)) for c in _groups(reduced)))

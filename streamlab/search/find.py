@@ -24,16 +24,18 @@ from streamlab.search.bound import Costs, captured_graph, lower_bound
 from streamlab.search.enumerate import Limits, assemble, place, region_layouts
 from streamlab.search.explain import Explanation, explain
 from streamlab.search.layout import Layout, build_program
-from streamlab.search.rank import (
-    BatchSearch,
-    Candidate,
+from streamlab.search.predict import (
     Predicted,
     Simulator,
-    Tally,
-    VariantSpace,
     default_workers,
     layer_at,
     predict,
+)
+from streamlab.search.rank import (
+    BatchSearch,
+    Candidate,
+    Tally,
+    VariantSpace,
     profile_covers,
 )
 from streamlab.search.space import MAX_STREAMS, Space

@@ -106,14 +106,13 @@ def build_program(space: Space, layout: Layout) -> Program:
     pre: dict[int, list[Op]] = {v: [] for v in range(n)}
     post: dict[int, list[Op]] = {v: [] for v in range(n)}
     recorded: set[int] = set()
-    cuts = {p: space.region_of(p) for p in layout.barriers}
-    left = [0] * count  # launches still to come on each stream, per region
-    region_left: dict[tuple[int | None, int], int] = {}
+    region_of = {v: r for r, nodes in enumerate(space.regions) for v in nodes}
+    cuts = {p: region_of[p] for p in layout.barriers}
+    rank = {v: i for i, v in enumerate(layout.order)}
+    left: dict[tuple[int | None, int], int] = {}  # launches still to come per (region, stream)
     for v in range(n):
-        key = (space.region_of(v), streams[v])
-        region_left[key] = region_left.get(key, 0) + 1
-    for v in layout.order:
-        left[streams[v]] += 1
+        key = (region_of.get(v), streams[v])
+        left[key] = left.get(key, 0) + 1
 
     def absorb(w: int, clock: list[int]) -> None:
         seen[w] = [max(a, b) for a, b in zip(seen[w], clock)]
@@ -124,7 +123,7 @@ def build_program(space: Space, layout: Layout) -> Program:
     for v in layout.order:
         w = streams[v]
         ops = pre[v]
-        region = space.region_of(v)
+        region = region_of.get(v)
         for p, r in cuts.items():
             if r == region and v >= p and p not in passed:
                 passed.add(p)
@@ -133,7 +132,7 @@ def build_program(space: Space, layout: Layout) -> Program:
                         ops.append(WaitStream(MAIN, STREAM_NAMES[t], 0, "join"))
                         absorb(0, seen[t])
                 for t in range(1, count):
-                    if region_left.get((region, t), 0):
+                    if left.get((region, t), 0):
                         ops.append(WaitStream(STREAM_NAMES[t], MAIN, 0, "fork"))
                         absorb(t, seen[0])
         need: dict[int, int] = {}
@@ -142,7 +141,7 @@ def build_program(space: Space, layout: Layout) -> Program:
             if t != w:
                 need[t] = max(need.get(t, 0), pos[p])
         # wait on the latest producer first: its clock may already cover the others
-        for t in sorted(need, key=lambda t: -layout.order.index(chain[t][need[t] - 1])):
+        for t in sorted(need, key=lambda t: -rank[chain[t][need[t] - 1]]):
             if seen[w][t] >= need[t]:
                 continue
             u = chain[t][need[t] - 1]
@@ -164,8 +163,7 @@ def build_program(space: Space, layout: Layout) -> Program:
         seen[w][w] = pos[v]
         after_launch[v] = list(seen[w])
         last_launch[w] = v
-        left[w] -= 1
-        region_left[(region, w)] -= 1
+        left[(region, w)] -= 1
     ops_out: list[Op] = []
     for v in layout.order:
         ops_out += pre[v]

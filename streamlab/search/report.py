@@ -145,7 +145,7 @@ def to_json(result: SearchResult, written: list[Path]) -> dict:
 
 
 def vs_names(result: SearchResult, v: Variant) -> tuple[str, ...]:
-    from streamlab.search.rank import layer_at
+    from streamlab.search.predict import layer_at
     return tuple(layer_at(result.request.model, result.request.shape, v).names)
 
 

@@ -16,6 +16,7 @@ node in the layer's reference order), never from a list of known layouts:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -55,7 +56,7 @@ class Space:
     def descendants(self) -> tuple[int, ...]:
         out = [0] * self.size
         for i in range(self.size):
-            for j in _bits(self.ancestors[i]):
+            for j in bits(self.ancestors[i]):
                 out[j] |= 1 << i
         return tuple(out)
 
@@ -81,10 +82,6 @@ class Space:
             out.append(tuple(run))
         return tuple(out)
 
-    def independent(self, a: int, b: int) -> bool:
-        """Could a and b ever run at the same time (neither depends on the other)?"""
-        return a != b and not (self.ancestors[a] >> b & 1) and not (self.ancestors[b] >> a & 1)
-
     def programs(self, streams: int) -> int:
         """Every way to write the layer as a program of at most `streams` streams with exact
         waits: stream assignments up to renaming the streams (set partitions of the nodes into
@@ -102,14 +99,9 @@ class Space:
             count = step
         return sum(count.values())
 
-    def region_of(self, i: int) -> int | None:
-        for r, nodes in enumerate(self.regions):
-            if i in nodes:
-                return r
-        return None
 
-
-def _bits(mask: int):
+def bits(mask: int) -> Iterator[int]:
+    """The positions set in a bitmask, ascending."""
     i = 0
     while mask:
         if mask & 1:

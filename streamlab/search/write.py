@@ -19,7 +19,7 @@ from streamlab.schedule.program import Launch, Program, Record, WaitEvent, WaitS
 from streamlab.search.explain import Overlap
 from streamlab.search.find import BatchOutcome, Ranked, SearchResult
 from streamlab.search.layout import build_program
-from streamlab.search.rank import Predicted, layer_at
+from streamlab.search.predict import Predicted, layer_at
 from streamlab.search.space import Space
 
 PAD = 34  # column of the step comments
