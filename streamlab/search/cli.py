@@ -106,13 +106,12 @@ def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(M
     written = write_winners(result, out, command=command)
     if report:
         written += write_report(result, written, out, console)
+    print_result(console, result)  # on stderr under --json, so stdout is the JSON object alone
+    for path in written:
+        console.print(f"wrote {path}")
     if as_json:
         from streamlab.search.report import to_json
         print(json.dumps(to_json(result, written), indent=1))
-    else:
-        print_result(console, result)
-        for path in written:
-            console.print(f"wrote {path}")
 
 
 class _progress:
