@@ -26,7 +26,7 @@ from streamlab.models import Shape
 from streamlab.search.enumerate import Limits, assemble
 from streamlab.search.find import Request, find
 from streamlab.search.layout import build_program
-from streamlab.search.predict import layer_at, predict
+from streamlab.search.predict import layer_at, rank_us
 from streamlab.search.rank import _LISTED
 from streamlab.search.space import Space
 
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def engine_rate(result, profile_name: str, layers: int, count: int) -> dict:
     """Simulate `count` enumerated layouts of the first variant in this process: ms per layout."""
-    from streamlab.sim.profile import load_profile
+    from streamlab.sim import load_profile
 
     profile = load_profile(profile_name)
     req = result.request
@@ -53,7 +53,7 @@ def engine_rate(result, profile_name: str, layers: int, count: int) -> dict:
     for n_layers in sorted({layers, 1}):
         t0 = time.process_time()
         for program in programs:
-            predict(space.layer, program, profile, n_layers)
+            rank_us(space.layer, program, profile, n_layers)
         cpu = time.process_time() - t0
         out[f"layers_{n_layers}"] = {"layouts": len(programs), "cpu_s": cpu, "ms_per_layout": 1e3 * cpu / len(programs),
                                      "per_core_per_s": len(programs) / cpu}

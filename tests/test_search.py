@@ -24,8 +24,8 @@ from streamlab.search.explain import explain
 from streamlab.search.layout import Layout, build_program
 from streamlab.search.rank import prediction_key
 from streamlab.search.space import Space, partitions
+from streamlab.sim import load_profile
 from streamlab.sim.engine import per_layer_us, simulate
-from streamlab.sim.profile import load_profile
 from streamlab.timeline import Interval, Source, Timeline
 
 PROFILES = ("h100", "h200", "mi355x")
@@ -171,18 +171,18 @@ def test_a_layout_off_the_rules_is_said_to_be_outside(glm5):
 def test_the_bound_is_below_every_simulation_and_equal_for_serial(glm5, glm5_region_a, profile):
     space, classes = glm5_region_a
     prof = load_profile(profile)
-    lanes = LaneModel("hip" if prof.streams == "hip" else "cuda", prof.hip_queues)
     for rl in [classes[0]] + random.Random(1).sample(classes, 25):
         layout, graph = assemble(space, [rl])
         program = build_program(space, layout)
         simulated = per_layer_us(simulate(space.layer, program, prof, 4), 4)
-        exact = captured_graph(space, program, lanes, 4)
-        bound = lower_bound(Costs.of(space, prof, multi_lane=exact.multi_lane), exact)
+        exact = captured_graph(space.layer, program, prof, 4)
+        bound = lower_bound(Costs.of(space.layer, prof, multi_lane=exact.multi_lane), exact)
         assert bound <= simulated + 1e-9
         if rl.serial:
             assert bound == pytest.approx(simulated, abs=1e-9)
-        if lanes.kind == "cuda":  # on capture streams the enumerated graph gives the same bound
-            assert lower_bound(Costs.of(space, prof, multi_lane=graph.multi_lane), graph, 4) == pytest.approx(bound)
+        if prof.streams == "cuda":  # on capture streams the enumerated graph gives the same bound
+            costs = Costs.of(space.layer, prof, multi_lane=graph.multi_lane)
+            assert lower_bound(costs, graph, 4) == pytest.approx(bound)
 
 
 @pytest.mark.parametrize("profile", PROFILES)

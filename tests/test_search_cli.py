@@ -20,8 +20,8 @@ from streamlab.search.enumerate import Limits
 from streamlab.search.find import Request, find, room_for_overlap
 from streamlab.search.rank import VariantSpace
 from streamlab.search.write import top_scenarios
+from streamlab.sim import load_profile
 from streamlab.sim.engine import per_layer_us, simulate
-from streamlab.sim.profile import load_profile
 
 runner = CliRunner()
 FAST = ["--model", "tiny", "--tp", "1", "--barriers", "0", "--workers", "1", "--no-report"]
@@ -47,7 +47,8 @@ def test_json_lists_ranked_candidates_with_layouts_predictions_and_explanations(
     assert all(c["bound_us"] <= c["predicted_us"] + 1e-9 for c in top)
     assert top[0]["predicted_us"] < b["serial"]["predicted_us"]
     assert set(top[0]["layout"]["streams"]) == {"main", "alt"}
-    assert top[0]["explanation"]["overlaps_us"] and top[0]["interval_us"] is None
+    low, high = top[0]["interval_us"]  # the simulator's prediction interval
+    assert top[0]["explanation"]["overlaps_us"] and low < top[0]["predicted_us"] < high
     tally = b["tally"]
     assert tally["complete"] and tally["simulated"] + tally["bounded"] == tally["considered"]
     assert {s["scenario"] for s in b["shipped"]} >= {"serial", "a_v4", "pr23562", "a_v4_moe_dual"}
@@ -92,6 +93,8 @@ def test_top_scenarios_are_files_with_the_overlaps_they_need(result, tmp_path):
         scen = load(f.path)
         lane = {op.node: op.stream for op in scen.program.launches}
         assert f.may_overlap and all(lane[a] != lane[b] for a, b in f.may_overlap)
+        assert set(f.unmeasured) <= {p for pair in f.may_overlap for p in (pair, pair[::-1])}
+        assert f.predicted.low < f.predicted.us < f.predicted.high
         assert {(o.a, o.b) for o in f.overlaps} <= {p for pair in f.may_overlap for p in (pair, pair[::-1])}
     with pytest.raises(Failure, match="batch 16 was not searched"):
         top_scenarios(result, 16, tmp_path)
@@ -141,7 +144,8 @@ def test_a_profile_without_the_models_nodes(tmp_path):
     out = search(*FAST, "--profile", str(path), "--out", str(tmp_path / "out"))
     assert out.exit_code == EXIT_BAD_INPUT
     text = " ".join(out.output.split())
-    assert f"profile {path}: no measured latency for mla_decode, experts of tiny" in text
+    assert f"{path}: node_us: measured profile h200 has no latency for mla_decode, experts" in text
+    assert "none can be searched" in text
 
 
 def test_a_layer_where_nothing_can_overlap():
@@ -167,10 +171,8 @@ def test_a_budget_stops_the_search_and_reports_its_gap():
 
 
 def test_three_streams_walk_with_a_partial_bound_from_the_two_stream_best():
-    two = find(Request(model="tiny", shape=Shape(tp=1), profile="h200", limits=Limits(2, 4, 0), top=2, workers=2,
-                       variant=Variant()))
-    three = find(Request(model="tiny", shape=Shape(tp=1), profile="h200", limits=Limits(3, 5, 0), top=2, workers=2,
-                         variant=Variant(), budget_s=60))
+    two = find(Request(profile="h200", limits=Limits(2, 4, 0), top=2, workers=2, variant=Variant()))
+    three = find(Request(profile="h200", limits=Limits(3, 5, 0), top=2, workers=2, variant=Variant(), budget_s=60))
     (o2,), (o3,) = two.batches, three.batches
     t = o3.tally
     assert not t.complete and t.classes > 0 and t.cut > 0

@@ -28,17 +28,19 @@ or four streams). `find.find` runs it for every batch and variant, places the sh
 in the space and explains the winners (`explain`); `write` turns layouts into scenario files.
 
 Levels: `find` (one call: a `SearchResult`), `top_scenarios` (the top K of a batch as scenario
-files with the overlaps each needs: what the GPU step measures), `region_layouts` / `place` /
-`lower_bound` (the space and its bound).
+files with the overlaps each needs measured: what the GPU step measures), `region_layouts` /
+`place` / `lower_bound` (the space and its bound). The simulator is reached through
+`predict.rank_us` (ranking: `sim.run`) and `predict.predict` (reported layouts: `sim.predict`'s
+interval and overlaps), nowhere else.
 """
 
 from streamlab.search.bound import lower_bound
 from streamlab.search.enumerate import Limits, RegionLayout, place, region_layouts
 from streamlab.search.find import Request, SearchResult, find
 from streamlab.search.layout import Layout, build_program
-from streamlab.search.predict import Predicted, predict
+from streamlab.search.predict import Predicted, predict, rank_us
 from streamlab.search.space import Space
 from streamlab.search.write import Found, top_scenarios
 
 __all__ = ["Found", "Layout", "Limits", "Predicted", "RegionLayout", "Request", "SearchResult", "Space",
-           "build_program", "find", "lower_bound", "place", "predict", "region_layouts", "top_scenarios"]
+           "build_program", "find", "lower_bound", "place", "predict", "rank_us", "region_layouts", "top_scenarios"]

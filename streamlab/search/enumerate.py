@@ -99,7 +99,9 @@ def assemble(space: Space, parts: list[RegionLayout]) -> tuple[Layout, LaneGraph
         before = tuple(v for k, v in enumerate(r.nodes) if not below >> k & 1)
         i = r.nodes[-1] + 1
     layout = Layout(space.layer.variant, tuple(streams), tuple(order), tuple(barriers))
-    return layout, LaneGraph(n, layout.order, layout.streams, tuple(parents))
+    at = {v: i for i, v in enumerate(order)}
+    return layout, LaneGraph(layout.order, tuple(streams[v] for v in order),
+                             tuple(tuple(at[p] for p in parents[v]) for v in order), n)
 
 
 def region_layouts(space: Space, region: int, limits: Limits,

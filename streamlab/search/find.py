@@ -20,6 +20,7 @@ from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Variant
 from streamlab.models import MODELS, RankDims, Shape
 from streamlab.scenario import Scenario, ScenarioError, load
+from streamlab.schedule.graph import capture
 from streamlab.search.bound import Costs, captured_graph, lower_bound
 from streamlab.search.enumerate import Limits, assemble, place, region_layouts
 from streamlab.search.explain import Explanation, explain
@@ -31,15 +32,11 @@ from streamlab.search.predict import (
     layer_at,
     predict,
 )
-from streamlab.search.rank import (
-    BatchSearch,
-    Candidate,
-    Tally,
-    VariantSpace,
-    profile_covers,
-)
+from streamlab.search.rank import BatchSearch, Candidate, Tally, VariantSpace
 from streamlab.search.space import MAX_STREAMS, Space
-from streamlab.sim.profile import Profile, load_profile, variant_key
+from streamlab.sim import DeviceProfile, kernel_warning, load_profile
+from streamlab.sim.profile import variant_key
+from streamlab.sim.profile_file import check_profile_for
 
 SHIPPED = Path(streamlab.__file__).resolve().parent.parent / "scenarios"
 VARIANT_FLAGS = ("fused_rope_cat_cache", "shared_expert_fused")  # flags that change the DAG
@@ -109,9 +106,10 @@ class BatchOutcome:
 @dataclass(frozen=True)
 class SearchResult:
     request: Request
-    profile: Profile
+    profile: DeviceProfile
     variants: tuple[Variant, ...]
-    skipped: tuple[tuple[Variant, tuple[str, ...]], ...]  # variants left out: nodes the profile lacks
+    skipped: tuple[tuple[Variant, str], ...]  # variants left out, and why
+    warning: str | None  # the profile's kernels are not the installed ones (sim.kernel_warning)
     batches: tuple[BatchOutcome, ...]
     spaces: dict[Variant, VariantSpace]
 
@@ -140,9 +138,10 @@ def check_request(req: Request) -> None:
                       EXIT_BAD_INPUT) from None
 
 
-def variants(req: Request, profile: Profile, source: str) -> tuple[list[Variant], list[tuple[Variant, tuple[str, ...]]]]:
-    """The variants to search: the one asked for, or every DAG variant whose nodes the profile
-    measured (at the first batch: a profile measures a node at all its batches or at none)."""
+def variants(req: Request, profile: DeviceProfile) -> tuple[list[Variant], list[tuple[Variant, str]]]:
+    """The variants to search: the one asked for, or every DAG variant the profile can simulate
+    (`sim.profile_file.check_profile_for`: a measured profile must have measured every node of
+    the variant; a profile of another model is scaled to this one, as `--model` asks)."""
     shape = replace(req.shape, batch=req.batches[0])
     if req.variant is not None:
         wanted = [req.variant]
@@ -150,15 +149,18 @@ def variants(req: Request, profile: Profile, source: str) -> tuple[list[Variant]
         base = Variant()
         wanted = [replace(base, **dict(zip(VARIANT_FLAGS, flags)))
                   for flags in ((True, True), (True, False), (False, True), (False, False))]
+    other = req.model != profile.provenance.shape.model
     keep, skipped = [], []
     for v in wanted:
-        missing = profile_covers(profile, layer_at(req.model, shape, v))
-        (skipped.append((v, tuple(missing))) if missing else keep.append(v))
+        try:
+            check_profile_for(profile, layer_at(req.model, shape, v), other_model=other)
+        except Failure as e:
+            skipped.append((v, str(e)))
+            continue
+        keep.append(v)
     if not keep:
-        v, missing = skipped[0]
-        raise Failure(f"profile {source}: no measured latency for {', '.join(missing)} of {req.model} "
-                      f"({variant_key(v)}); the search needs every node of the layer measured: calibrate "
-                      f"the profile on runs of this model (streamlab calibrate) or pick another --profile",
+        raise Failure(skipped[0][1] + ("" if len(skipped) == 1 else
+                                       f" (and {len(skipped) - 1} more variants: none can be searched)"),
                       EXIT_BAD_INPUT)
     return keep, skipped
 
@@ -179,7 +181,7 @@ def room_for_overlap(req: Request, spaces: dict[Variant, VariantSpace]) -> None:
 def find(req: Request, progress: Progress | None = None) -> SearchResult:
     check_request(req)
     profile = load_profile(req.profile)
-    keep, skipped = variants(req, profile, req.profile)
+    keep, skipped = variants(req, profile)
     note = progress or (lambda what, total, advance: None)
     t0 = time.perf_counter()
     spaces = {}
@@ -202,10 +204,11 @@ def find(req: Request, progress: Progress | None = None) -> SearchResult:
             outcomes.append(_outcome(req, profile, search, ranked, spaces))
     finally:
         sim.close()
-    return SearchResult(req, profile, tuple(keep), tuple(skipped), tuple(outcomes), spaces)
+    return SearchResult(req, profile, tuple(keep), tuple(skipped), kernel_warning(profile.provenance, profile.name),
+                        tuple(outcomes), spaces)
 
 
-def _outcome(req: Request, profile: Profile, search: BatchSearch, ranked: list[Candidate],
+def _outcome(req: Request, profile: DeviceProfile, search: BatchSearch, ranked: list[Candidate],
              spaces: dict[Variant, VariantSpace]) -> BatchOutcome:
     shape = search.shape
     default = next(iter(spaces))
@@ -213,13 +216,16 @@ def _outcome(req: Request, profile: Profile, search: BatchSearch, ranked: list[C
     serial_layout = Layout(default, (0,) * serial_space.size, tuple(range(serial_space.size)))
     position = {c.layout: i + 1 for i, c in enumerate(ranked)}
     serial_c = search.board.seen.get(serial_layout) or search.evaluate(serial_space, [spaces[default].serial()])[0]
-    _, serial_tl = predict(serial_space.layer, build_program(serial_space, serial_layout), profile, req.layers)
+    serial_p, serial_tl = predict("serial", serial_space.layer, build_program(serial_space, serial_layout), profile,
+                                  req.layers)
+    serial_c = replace(serial_c, predicted=serial_p)
 
     def ranked_entry(c: Candidate) -> Ranked:
         space = search.space(c.layout.variant)
         program = build_program(space, c.layout)
-        _, timeline = predict(space.layer, program, profile, req.layers)
-        return Ranked(position.get(c.layout, 0), c, explain(timeline, serial_tl), may_overlap(space, program))
+        p, timeline = predict(c.name, space.layer, program, profile, req.layers)
+        return Ranked(position.get(c.layout, 0), replace(c, predicted=p), explain(timeline, serial_tl),
+                      may_overlap(space, program))
 
     top = tuple(ranked_entry(c) for c in ranked[:req.top])
     serial = Ranked(position.get(serial_c.layout, 0), serial_c, None, ())
@@ -231,8 +237,6 @@ def _outcome(req: Request, profile: Profile, search: BatchSearch, ranked: list[C
 def may_overlap(space: Space, program) -> tuple[tuple[str, str], ...]:
     """Node pairs on different streams with nothing ordering them: what the layout may run side by
     side, so what a profile must have measured for its prediction to rest on measurements."""
-    from streamlab.schedule.graph import capture
-
     g = capture(program, 1)
     index = {n: i for i, n in enumerate(space.names)}
     anc = {}
@@ -254,7 +258,7 @@ def shipped_scenarios(folder: Path | None) -> list[Path]:
     return sorted(folder.glob("*.yaml")) if folder is not None and folder.is_dir() else []
 
 
-def _place_shipped(req: Request, profile: Profile, search: BatchSearch, spaces: dict[Variant, VariantSpace],
+def _place_shipped(req: Request, profile: DeviceProfile, search: BatchSearch, spaces: dict[Variant, VariantSpace],
                    position: dict[Layout, int], serial_tl) -> list[Placed]:
     shape = search.shape
     out = []
@@ -269,7 +273,7 @@ def _place_shipped(req: Request, profile: Profile, search: BatchSearch, spaces: 
             continue
         vs = spaces[scen.variant]
         space = search.space(scen.variant)
-        predicted, timeline = predict(scen.layer, scen.program, profile, req.layers)
+        predicted, timeline = predict(scen.name, scen.layer, scen.program, profile, req.layers)
         parts, problems = place(space, scen.program, vs.limits)
         explanation = explain(timeline, serial_tl)
         one = len(scen.program.streams) == 1
@@ -285,8 +289,8 @@ def _place_shipped(req: Request, profile: Profile, search: BatchSearch, spaces: 
             continue
         layout, _ = assemble(space, found)
         rank = position.get(layout)
-        exact = captured_graph(space, build_program(space, layout), search.lanes, req.layers)
-        bound = lower_bound(Costs.of(space, profile, multi_lane=exact.multi_lane), exact)
+        exact = captured_graph(space.layer, build_program(space, layout), profile, req.layers)
+        bound = lower_bound(Costs.of(space.layer, profile, multi_lane=exact.multi_lane), exact)
         threshold = search.board.threshold()
         where = (f"candidate {rank}" if rank else
                  f"in the space, left out by its bound {bound:.1f} us >= the {req.top}th best {threshold:.1f} us"

@@ -1,5 +1,9 @@
-"""The simulator behind the search: the one call into the engine (`predict`), and the worker
-processes that run it on chunks of layouts (`Simulator`).
+"""The simulator behind the search: its two calls into the engine, and the worker processes
+that rank chunks of layouts (`Simulator`).
+
+- `rank_us`: the per-layer latency of one replay (`sim.run`), all a ranking needs;
+- `predict`: the same replay with its prediction interval and the overlaps it rests on
+  (`sim.predict.predict_layer`), for the layouts the search reports.
 
 A layout travels to a worker as its `Layout` (a few tuples); the worker builds the program and,
 on HIP lanes, first computes the exact bound on its own queues (`bound.captured_graph`),
@@ -21,28 +25,39 @@ from streamlab.schedule.program import Program
 from streamlab.search.bound import Costs, LaneModel, captured_graph, lower_bound
 from streamlab.search.layout import Layout, build_program
 from streamlab.search.space import Space
-from streamlab.sim.engine import per_layer_us, simulate
-from streamlab.sim.profile import Profile, load_profile
+from streamlab.sim import DeviceProfile, load_profile, run
+from streamlab.sim.predict import predict_layer
 from streamlab.timeline import Timeline
 
 
 @dataclass(frozen=True)
 class Predicted:
-    """A simulated per-layer time (us). low / high: its prediction interval, once the simulator
-    gives one; None until then."""
+    """A simulated per-layer time (us) with its prediction interval, and the ordered pairs of
+    kernels it runs side by side that the profile has not measured (what `streamlab calibrate
+    --measure --for` would measure). Ranking alone fills `us` only."""
 
     us: float
     low: float | None = None
     high: float | None = None
+    unmeasured: tuple[tuple[str, str], ...] = ()
 
 
-def predict(layer: Layer, program: Program, profile: Profile, layers: int) -> tuple[Predicted, Timeline]:
-    """The search's one call into the simulator."""
-    timeline = simulate(layer, program, profile, layers)
-    return Predicted(per_layer_us(timeline, layers)), timeline
+def rank_us(layer: Layer, program: Program, profile: DeviceProfile, layers: int) -> float:
+    """The search's call into the simulator while ranking."""
+    return run(layer, program, profile, layers).per_layer_us
 
 
-def lane_model(profile: Profile) -> LaneModel:
+def predict(name: str, layer: Layer, program: Program, profile: DeviceProfile, layers: int) -> tuple[Predicted, Timeline]:
+    """A reported layout's prediction, with its interval, and its Timeline. The profile's node
+    latencies are scaled to another model than the one it was calibrated on (the search's
+    `--model` asks for it; the interval's shape part says by how much)."""
+    other = layer.dims.model.name != profile.provenance.shape.model
+    p = predict_layer(name, layer, program, profile, layers=layers, other_model=other)
+    missing = tuple((o.first, o.second) for o in p.unmeasured if not o.crowded)
+    return Predicted(p.per_layer_us, p.low_us, p.high_us, missing), p.timeline
+
+
+def lane_model(profile: DeviceProfile) -> LaneModel:
     return LaneModel("hip" if profile.streams == "hip" else "cuda", profile.hip_queues)
 
 
@@ -60,7 +75,7 @@ def _init_worker(model: str, shape: Shape, profile: str, layers: int) -> None:
 def _worker_costs(space: Space, variant: Variant, batch: int, multi_lane: bool) -> Costs:
     key = (variant, batch, multi_lane)
     if key not in _WORKER["costs"]:
-        _WORKER["costs"][key] = Costs.of(space, _WORKER["profile"], multi_lane=multi_lane)
+        _WORKER["costs"][key] = Costs.of(space.layer, _WORKER["profile"], multi_lane=multi_lane)
     return _WORKER["costs"][key]
 
 
@@ -83,14 +98,14 @@ def _simulate_chunk(batch: int, chunk: list[tuple[Layout, float]]) -> list[tuple
         program = build_program(space, layout)
         exact = None
         if lanes.kind == "hip":
-            graph = captured_graph(space, program, lanes, layers)
+            graph = captured_graph(space.layer, program, profile, layers)
             exact = lower_bound(_worker_costs(space, layout.variant, batch, graph.multi_lane), graph)
             if exact >= threshold:
                 out.append((None, exact, 0.0))
                 continue
         t0 = time.perf_counter()
-        predicted, _ = predict(space.layer, program, profile, layers)
-        out.append((predicted.us, exact, time.perf_counter() - t0))
+        us = rank_us(space.layer, program, profile, layers)
+        out.append((us, exact, time.perf_counter() - t0))
     return out
 
 

@@ -12,7 +12,7 @@ two kernels released together only where the profile measured that pair, so clas
 only in other release orders share one simulation. On HIP the order picks the queues, so every
 class is simulated (after an exact bound on its own queues, computed where it is simulated).
 
-The simulations go through `predict.Simulator` (`predict.predict` is the one call into the engine).
+The simulations go through `predict.Simulator` (`predict.rank_us`: the engine's replay).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from streamlab.search.bound import (
 )
 from streamlab.search.enumerate import Limits, RegionLayout, assemble, region_layouts
 from streamlab.search.layout import Layout, build_program
-from streamlab.search.predict import Predicted, Simulator, lane_model, layer_at, predict
+from streamlab.search.predict import Predicted, Simulator, lane_model, layer_at, rank_us
 from streamlab.search.space import Space, partitions
-from streamlab.sim.profile import Profile
+from streamlab.sim import DeviceProfile
 
 CHUNK = 24  # layouts per task sent to a worker
 
@@ -145,7 +145,7 @@ class BatchSearch:
 
     model: str
     shape: Shape
-    profile: Profile
+    profile: DeviceProfile
     spaces: Sequence[VariantSpace]
     layers: int
     top: int
@@ -204,7 +204,7 @@ class BatchSearch:
         return prediction_key(rl, space, self.pairs, self.lanes)
 
     def costs(self, space: Space) -> dict[bool, Costs]:
-        costs = {m: Costs.of(space, self.profile, multi_lane=m) for m in (False, True)}
+        costs = {m: Costs.of(space.layer, self.profile, multi_lane=m) for m in (False, True)}
         if self.lanes.kind == "hip":  # a bound for any queues: every lane edge at its cheaper cost
             cheap = min(costs[True].gap, costs[True].fence)
             costs[True] = replace(costs[True], gap=cheap, fence=cheap)
@@ -276,7 +276,7 @@ class BatchSearch:
         """Below every layout of several lanes: each node on a lane of its own, waits for free."""
         costs = replace(self.costs(space)[True], fence=0.0)
         parents = tuple(space.parents)
-        graph = LaneGraph(space.size, tuple(range(space.size)), tuple(range(space.size)), parents)
+        graph = LaneGraph(tuple(range(space.size)), tuple(range(space.size)), parents, space.size)
         return lower_bound(costs, graph, self.layers)
 
     def walk(self, space: Space, scored: list[tuple[float, RegionLayout, Layout]]) -> list[tuple[RegionLayout, Candidate]]:
@@ -330,7 +330,7 @@ class BatchSearch:
             layout, graph = assemble(space, parts)
             if layout not in self.board.seen:
                 t0 = time.perf_counter()
-                predicted, _ = predict(space.layer, build_program(space, layout), self.profile, self.layers)
+                predicted = Predicted(rank_us(space.layer, build_program(space, layout), self.profile, self.layers))
                 self.tally.engine_s += time.perf_counter() - t0
                 self.tally.simulated += 1
                 self.tally.considered += 1
@@ -367,8 +367,3 @@ def prediction_key(rl: RegionLayout, space: Space, pairs: frozenset[tuple[str, s
     measured = tuple(g for g in rl.releases if any((names[rl.nodes[a]], names[rl.nodes[b]]) in pairs
                                                    for a in g for b in g if a != b))
     return (rl.streams, rl.ancestors, measured)
-
-
-def profile_covers(profile: Profile, layer: Layer) -> list[str]:
-    """The layer's nodes the profile has no measured latency for."""
-    return [n.name for n in layer.nodes if profile.latency_table(n.name, layer.variant) is None]

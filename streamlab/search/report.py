@@ -32,9 +32,11 @@ def variant_label(v: Variant) -> str:
 
 
 def print_result(console: Console, result: SearchResult) -> None:
-    req, p = result.request, result.profile
-    for v, missing in result.skipped:
-        console.print(f"variant {variant_label(v)} not searched: profile {p.name} has no latency for {', '.join(missing)}")
+    req = result.request
+    if result.warning:
+        console.print(f"[yellow]warning:[/] {escape(result.warning)}")
+    for v, why in result.skipped:
+        console.print(f"variant {variant_label(v)} not searched: {why}", markup=False)
     for o in result.batches:
         console.print(_table(result, o))
         best = o.best_shipped()
@@ -107,6 +109,7 @@ def ranked_json(r: Ranked, names: tuple[str, ...]) -> dict:
     e = r.explanation
     return {"rank": r.rank, "name": c.name, "predicted_us": c.predicted.us,
             "interval_us": None if c.predicted.low is None else [c.predicted.low, c.predicted.high],
+            "unmeasured_pairs": [list(p) for p in c.predicted.unmeasured],
             "bound_us": c.bound, "layout": layout_json(r, names),
             "may_overlap": [list(p) for p in r.may_overlap],
             "explanation": None if e is None else {
@@ -127,13 +130,14 @@ def to_json(result: SearchResult, written: list[Path]) -> dict:
     names = {v: vs_names(result, v) for v in result.variants}
     return {
         "schema": SCHEMA_VERSION, "source": f"simulated, profile {p.name}",
-        "profile": {"name": p.name, "given": req.profile, "streams": p.streams, "node_source": p.node_source,
+        "profile": {"name": p.name, "given": req.profile, "streams": p.streams, "warning": result.warning,
+                    "node_source": p.node_source,
                     "pairs_measured": len(p.pair_excess), "pair_source": p.pair_source},
         "request": {"model": req.model, "shape": asdict(req.shape), "batches": list(req.batches),
                     "limits": asdict(req.limits), "layers": req.layers, "top": req.top, "budget_s": req.budget_s,
                     "variant": None if req.variant is None else asdict(req.variant)},
         "variants": [asdict(v) for v in result.variants],
-        "skipped": [{"variant": asdict(v), "missing": list(m)} for v, m in result.skipped],
+        "skipped": [{"variant": asdict(v), "why": why} for v, why in result.skipped],
         "batches": [{
             "batch": o.batch, "programs": o.programs, "gap_us": o.gap_us,
             "tally": {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in asdict(o.tally).items()},
@@ -153,8 +157,9 @@ def write_report(result: SearchResult, winners: list[Path], out: Path, console: 
     """Per batch: the winner, the best shipped layout and serial through `compare`'s runs (outputs
     checked against serial with the reference kernels, then simulated on the same profile) and its
     export: the same tables and plots, in out/report-<model>-<profile>-b<batch>/."""
-    from streamlab.report.compare import collect, export
+    from streamlab.report.compare import export
     from streamlab.scenario import load
+    from streamlab.session.compare import collect
 
     req = result.request
     serial = next((p for p in shipped_scenarios(req.shipped) if p.stem == "serial"), None)
@@ -169,7 +174,7 @@ def write_report(result: SearchResult, winners: list[Path], out: Path, console: 
         scens = [load(p).override(model=req.model, **{k: v for k, v in vars(req.shape).items() if k != "batch"})
                  for p in paths]
         folder = out / f"report-{req.model}-{result.profile.name}-b{o.batch}"
-        runs = collect(scens, [o.batch], console, backend=None, device="cpu", layers=req.layers,
-                       out=folder / "runs", profile=req.profile)
-        written += [p for p in export(runs, folder) if p.name == "report.md"]
+        compared = collect(scens, [o.batch], console, backend=None, device="cpu", layers=req.layers,
+                           out=folder / "runs", profile=req.profile)
+        written += [p for p in export(compared, folder) if p.name == "report.md"]
     return written

@@ -31,9 +31,15 @@ class Found:
 
     path: Path
     rank: int
-    predicted: Predicted
+    predicted: Predicted  # with its interval, and `unmeasured`: the overlaps the profile lacks
     may_overlap: tuple[tuple[str, str], ...]  # node pairs it may run side by side
     overlaps: tuple[Overlap, ...]  # those the simulation ran side by side, longest first
+
+    @property
+    def unmeasured(self) -> tuple[tuple[str, str], ...]:
+        """Ordered pairs (first, second) to measure before trusting the prediction
+        (`streamlab calibrate --measure --for` measures and adds them)."""
+        return self.predicted.unmeasured
 
 
 def schedule_lines(space: Space, program: Program) -> list[str]:
@@ -162,6 +168,7 @@ def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, comma
         f"for {req.model} at batch {outcome.batch} on {lim.streams} streams. Predicted, not measured.",
         f"  command:   {command}",
         f"  profile:   {p.name} ({p.streams} lanes); " + "; ".join(sources),
+        *([f"  warning:   {result.warning}"] if result.warning else []),
         f"  predicted: {us:.1f} us per layer ({req.layers} layers per graph); interval: {interval}",
         "             " + ", ".join(versus),
         f"  rank:      {entry.rank} of {t.simulated:,} simulated; {space}; {t.bounded:,} left out by their bound",
