@@ -22,6 +22,8 @@ err = Console(stderr=True, highlight=False)
 from streamlab.trace.cli import app as trace_app  # noqa: E402  (sub-app: `streamlab trace ...`)
 
 app.add_typer(trace_app, name="trace", help="Summaries and diffs of profiler traces (Kineto, ours).")
+from streamlab.search.cli import search as search_command  # noqa: E402  (`streamlab search`)
+app.command("search")(search_command)
 
 def _scenario(path: Path, model: Optional[str], batch: Optional[int], context: Optional[int],
               tp: Optional[int], page_size: Optional[int], kv_cache: Optional[str]) -> Scenario:
