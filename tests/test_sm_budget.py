@@ -29,7 +29,7 @@ from streamlab.exec.buffers import Buffers
 from streamlab.kernels import cu_mask as cm
 from streamlab.kernels import reference as ref
 from streamlab.kernels.triton import OPS, indexer, topk
-from streamlab.kernels.triton.common import each_work_item, plan_grid
+from streamlab.kernels.triton.common import each_work_item, grid_size, plan_grid
 from streamlab.kernels.triton.moe import MoeConfig, run_fused_moe
 from streamlab.layer import Variant, build_layer
 from streamlab.models import GLM5, TINY, RankDims, Shape
@@ -141,6 +141,8 @@ def _triton_ops(variant: Variant) -> set[str]:
 def test_plan_grid_keeps_the_launch_unless_a_budget_binds():
     assert plan_grid((5, 3, 2), None) == ((5, 3, 2), (5, 3, 2), False)
     assert plan_grid((5, 3), 15) == ((5, 3), (5, 3, 1), False)
+    assert plan_grid((5, 3), 15).args == {"work0": None, "work1": None, "work2": None,
+                                          "PERSISTENT": False}
     plan = plan_grid((5, 3), 4)
     assert plan == ((4,), (5, 3, 1), True)
     assert plan.args == {"work0": 5, "work1": 3, "work2": 1, "PERSISTENT": True}
@@ -153,7 +155,7 @@ def test_plan_grid_keeps_the_launch_unless_a_budget_binds():
 @triton.jit
 def _log_visit(pid, grid, log, visits):
     """Work item pid writes (program * 1000 + how many items the program did before it)."""
-    item = pid[0] + grid[0] * (pid[1] + grid[1] * pid[2])
+    item = pid[0] + grid_size(grid, 0) * (pid[1] + grid_size(grid, 1) * pid[2])
     before = tl.atomic_add(visits + tl.program_id(0), 1)
     tl.store(log + item, tl.program_id(0) * 1000 + before)
 

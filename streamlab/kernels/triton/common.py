@@ -24,7 +24,7 @@ fixed order (the last work item of a tile to arrive sums the partials, whichever
 it), so outputs are bitwise the same under any budget. Nothing waits on another program, so any
 budget >= 1 makes progress. A budget counts programs: at most that many SMs are busy, fewer if
 the hardware places two programs on one SM. Without a budget, or one at least the grid, the
-launch is the usual one and its code the same (the loop is compiled out).
+launch is the usual one with the usual parameters, and compiles to the same instructions.
 """
 
 from __future__ import annotations
@@ -225,9 +225,10 @@ class GridPlan(NamedTuple):
 
     @property
     def args(self) -> dict:
-        """The kernel arguments `each_work_item` reads."""
-        return {"work0": self.work[0], "work1": self.work[1], "work2": self.work[2],
-                "PERSISTENT": self.persistent}
+        """The kernel arguments `each_work_item` reads. Unbudgeted the work sizes are None, which
+        Triton takes as constants: the kernel then has exactly its usual parameters."""
+        work = self.work if self.persistent else (None, None, None)
+        return {"work0": work[0], "work1": work[1], "work2": work[2], "PERSISTENT": self.persistent}
 
 
 def check_budget(max_programs: int | None) -> None:
@@ -253,7 +254,7 @@ def plan_grid(grid: tuple[int, ...], max_programs: int | None) -> GridPlan:
 @triton.jit
 def each_work_item(body, args, work0, work1, work2, PERSISTENT: tl.constexpr):
     """body(pid, grid, *args) for this program's work: pid is a program id (axes 0, 1, 2) of the
-    work grid and grid that grid's size, both 3-tuples. Unbudgeted, the program's own id; with
+    work grid, grid that grid's size for `grid_size`. Unbudgeted, the program's own id; with
     PERSISTENT (`plan_grid`), each work item whose flat index (axis 0 fastest) is this program's
     id modulo the programs launched, in increasing order."""
     if PERSISTENT:
@@ -261,5 +262,16 @@ def each_work_item(body, args, work0, work1, work2, PERSISTENT: tl.constexpr):
             body((item % work0, (item // work0) % work1, item // (work0 * work1)),
                  (work0, work1, work2), *args)
     else:
-        body((tl.program_id(0), tl.program_id(1), tl.program_id(2)),
-             (tl.num_programs(0), tl.num_programs(1), tl.num_programs(2)), *args)
+        body((tl.program_id(0), tl.program_id(1), tl.program_id(2)), (None, None, None), *args)
+
+
+@triton.jit
+def grid_size(grid, axis: tl.constexpr):
+    """Work items along `axis` of the work grid: unbudgeted (grid of Nones) the launch's own
+    size, read where it is used, as the kernels did before budgets (read at the start and kept
+    live, AMD's compiler spilled more registers in the split GEMMs)."""
+    if grid[axis] is None:
+        n = tl.num_programs(axis)
+    else:
+        n = grid[axis]
+    return n

@@ -36,8 +36,9 @@ import triton.language as tl
 
 from streamlab.kernels.quant import FP8_MAX, GROUP
 from streamlab.kernels.triton.common import (INTERPRET, by_col, by_row, each_work_item,
-                                             exact_cast, last_to_arrive, plan_grid, sm_count,
-                                             sum_partials, sum_unroll, tile_dot, workspace)
+                                             exact_cast, grid_size, last_to_arrive, plan_grid,
+                                             sm_count, sum_partials, sum_unroll, tile_dot,
+                                             workspace)
 
 _INTERPRET = tl.constexpr(INTERPRET)
 _FP8_MAX = tl.constexpr(FP8_MAX)
@@ -137,11 +138,11 @@ def _gemm_tile(pid, grid, x, w, w_scale, out, part, counters, M, N, K, iters_per
     mask = by_row(m_ok, SWAP) & by_col(n_ok, SWAP)
     o_ptrs = out + bat * sob + by_row(rm * som, SWAP) + by_col(rn * son, SWAP)
     if SPLIT:
-        splits = grid[1]
+        splits = grid_size(grid, 1)
         p_tile = part + by_row((bat * M + rm) * N, SWAP) + by_col(rn, SWAP)
-        p_step = grid[2] * M * N
+        p_step = grid_size(grid, 2) * M * N
         tl.store(p_tile + split * p_step, acc, mask=mask)
-        tile = bat * grid[0] + pid[0]
+        tile = bat * grid_size(grid, 0) + pid[0]
         if last_to_arrive(counters + tile, splits):
             # fixed order: bitwise the same whichever program arrives last
             if SWAP:

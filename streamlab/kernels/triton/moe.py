@@ -29,8 +29,9 @@ import triton.language as tl
 
 from streamlab.kernels.quant import FP8_MAX, GROUP
 from streamlab.kernels.triton.common import (INTERPRET, by_col, by_row, each_work_item,
-                                             exact_cast, last_to_arrive, plan_grid, sm_count,
-                                             sum_partials, sum_unroll, tile_dot, workspace)
+                                             exact_cast, grid_size, last_to_arrive, plan_grid,
+                                             sm_count, sum_partials, sum_unroll, tile_dot,
+                                             workspace)
 
 BLOCK_M = 16  # pairs per block: the smallest tl.dot tile; decode gives few tokens per expert
 
@@ -206,12 +207,12 @@ def _gate_up_tile(pid, grid, x_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr
         mask = by_row(row_ok, SWAP) & by_col(n_ok, SWAP)
         act_ptrs = act_ptr + by_row(rows.to(tl.int64) * inter, SWAP) + by_col(n, SWAP)
         if SPLIT:
-            splits = grid[2]
+            splits = grid_size(grid, 2)
             p_gate = part_ptr + by_row(rows.to(tl.int64) * (2 * inter), SWAP) + by_col(n, SWAP)
-            p_step = grid[0].to(tl.int64) * BLOCK_M * (2 * inter)
+            p_step = grid_size(grid, 0).to(tl.int64) * BLOCK_M * (2 * inter)
             tl.store(p_gate + pid[2] * p_step, gate, mask=mask)
             tl.store(p_gate + pid[2] * p_step + inter, up, mask=mask)
-            tile = pid[0] * grid[1] + pid[1]
+            tile = pid[0] * grid_size(grid, 1) + pid[1]
             if last_to_arrive(count_ptr + tile, splits):
                 # fixed order: bitwise the same whichever split arrives last
                 if SWAP:
@@ -284,7 +285,7 @@ def _down_tile(pid, grid, act_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr,
                         mask=row_ok, other=0.0)
         tl.store(y_ptr + by_row(pair.to(tl.int64) * hidden, SWAP) + by_col(n, SWAP),
                  acc * by_row(route, SWAP), mask=by_row(row_ok, SWAP) & by_col(n_ok, SWAP))
-    if last_to_arrive(count_ptr + pid[1], grid[0]):
+    if last_to_arrive(count_ptr + pid[1], grid_size(grid, 0)):
         for t0 in range(0, tokens, BLOCK_T):
             t = t0 + tl.arange(0, BLOCK_T)
             t_ok = t < tokens

@@ -12,7 +12,8 @@ import triton
 import triton.language as tl
 
 from streamlab.kernels.quant import FP8
-from streamlab.kernels.triton.common import INTERPRET, each_work_item, exact_cast, plan_grid
+from streamlab.kernels.triton.common import (INTERPRET, each_work_item, exact_cast, grid_size,
+                                             plan_grid)
 
 TILE = 4096  # elements per program: a few KiB of bf16, enough to keep loads in flight
 
@@ -61,7 +62,7 @@ def _rope_block(pid, grid, q, k, q_out, k_out, positions, cos_sin, n_heads, head
     t = pid[0]
     blk = pid[1]
     cs_row = cos_sin + tl.load(positions + t) * s_cs
-    if blk < grid[1] - 1:  # a block of q heads
+    if blk < grid_size(grid, 1) - 1:  # a block of q heads
         _rope_rows(q + t * s_qt, s_qh, s_qd, q_out + t * s_ot, s_oh, s_od, n_heads,
                    blk * BLOCK_H, head_dim, cs_row, ROPE_DIM, CS_HALF, INTERLEAVED, BLOCK_H,
                    BLOCK_D, INTERPRET)
@@ -145,7 +146,7 @@ def _rope_cat_cache_block(pid, grid, q_nope, q_pe, k_nope, k_pe, positions, slot
     blk = pid[1]
     dr = tl.arange(0, BLOCK_R)[None, :]
     cs_row = cos_sin + tl.load(positions + t) * s_cs
-    if blk < grid[1] - 1:  # a block of q heads -> q_out
+    if blk < grid_size(grid, 1) - 1:  # a block of q heads -> q_out
         dn = tl.arange(0, BLOCK_N)[None, :]
         h = blk * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
         hm = h < n_heads

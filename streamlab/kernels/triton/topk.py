@@ -38,7 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-from streamlab.kernels.triton.common import each_work_item, last_to_arrive, plan_grid, workspace
+from streamlab.kernels.triton.common import (each_work_item, grid_size, last_to_arrive, plan_grid,
+                                             workspace)
 
 
 @triton.jit
@@ -401,7 +402,7 @@ def _chunk_of_row(pid, grid, seq_lens):
     """(row, chunk, chunks a row, the row's length) of work item pid (work grid: rows x
     chunks)."""
     b = pid[0]
-    return b, pid[1], grid[1], tl.load(seq_lens + b)
+    return b, pid[1], grid_size(grid, 1), tl.load(seq_lens + b)
 
 
 @triton.jit
