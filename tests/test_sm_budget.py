@@ -6,8 +6,9 @@ CPU: small shapes in the Triton interpreter. Each op runs without a budget, at b
 program does every work item) and at a budget a little over half its widest grid (programs do
 one or two items), from the same starting outputs; the unbudgeted result is also checked against
 the reference with the tolerances of the op's own tests. GPU (`gpu`): every op of the GLM-5
-layer at batch 4 and 64 the same way, and the time of two budgeted GEMMs alone against the
-unbudgeted ones (printed: what a budget costs a kernel, which the simulator needs).
+layer at batch 4 and 64 at 7 programs and half the SMs, and the time of two budgeted GEMMs
+alone against the unbudgeted ones (printed: what a budget costs a kernel alone, which the
+simulator needs).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.uint8)
 
 
-def same_bits_under_budgets(run, outputs: dict[str, torch.Tensor], launched: list,
+def _same_bits_under_budgets(run, outputs: dict[str, torch.Tensor], launched: list,
                             budgets=None) -> dict[str, torch.Tensor]:
     """Run `run(max_programs)` without a budget, then under each budget (default: 1 and a
     little over half the widest grid), each from the outputs' starting values. Asserts the same
@@ -111,7 +112,7 @@ def _close_to_reference(op: str, role: str, got: torch.Tensor, want: torch.Tenso
 def _replay_under_budgets(dims: RankDims, variant: Variant, ops: set[str], launched: list,
                           device: str = "cpu", budgets=None, against_reference: bool = True) -> set[str]:
     """The layer run by the reference backend; at the first node of each op in `ops`, the Triton
-    op under budgets (`same_bits_under_budgets`) and, unbudgeted, against the reference. Returns
+    op under budgets (`_same_bits_under_budgets`) and, unbudgeted, against the reference. Returns
     the ops checked."""
     layer = build_layer(dims, variant)
     tensors = Buffers(layer, device=device, seed=3).tensors(0)
@@ -123,7 +124,7 @@ def _replay_under_budgets(dims: RankDims, variant: Variant, ops: set[str], launc
         if first:
             def run(budget, node=node, args=args, outs=outs):
                 OPS[node.op](**{**args, **outs}, **node.attrs, max_programs=budget)
-            mine = same_bits_under_budgets(run, outs, launched, budgets)
+            mine = _same_bits_under_budgets(run, outs, launched, budgets)
             checked.add(node.op)
         ref.OPS[node.op](**{**args, **outs}, **node.attrs)
         if first and against_reference:
@@ -202,13 +203,13 @@ def test_hadamard_and_act_quant_under_budgets(launched):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(10, 4, 128, generator=g).bfloat16()
     out = {"out": torch.full_like(x, float("nan"))}
-    got = same_bits_under_budgets(lambda b: indexer.hadamard(x=x, **out, max_programs=b), out,
+    got = _same_bits_under_budgets(lambda b: indexer.hadamard(x=x, **out, max_programs=b), out,
                                   launched)
     ref.hadamard(x=x, **out)
     _close_to_reference("hadamard", "out", got["out"], out["out"])
     outs = {"out": torch.empty(10, 4, 128, dtype=torch.float8_e4m3fn),
             "scale": torch.full((10, 4, 1), float("nan"))}
-    got = same_bits_under_budgets(lambda b: indexer.act_quant(x=x, **outs, max_programs=b), outs,
+    got = _same_bits_under_budgets(lambda b: indexer.act_quant(x=x, **outs, max_programs=b), outs,
                                   launched)
     ref.act_quant(x=x, **outs)
     for role, want in outs.items():
@@ -235,7 +236,7 @@ def test_fused_moe_under_budgets(launched):
             "w2": fp8(experts, hidden, inter), "w2_scale": scales(experts, 2, 1, k=inter)}
     cfg = MoeConfig(gu_block_n=64, gu_splits=2, down_block_n=128)
     out = {"out": torch.full((2, hidden), float("nan")).bfloat16()}
-    got = same_bits_under_budgets(lambda bud: run_fused_moe(**args, **out, config=cfg,
+    got = _same_bits_under_budgets(lambda bud: run_fused_moe(**args, **out, config=cfg,
                                                             max_programs=bud), out, launched)
     ref.fused_moe(**args, **out)
     _close_to_reference("fused_moe", "out", got["out"], out["out"])
@@ -252,7 +253,7 @@ def test_topk_chunks_under_budgets(tuning, launched):
     table = torch.randperm(2 * pps, generator=g).to(torch.int32).reshape(2, pps)
     logits = torch.randn(2, pps * page, generator=g)
     out = {"out": torch.full((2, k), -7, dtype=torch.int32)}
-    got = same_bits_under_budgets(
+    got = _same_bits_under_budgets(
         lambda b: topk._topk_launch(logits, table, seq_lens, out["out"], **tuning, max_programs=b),
         out, launched)
     ref.topk_slots(logits=logits, block_table=table, seq_lens=seq_lens, **out)
@@ -303,6 +304,13 @@ def test_a_cu_mask_stream_off_rocm_fails_naming_why(monkeypatch):
             cm.cu_mask_stream(mask):
         pass
     assert e.value.code == EXIT_BAD_INPUT
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(cm, "_HIP_LIBRARY", "libno_such_hip")  # nor a HIP runtime to load
+    monkeypatch.setattr(cm.ctypes.util, "find_library", lambda name: None)
+    cm._load_hip.cache_clear()
+    with pytest.raises(Failure, match="libno_such_hip.so is not loaded") as e, cm.cu_mask_stream(mask):
+        pass
+    assert e.value.code == EXIT_ENVIRONMENT
 
 
 @pytest.mark.gpu
@@ -331,16 +339,17 @@ def test_a_cu_mask_stream_runs_a_gemm_on_half_the_cus():
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [4, 64])
 def test_glm5_ops_are_bitwise_the_same_under_budgets_gpu(batch, launched):
-    """Every Triton op of the GLM-5 tp=8 layer (both variants) at budget 1, half the SMs and
-    none: the budgeted runs bitwise equal the unbudgeted one (which the ops' own gpu tests
-    check against the reference at these shapes)."""
+    """Every Triton op of the GLM-5 tp=8 layer (both variants) at 7 programs (each loops over
+    many work items; budget 1 would take seconds at these grids), half the SMs and none: the
+    budgeted runs bitwise equal the unbudgeted one (which the ops' own gpu tests check against
+    the reference at these shapes)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     dims = RankDims(GLM5, Shape(batch=batch, context=8192, tp=8))
     done = set()
     for variant in (UNFUSED, FUSED):
         ops = {n.op for n in build_layer(dims, variant).nodes if n.op in OPS} - done
         done |= _replay_under_budgets(dims, variant, ops, launched, device="cuda",
-                                      budgets=[1, sms // 2], against_reference=False)
+                                      budgets=[7, sms // 2], against_reference=False)
     torch.cuda.synchronize()
     assert done == set(OPS)
 
