@@ -54,8 +54,8 @@ from streamlab.timeline import Source
 __all__ = [
     "DO_NOT_ENABLE", "ENABLE", "INCONCLUSIVE", "KINDS", "SCHEMA", "AllReduceCalls", "AllReduceOnRank",
     "AllReduceSweep", "Anatomy", "Arrival", "Attribution", "BatchVerdict", "Budget", "CheckVerdict",
-    "CollectiveRow", "CompareResult", "CriticalPath", "Difference", "DiffRow", "ExposedCommunication",
-    "GraphAndEager", "HardwareQueue", "IntervalPart", "KernelChange", "LayerFigures", "Latency",
+    "CollectiveRow", "CompareResult", "CriticalPath", "DiffRow", "Difference", "ExposedCommunication",
+    "GraphAndEager", "HardwareQueue", "IntervalPart", "KernelChange", "Latency", "LayerFigures",
     "MovedNode", "NearCritical", "NodeRate", "NodeResult", "NodeTime", "NotAStep", "OutsideLayers",
     "PathKernel", "PredictedLatency", "PredictedOverlap", "PredictedStep", "ProfileParameter",
     "Protocol", "RankFigures", "RankSkew", "RankWait", "Ranks", "Roofline", "RunFailure", "RunResult",
@@ -1052,6 +1052,10 @@ def _identify(path: str | os.PathLike) -> tuple[Any, int, type]:
         return doc, schema, KINDS[kind]
     if schema == 1 and isinstance(doc.get("runs"), list):
         return doc, 1, CompareResult
+    if isinstance(doc.get("request"), dict) and isinstance(doc.get("batches"), list):
+        raise Failure(f"{path}: not a streamlab result but a `streamlab search --json` record (the search's "
+                      f"own format, schema {schema!r}): its winners are scenario files to `run` or `compare`",
+                      EXIT_BAD_INPUT)
     if schema == 0:
         if doc.get("kind") == AllReduceSweep.KIND:
             return doc, 0, AllReduceSweep
