@@ -10,16 +10,10 @@ import pytest
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.scenario import load
+from streamlab.schedule.graph import capture_edges, with_capture_edges
 from streamlab.timeline import Edge, Interval, Source, Timeline
 from streamlab.trace.chrome import from_chrome, read_chrome, to_chrome, write_chrome
-from streamlab.trace.deps import (
-    STREAM,
-    capture_edges,
-    dependency_graph,
-    for_trace,
-    scenario_edges,
-    with_capture_edges,
-)
+from streamlab.trace.deps import STREAM, dependency_graph, for_trace, scenario_edges
 from streamlab.trace.formats import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,8 +177,8 @@ def test_a_graph_replay_of_a_foreign_trace_says_its_edges_are_unknown(tmp_path):
 
 @pytest.mark.gpu
 def test_a_fresh_runs_trace_respects_its_captured_graph(tmp_path):
-    """On a GPU: run a_v4 at batch 4, read its trace back; every edge of the captured graph
-    (recorded by the run, or rebuilt from the scenario) held on the device."""
+    """On a GPU: run a_v4 at batch 4, read its trace back; the run recorded its captured graph's
+    edges (exec.measure), and every one of them held on the device."""
     from rich.console import Console
 
     from streamlab.session.run import run_scenario
@@ -193,7 +187,7 @@ def test_a_fresh_runs_trace_respects_its_captured_graph(tmp_path):
     run_scenario(scen, Console(), backend=None, device="cuda", layers=None, out=tmp_path)
     loaded = load_trace(tmp_path / "a_v4-b4.trace.json.gz")
     graph = for_trace(loaded.timeline, loaded.info)
-    assert graph.origin in ("recorded", "scenario")
+    assert graph.origin == "recorded", graph.note
     ivs = loaded.timeline.intervals
     waits = [(d.before, i) for i in range(len(ivs)) for d in graph.deps(i) if d.kind != STREAM]
     assert len(waits) > 100
