@@ -507,7 +507,8 @@ class TraceLoader:
     shared_correlations: int  # correlation ids carried by more than one device operation
     syncs: dict[str, int]  # cuda_sync events by kind
     stream_waits: dict[str, int]  # "waiting <- waited on" stream pairs
-    event_waits: int  # stream waits on a recorded event whose streams and correlations were read
+    event_waits: int  # stream waits on recorded events matched to the operations they order
+    event_waits_unmatched: int  # waits that named work outside the trace
     flows: int
     markers: dict[str, int]  # capture / warm-up marks by name
     same_stream_overlaps: int  # device operations clipped at the next one's start

@@ -14,6 +14,8 @@ top of that, what the source knows:
   cudaEventRecord it waits for); with the correlation ids of the device operations (which
   increase in launch order) that is an edge from the last operation enqueued on the recorded
   stream before the record to the first one enqueued on the waiting stream after the wait.
+  The loader reads them in its one pass over the file and resolves them to operations
+  (kineto, assemble: `TraceInfo.event_edges`); here they are edges.
   roctracer's HIP calls carry no stream or event arguments, and a graph replay's event waits
   happened at capture, so there only stream order is known; `DepGraph.note` says so.
 
@@ -24,10 +26,7 @@ one step.
 
 from __future__ import annotations
 
-import bisect
 import functools
-import gzip
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -37,7 +36,6 @@ import numpy as np
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.schedule.graph import capture_edges
 from streamlab.timeline import Edge, Timeline
-from streamlab.trace.kineto import DEVICE_CATS
 from streamlab.trace.loaded import TraceInfo
 
 STREAM = "stream"  # the kind of a stream-order dependency (Edge kinds cover the rest)
@@ -109,19 +107,18 @@ def for_trace(timeline: Timeline, info: TraceInfo) -> DepGraph:
         return dependency_graph(timeline, origin="stream",
                                 note=f"stream order only ({streams} streams): no graph edges, as "
                                      f"{where}")
-    waits = sum(info.stream_waits.values())
-    if waits:
-        edges, missed = kineto_event_edges(info.path, timeline)
-        if edges:
-            return dependency_graph(timeline, origin="events", extra=edges,
-                                    replays=info.replays,
-                                    note=f"stream order and {len(edges)} observed event waits "
-                                         f"(cudaStreamWaitEvent)"
-                                         + (f"; {missed} waits name work outside the trace"
-                                            if missed else ""))
+    if info.event_edges:
+        missed = info.event_waits_unmatched
+        return dependency_graph(timeline, origin="events", replays=info.replays,
+                                extra=[Edge(a, b, "event") for a, b in info.event_edges],
+                                note=f"stream order and {len(info.event_edges)} observed event waits "
+                                     "(cudaStreamWaitEvent)"
+                                     + (f"; {missed} waits name work outside the trace" if missed else ""))
     hip_waits = sum(v for k, v in info.runtime_by_name.items() if "StreamWaitEvent" in str(k))
     why = ("a graph replay: its edges were made at capture and are not in the trace"
            if info.replays else
+           f"its {info.event_waits_unmatched} event waits name work outside the trace"
+           if info.event_waits_unmatched else
            f"{hip_waits} stream waits whose streams the tracer did not record" if hip_waits else
            "no cross-stream waits recorded")
     return dependency_graph(timeline, origin="stream", replays=info.replays,
@@ -197,66 +194,3 @@ def scenario_edges(timeline: Timeline, scenarios: Path = SCENARIOS) -> tuple[lis
         return capture_edges(timeline, scen.program, per), str(path)
     except ValueError as e:
         return [], f"the trace does not match the graph of {path}: {e}"
-
-
-# --- Kineto event waits ---------------------------------------------------------------------
-
-def kineto_event_edges(path: str | Path, timeline: Timeline) -> tuple[list[Edge], int]:
-    """Edges from CUPTI's "Stream Wait Event" records (see the module doc) between the
-    intervals of `timeline`, a loaded Kineto trace of the same file, and how many waits named
-    operations that are not in it (outside the trace, or on an unknown stream).
-
-    The streaming loader keeps no correlation ids, so this reads the file a second time, whole,
-    with json (memory a few times the decompressed size); only traces that recorded stream
-    waits get here. Operations are matched to intervals by stream label and start, labelled and
-    rebased as the loader does (kineto.py `_Collector.build`)."""
-    obj = _read_json(Path(path))
-    ops, waits = [], []
-    for ev in obj.get("traceEvents", []) if isinstance(obj, dict) else obj:
-        if not isinstance(ev, dict) or ev.get("ph") != "X":
-            continue
-        args = ev.get("args") if isinstance(ev.get("args"), dict) else {}
-        if ev.get("cat") in DEVICE_CATS:
-            device = args.get("device", ev.get("pid", 0))
-            ops.append((device if type(device) is int else -1, args.get("stream", ev.get("tid", "?")),
-                        float(ev.get("ts", 0.0)), args.get("correlation")))
-        elif ev.get("cat") == "cuda_sync" and args.get("cuda_sync_kind") == "Stream Wait Event":
-            waits.append(args)
-    if not ops or not waits:
-        return [], 0
-    base = min(ts for _, _, ts, _ in ops)
-    multi = len({d for d, _, _, _ in ops}) > 1
-    index = {(iv.stream, iv.start): i for i, iv in enumerate(timeline.intervals)}
-    by_stream: dict[tuple, list[tuple[int, int]]] = {}  # (device, stream) -> [(correlation, interval)]
-    for device, stream, ts, corr in ops:
-        i = index.get(((f"{device}:" if multi else "") + str(stream), ts - base))
-        if i is not None and type(corr) is int:
-            by_stream.setdefault((device, stream), []).append((corr, i))
-    for lst in by_stream.values():
-        lst.sort()
-    edges, missed = [], 0
-    for w in waits:
-        dev = w.get("device", 0)
-        src = by_stream.get((dev, w.get("wait_on_stream")), [])
-        dst = by_stream.get((dev, w.get("stream")), [])
-        rec, at = w.get("wait_on_cuda_event_record_corr_id"), w.get("correlation")
-        if not (type(rec) is int and type(at) is int):
-            missed += 1
-            continue
-        k = bisect.bisect_left(src, (rec, -1)) - 1
-        j = bisect.bisect_right(dst, (at, len(timeline.intervals)))
-        if k < 0 or j >= len(dst):
-            missed += 1
-            continue
-        a, b = src[k][1], dst[j][1]
-        if a < b:
-            edges.append(Edge(a, b, "event"))
-    return edges, missed
-
-
-def _read_json(path: Path):
-    try:
-        raw = path.read_bytes()
-        return json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
-    except (OSError, EOFError, ValueError, gzip.BadGzipFile) as e:
-        raise Failure(f"{path}: cannot read its event waits: {e}", EXIT_BAD_INPUT) from None
