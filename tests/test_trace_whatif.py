@@ -188,3 +188,29 @@ def test_cli_bad_what_if_is_one_line_and_exit_2():
     res = runner.invoke(app, ["summary", str(H100 / "serial-b4.trace.json.gz"), "--what-if", "gemm"])
     assert res.exit_code == EXIT_BAD_INPUT
     assert "--what-if 'gemm'" in res.output and "Traceback" not in res.output
+
+
+def test_the_whatif_bench_runs_end_to_end_on_fresh_runs(tmp_path):
+    """bench/whatif_bench.py --measure on a machine without a GPU: `streamlab compare` simulates
+    a_v4 at batches 4 and 16 and writes each run's trace with its captured graph's edges; the
+    replay of one batch's trace with every node at the other batch's time lands on the other
+    run's trace (the simulator is the same model on both sides, so only the graph walk can miss:
+    with stream order alone the alt stream's kernels would start early)."""
+    import subprocess
+    import sys
+
+    env = {"PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "bench/whatif_bench.py", "--measure", "--device", "cpu", "--scenarios",
+                        "a_v4", "--batches", "4,16", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads((tmp_path / "whatif.json").read_text())
+    assert doc["runs"] == ["simulated, profile h200"]
+    batch = [r for r in doc["rows"] if r["kind"] == "batch"]
+    assert [(r["source"], r["target"]) for r in batch] == [("a_v4-b4", "a_v4-b16"),
+                                                           ("a_v4-b16", "a_v4-b4")]
+    assert all(r["dependencies"] == "recorded" and r["runs"] == "simulated" and r["noise_us"] is None
+               for r in batch)
+    for r in batch:
+        assert abs(r["trace_error_us"]) < 0.002 * r["target_trace_us"], r
+    assert "What-if on simulated runs (a smoke test" in (tmp_path / "whatif.md").read_text()

@@ -16,7 +16,13 @@ from rich.console import Console
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, Failure
 from streamlab.exec.buffers import Buffers, describe_bytes
 from streamlab.exec.eager import StreamSet
-from streamlab.exec.target import Target, collective_overrides, device_name, pick_target, versions
+from streamlab.exec.target import (
+    Target,
+    collective_overrides,
+    device_name,
+    pick_target,
+    versions,
+)
 from streamlab.exec.verify import compare_with_serial
 from streamlab.kernels import Bound, bind_layer, binding_summary
 from streamlab.report.result import print_result
@@ -142,13 +148,15 @@ def simulate_run(scen: Scenario, profile: str | DeviceProfile, layers: int, cons
     """The scenario on the simulator: its trace written, its result printed (not written).
     `other_model`: scale a profile calibrated on another model to the scenario's (run, compare and
     check fall back to the profile for any model) instead of refusing it (`streamlab sim`)."""
+    from streamlab.schedule.graph import with_capture_edges
     from streamlab.sim.profile_file import load_profile
     from streamlab.sim.run import simulate_scenario
     from streamlab.trace import write_chrome
 
     prof = load_profile(profile) if isinstance(profile, str) else profile
     sim = simulate_scenario(scen, prof, layers, other_model=other_model)
-    trace_path = write_chrome(sim.timeline,
+    # with the captured graph's edges, as a measured run's: what-if and critical path on the trace
+    trace_path = write_chrome(with_capture_edges(sim.timeline, scen.program, layers),
                               out / f"{scen.name}-b{scen.shape.batch}-sim-{prof.name}.trace.json.gz")
     result = simulated_result(scen, sim, replace(setup, trace=str(trace_path)))
     print_result(console, result)
