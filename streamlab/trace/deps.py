@@ -4,8 +4,9 @@ Every interval waits for the one before it on its stream (a stream runs its work
 top of that, what the source knows:
 
 - a streamlab run replays a captured graph whose edges come from the scenario (schedule.graph
-  `capture`): `capture_edges` turns them into Timeline edges, kernel to kernel, which the Chrome
-  trace carries as flow events. A trace written before runs recorded them gets the same edges
+  `capture`): `schedule.graph.capture_edges` turns them into Timeline edges, kernel to kernel;
+  measured and simulated runs record them (exec.measure, session.run) and the Chrome trace
+  carries them as flow events. A trace written before runs recorded them gets the same edges
   from its scenario file (`scenarios/<name>.yaml`, named in its source) when the trace's
   (layer, node) intervals match that scenario's graph; replay r + 1 waits for all of replay r
   (a graph launch waits for the previous one on its stream: `launch` edges);
