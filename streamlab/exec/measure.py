@@ -178,7 +178,8 @@ def _capture(work, device: torch.device, what: str,
 
 def isolated(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: StreamSet,
              replays: int) -> dict[str, NodeIsolated]:
-    """Each node alone in its own graph, L2 flushed before each replay, profiled."""
+    """Each node alone in its own graph, L2 flushed before each replay, profiled; a budgeted node
+    alone under its budget (what the simulator's budget model predicts)."""
     device = buffers.device
     l2 = torch.cuda.get_device_properties(device).L2_cache_size
     scratch = torch.empty(4 * l2, dtype=torch.uint8, device=device)
@@ -187,7 +188,7 @@ def isolated(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams:
     around = capture_hook(bound)
     out: dict[str, NodeIsolated] = {}
     for node in scen.layer.nodes:
-        program = Program([Launch(node.name, scen.program.main)])
+        program = Program([Launch(node.name, scen.program.main, sms=scen.program.budgets.get(node.name))])
         graph = _capture(lambda: run_program(program, bound, buffers, streams), device,
                          f"node {node.name}", around)
 
