@@ -13,8 +13,9 @@ bound stays a bound; the parts are listed, so nothing hides in the total):
   kernel) times the work the shorter one did beside the other;
 - shape: every node moved from its calibrated point to this shape (sim/shape.py), by the rule's
   own miss rate on the measured batches times the move;
-- SM budgets: a budgeted node's slowdown alone is modelled (sim/costs.py `BudgetCosts`), never
-  measured by a profile; the interval takes that slowdown as its own uncertainty.
+- SM budgets: what budgets do is modelled (sim/costs.py `BudgetCosts`), never measured by a
+  profile; the interval takes their whole modelled effect (against the same layout without
+  them, or the budgeted nodes' slowdown alone, the larger) as its own uncertainty.
 
 Which overlaps a layout creates comes from its simulated replay, never from a list: the pairs
 the engine ran side by side, with which one it let keep its pace (`Overlap`). `missing_pairs`
@@ -30,7 +31,7 @@ from streamlab.results import IntervalPart, MovedNode, PredictedLatency, Predict
 from streamlab.scenario import Scenario, check_budgets
 from streamlab.schedule.program import Program
 from streamlab.sim.costs import QUEUE_WAIT_EXEMPT, device_units, node_costs
-from streamlab.sim.engine import Overlap, Replay, run
+from streamlab.sim.engine import Overlap, Replay, run, run_graph
 from streamlab.sim.profile import DeviceProfile
 from streamlab.sim.profile_file import check_profile_for
 from streamlab.sim.shape import NodeLatency, shape_spread
@@ -199,12 +200,13 @@ def bands(sim: Replay, profile: DeviceProfile, layer: Layer) -> tuple[Band, ...]
                     f"x {q.value:.2f}: {q.source}"))
     b = sim.budget
     if b is not None:
-        budgeted = [(name, us, k) for name, us, k, sms in zip(c.names, c.alone_us, b.stretch, b.budgets)
-                    if sms is not None]
-        extra = sum(us * (k - 1) for _, us, k in budgeted)
-        out.append(Band("SM budgets", extra, f"{len(budgeted)} budgeted nodes, {extra:.1f} us of modelled slowdown "
-                        f"alone, +- itself: modelled from their Triton grids on {b.units} SMs / CUs "
-                        "(sim/costs.py BudgetCosts), not measured by the profile"))
+        budgeted = sum(sms is not None for sms in b.budgets)
+        alone = sum(us * (k - 1) for us, k, sms in zip(c.alone_us, b.stretch, b.budgets) if sms is not None)
+        effect = sim.per_layer_us - run_graph(g, c, profile.name).per_layer_us
+        out.append(Band("SM budgets", max(abs(effect), alone),
+                        f"{budgeted} budgeted nodes: {effect:+.1f} us per layer against the same layout without "
+                        f"budgets, {alone:.1f} us slower alone, +- the larger: modelled from their Triton grids "
+                        f"on {b.units} SMs / CUs (sim/costs.py BudgetCosts), not measured by the profile"))
     moved = [x for x in c.latency if x.extrapolated]
     if moved:
         kappa, how = shape_spread(profile)
