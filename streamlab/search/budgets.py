@@ -1,8 +1,8 @@
-"""SM / CU budgets in the search (`streamlab search --budgets`): after the stream layouts are
+"""SM / CU budgets in the search (`streamlab search --sm-budgets`): after the stream layouts are
 ranked, each of the top layouts is tried again with budgets.
 
 For a ranked layout, its simulated replay says which compute kernels ran side by side
-(`Overlap`); for each such pair and each share asked (`--budgets half` = 0.5, or fractions such
+(`Overlap`); for each such pair and each share asked (`--sm-budgets half` = 0.5, or fractions such
 as 0.25,0.5,0.75), the node with less standalone work gets that share of the device's SMs (CUs)
 as its budget (`Layout.options`, a scenario's `sms:`), so that the larger one keeps the rest, as
 SGLang gives DeepGEMM half the SMs in its dual-stream indexer. Every budgeted variant is
@@ -31,7 +31,7 @@ NAMED = {"half": (0.5,), "thirds": (1 / 3, 2 / 3), "quarters": (0.25, 0.5, 0.75)
 
 
 def parse_shares(text: str | None) -> tuple[float, ...]:
-    """`--budgets`: a name (half, thirds, quarters) or comma-separated fractions in (0, 1)."""
+    """`--sm-budgets`: a name (half, thirds, quarters) or comma-separated fractions in (0, 1)."""
     if text is None:
         return ()
     if text in NAMED:
@@ -41,7 +41,7 @@ def parse_shares(text: str | None) -> tuple[float, ...]:
     except ValueError:
         shares = ()
     if not shares or not all(0 < f < 1 for f in shares):
-        raise Failure(f"--budgets {text!r}: give {', '.join(NAMED)} or fractions of the device's SMs between 0 "
+        raise Failure(f"--sm-budgets {text!r}: give {', '.join(NAMED)} or fractions of the device's SMs between 0 "
                       "and 1, comma-separated (e.g. 0.33,0.5)", EXIT_BAD_INPUT)
     return tuple(sorted(set(shares)))
 

@@ -91,7 +91,7 @@ class BatchOutcome:
     shipped: tuple[Placed, ...]
     tally: Tally
     programs: int  # every way to write the layer on <= streams streams (exact waits, no barriers)
-    budget: BudgetTally | None = None  # the budget pass, when --budgets asked for one
+    budget: BudgetTally | None = None  # the budget pass, when --sm-budgets asked for one
 
     @property
     def best(self) -> Ranked:
