@@ -247,5 +247,7 @@ def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: 
                               iv.layer, iv.kind) for iv in intervals]
     timeline = Timeline(intervals, Source("measured", torch.cuda.get_device_name(device), {
         "backend": ",".join(sorted({backend_kind(b.backend) for b in bound.values()})),
-        "torch": torch.__version__, "scenario": scen.name}), chained_bounds(intervals, layers))
+        "torch": torch.__version__, "scenario": scen.name,
+        **({"sm_budgets": ", ".join(f"{n} {b}" for n, b in scen.program.budgets.items())}
+           if scen.program.budgets else {})}), chained_bounds(intervals, layers))
     return Measurement(timing, timeline, alone, ceil)

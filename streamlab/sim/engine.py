@@ -153,8 +153,12 @@ class Replay:
             n = g.node[i]
             out.append(Interval(c.ops[n], g.lane_names[g.lane[i]], start, end, c.names[n], i // g.per_layer,
                                 "allreduce" if c.collective[n] else "kernel"))
-        return Timeline(out, Source("simulated", self.profile, {"profile": self.profile}),
-                        chained_bounds(out, g.layers))
+        meta = {"profile": self.profile}
+        if self.budget is not None:
+            meta["sm_budgets"] = (", ".join(f"{n} {b}" for n, b in zip(c.names, self.budget.budgets) if b is not None)
+                                  + f" of {self.budget.units}: modelled from the Triton grids (sim/costs.py), "
+                                  "not measured")
+        return Timeline(out, Source("simulated", self.profile, meta), chained_bounds(out, g.layers))
 
 
 class _Run:
