@@ -35,8 +35,9 @@ from streamlab.search.predict import Predicted, layer_at, rank_us
 from streamlab.search.rank import Candidate
 from streamlab.search.space import Space
 from streamlab.search.write import scenario_text
-from streamlab.sim import load_profile, predict, run
+from streamlab.sim import load_profile, predict
 from streamlab.sim.costs import budget_costs
+from streamlab.sim.engine import run
 
 ROOT = Path(__file__).parent.parent
 A_V4 = (ROOT / "scenarios" / "a_v4.yaml").read_text()
