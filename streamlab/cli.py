@@ -12,7 +12,7 @@ from rich.console import Console
 
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, Failure, guard
 from streamlab.models.hardware import HARDWARE
-from streamlab.scenario import Scenario, load
+from streamlab.scenario import Scenario, check_budgets, load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure, simulate and explain multi-stream graph schedules of a decode layer.")
@@ -58,6 +58,7 @@ def graph(scenario: Path = SCENARIO, model: Optional[str] = MODEL, batch: Option
     if hardware not in HARDWARE:
         raise Failure(f"unknown hardware {hardware!r}; known: {', '.join(HARDWARE)}", EXIT_BAD_INPUT)
     scen = _scenario(scenario, model, batch, context, tp, page_size, kv_cache)
+    check_budgets(scen, HARDWARE[hardware].units, hardware)
     console.print(schedule_view(_title(scen), scen.layer, scen.program, HARDWARE[hardware], queues))
     if dot is not None:
         from streamlab.io import write_atomic

@@ -178,7 +178,8 @@ def _capture(work, device: torch.device, what: str,
 
 def isolated(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: StreamSet,
              replays: int) -> dict[str, NodeIsolated]:
-    """Each node alone in its own graph, L2 flushed before each replay, profiled."""
+    """Each node alone in its own graph, L2 flushed before each replay, profiled; a budgeted node
+    alone under its budget (what the simulator's budget model predicts)."""
     device = buffers.device
     l2 = torch.cuda.get_device_properties(device).L2_cache_size
     scratch = torch.empty(4 * l2, dtype=torch.uint8, device=device)
@@ -187,7 +188,7 @@ def isolated(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams:
     around = capture_hook(bound)
     out: dict[str, NodeIsolated] = {}
     for node in scen.layer.nodes:
-        program = Program([Launch(node.name, scen.program.main)])
+        program = Program([Launch(node.name, scen.program.main, sms=scen.program.budgets.get(node.name))])
         graph = _capture(lambda program=program: run_program(program, bound, buffers, streams), device,
                          f"node {node.name}", around)
 
@@ -246,7 +247,9 @@ def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: 
                               iv.layer, iv.kind) for iv in intervals]
     timeline = Timeline(intervals, Source("measured", torch.cuda.get_device_name(device), {
         "backend": ",".join(sorted({backend_kind(b.backend) for b in bound.values()})),
-        "torch": torch.__version__, "scenario": scen.name}), chained_bounds(intervals, layers))
+        "torch": torch.__version__, "scenario": scen.name,
+        **({"sm_budgets": ", ".join(f"{n} {b}" for n, b in scen.program.budgets.items())}
+           if scen.program.budgets else {})}), chained_bounds(intervals, layers))
     try:  # the captured graph's edges: critical path and what-if walk the graph traces give
         timeline = with_capture_edges(timeline, scen.program, layers)
     except ValueError as e:  # attribution gave every kernel its (layer, node), as attribute does

@@ -61,6 +61,9 @@ def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(M
            budget: float | None = typer.Option(None, help="seconds per batch before the search stops and "
                                                              "reports its gap to the bound"),
            workers: int | None = typer.Option(None, help="processes simulating (default: the cores available, up to 8)"),
+           sm_budgets: str | None = typer.Option(None, "--sm-budgets",
+                                                  help="also try SM / CU budgets on the top layouts' overlapped "
+                                                       "pairs: half, thirds, quarters or fractions such as 0.33,0.5"),
            out: Path = typer.Option(FOUND, help="folder for the winners' scenario files and the report"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object (candidates, layouts, "
                                                               "predictions, explanations) on stdout"),
@@ -71,9 +74,12 @@ def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(M
 
     Enumerates every layout the DAG allows on --streams streams (up to equivalence: the same
     captured graph), simulates them in order of a lower bound until nothing left can enter the
-    top K, and writes the winner of each batch as a scenario file. Exit codes: 0 done; 2 bad input,
+    top K, and writes the winner of each batch as a scenario file. With --sm-budgets, each of the
+    top K is tried again with the smaller node of each overlapped pair on a share of the SMs
+    (CUs), ranked with the rest (the budget effect is modelled: sim/costs.py). Exit codes: 0 done; 2 bad input,
     which includes a search with no room for overlap (--streams 1, or a layer where no two nodes
     can run at once) and a profile that lacks measured latencies for the model's nodes."""
+    from streamlab.search.budgets import parse_shares
     from streamlab.search.enumerate import Limits
     from streamlab.search.find import SHIPPED, Request, find
     from streamlab.search.predict import default_workers
@@ -98,7 +104,7 @@ def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(M
         raise Failure(f"--streams {streams}: {e}", EXIT_BAD_INPUT) from None
     req = Request(model=model, shape=shape, batches=batches, profile=profile, variant=_variant(variant),
                   limits=limits, layers=layers, top=top, budget_s=budget,
-                  workers=workers or default_workers(), shipped=shipped or SHIPPED)
+                  workers=workers or default_workers(), shipped=shipped or SHIPPED, budgets=parse_shares(sm_budgets))
     console = Console(stderr=as_json, highlight=False)
     with _progress(console) as note:
         result = find(req, note)

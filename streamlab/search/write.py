@@ -54,12 +54,16 @@ def schedule_lines(space: Space, program: Program) -> list[str]:
         op = ops[i]
         if isinstance(op, Launch):
             run = [op.node]
-            while i + 1 < len(ops) and isinstance(ops[i + 1], Launch) and ops[i + 1].stream == op.stream:
+            while (i + 1 < len(ops) and isinstance(ops[i + 1], Launch) and ops[i + 1].stream == op.stream
+                   and ops[i + 1].sms == op.sms):
                 i += 1
                 run.append(ops[i].node)
             seen[op.stream] = [run[-1]]
             names = ", ".join(_compact(run, groups))
             lines += [f"  - run: [{names}]"] if op.stream == "main" else [f"  - on: {op.stream}", f"    run: [{names}]"]
+            if op.sms is not None:
+                lines[-1] = f"{lines[-1]:<{PAD}}# at most {op.sms} SMs / CUs at once"
+                lines.append(f"    sms: {op.sms}")
         else:
             upcoming = _next_launch(ops, i)
             if isinstance(op, WaitStream):
@@ -119,9 +123,6 @@ def file_name(result: SearchResult, batch: int, rank: int | None = None) -> str:
 def scenario_text(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, command: str) -> str:
     """A scenario file for one ranked layout of one batch."""
     req, c = result.request, entry.candidate
-    if c.layout.options:
-        raise Failure("per-node launch options (SM / CU budgets) are not part of the scenario language yet",
-                      EXIT_BAD_INPUT)
     shape = {**vars(req.shape), "batch": outcome.batch}
     space = Space.of(layer_at(req.model, req.shape.with_(batch=outcome.batch), c.layout.variant))
     program = build_program(space, c.layout)
@@ -176,8 +177,22 @@ def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, comma
         f"  layout:    {c.name}",
         f"  overlaps:  {overlaps}",
         f"  space:     {rules}",
+        *_budget_lines(outcome, entry),
         "",
     ]
+
+
+def _budget_lines(outcome: BatchOutcome, entry: Ranked) -> list[str]:
+    """What the budget pass tried, and whether this layout's budgets rest on a measurement."""
+    b = outcome.budget
+    if b is None:
+        return []
+    shares = ", ".join(f"{f:.2g}" for f in b.shares)
+    mine = ("this layout has SM budgets (sms:), their effect modelled from the Triton grids (sim/costs.py "
+            "BudgetCosts), not measured" if entry.candidate.layout.options else "this layout has no SM budget")
+    tried = (f"  budgets:   shares {shares} of {b.units} SMs / CUs tried on the overlapped pairs of the top "
+             f"{b.layouts} plain layouts ({b.tried} budgeted layouts simulated);")
+    return [tried, f"             {mine}"]
 
 
 def write_winners(result: SearchResult, out: Path, *, command: str) -> list[Path]:

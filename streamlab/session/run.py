@@ -28,7 +28,7 @@ from streamlab.kernels import Bound, bind_layer, binding_summary
 from streamlab.report.result import print_result
 from streamlab.results import RunResult, dump
 from streamlab.runs import RunSetup, measured_result, simulated_result
-from streamlab.scenario import Scenario
+from streamlab.scenario import Scenario, ScenarioError, check_budgets
 from streamlab.sim.profile import DeviceProfile
 
 __all__ = ["CPU_LAYERS", "OutputsDiffer", "run_scenario", "simulate_run"]
@@ -121,10 +121,23 @@ def _prepare(scen: Scenario, target: Target, layers: int, console: Console, coll
     overrides = ({"allreduce": collective} if collective is not None
                  else collective_overrides(scen, target))
     bound = bind_layer(scen.layer, target.backend, overrides)
+    _check_budgets(scen, target, bound)
     if target.backend == "aiter":
         for line in binding_summary(bound):
             console.print(line, markup=False)
     return buffers, bound, StreamSet(target.device)
+
+
+def _check_budgets(scen: Scenario, target: Target, bound: dict[str, Bound]) -> None:
+    """Every `sms:` of the scenario within this GPU's SMs (CUs), on kernels that honour it
+    (`Bound.budget_problem`), before anything runs."""
+    if target.gpu:
+        check_budgets(scen, torch.cuda.get_device_properties(target.device).multi_processor_count,
+                      device_name(target.device))
+    for op in scen.program.launches:
+        why = op.sms is not None and bound[op.node].budget_problem(target.gpu)
+        if why:
+            raise ScenarioError(scen.path, [(op.line, f"sms: {op.sms} on {op.node}: {why}")])
 
 
 def _check_outputs(scen, buffers, bound, streams, console, reduced: bool) -> list:

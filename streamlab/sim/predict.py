@@ -12,7 +12,10 @@ bound stays a bound; the parts are listed, so nothing hides in the total):
   leave-one-out spread over the measured pairs (`overlap_model_spread`, in units of the shorter
   kernel) times the work the shorter one did beside the other;
 - shape: every node moved from its calibrated point to this shape (sim/shape.py), by the rule's
-  own miss rate on the measured batches times the move.
+  own miss rate on the measured batches times the move;
+- SM budgets: what budgets do is modelled (sim/costs.py `BudgetCosts`), never measured by a
+  profile; the interval takes their whole modelled effect (against the same layout without
+  them, or the budgeted nodes' slowdown alone, the larger) as its own uncertainty.
 
 Which overlaps a layout creates comes from its simulated replay, never from a list: the pairs
 the engine ran side by side, with which one it let keep its pace (`Overlap`). `missing_pairs`
@@ -30,10 +33,10 @@ from streamlab.results import (
     PredictedLatency,
     PredictedOverlap,
 )
-from streamlab.scenario import Scenario
+from streamlab.scenario import Scenario, check_budgets
 from streamlab.schedule.program import Program
-from streamlab.sim.costs import QUEUE_WAIT_EXEMPT, node_costs
-from streamlab.sim.engine import Overlap, Replay, run
+from streamlab.sim.costs import QUEUE_WAIT_EXEMPT, device_units, node_costs
+from streamlab.sim.engine import Overlap, Replay, run, run_graph
 from streamlab.sim.profile import DeviceProfile
 from streamlab.sim.profile_file import check_profile_for
 from streamlab.sim.shape import NodeLatency, shape_spread
@@ -136,6 +139,8 @@ def predict(scen: Scenario, profile: DeviceProfile, *, layers: int | None = None
             other_model: bool = False) -> Prediction:
     """The scenario simulated on `profile`, with its interval (module docstring). `other_model`:
     the user asked for a model the profile was not calibrated on (`sim --model`)."""
+    if scen.program.budgets:
+        check_budgets(scen, device_units(profile), f"the {profile.name} profile's device")
     return predict_layer(scen.name, scen.layer, scen.program, profile, layers=layers or scen.measure.layers,
                          other_model=other_model)
 
@@ -189,6 +194,15 @@ def bands(sim: Replay, profile: DeviceProfile, layer: Layer) -> tuple[IntervalPa
     out.append(IntervalPart("unmeasured overlaps", q.value * beside,
                     f"{len(unmeasured)} pairs, {beside:.1f} us of the shorter kernels' work beside the other "
                     f"x {q.value:.2f}: {q.source}"))
+    b = sim.budget
+    if b is not None:
+        budgeted = sum(sms is not None for sms in b.budgets)
+        alone = sum(us * (k - 1) for us, k, sms in zip(c.alone_us, b.stretch, b.budgets) if sms is not None)
+        effect = sim.per_layer_us - run_graph(g, c, profile.name).per_layer_us
+        out.append(IntervalPart("SM budgets", max(abs(effect), alone),
+                        f"{budgeted} budgeted nodes: {effect:+.1f} us per layer against the same layout without "
+                        f"budgets, {alone:.1f} us slower alone, +- the larger: modelled from their Triton grids "
+                        f"on {b.units} SMs / CUs (sim/costs.py BudgetCosts), not measured by the profile"))
     moved = [x for x in c.latency if x.extrapolated]
     if moved:
         kappa, how = shape_spread(profile)
