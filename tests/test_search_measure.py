@@ -240,3 +240,20 @@ def test_a_tiny_search_measured_on_the_gpu(tmp_path):
     assert [x.role for x in b.layouts] == ["candidate", "best shipped", "serial"]
     assert all(x.equal_to_serial and x.median_us > 0 for x in b.layouts) and b.winner
     assert "measured:  on" in Path(b.winner_file).read_text()
+
+
+def test_the_cli_prints_the_measurement_as_json_and_writes_under_out(profile, tmp_path, monkeypatch):
+    from streamlab.cli import app
+    from streamlab.search import measure
+
+    monkeypatch.setattr(measure, "GpuRunner", lambda **kw: Measurer(**{k: v for k, v in kw.items() if k == "gpus"}))
+    r = CliRunner().invoke(app, ["search", "--profile", profile, "--batch", "4", "--top", "2", "--max-waits", "4",
+                                 "--barriers", "0", "--variant", "fused_rope_cat_cache=true", "--workers", "2",
+                                 "--measure", "--rounds", "1", "--json", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["kind"] == "search-measure" and doc["rounds"] == 1 and doc["top"] == 2
+    (b,) = doc["batches"]
+    assert b["winner"] and Path(b["winner_file"]).parent == tmp_path / "out"
+    assert all(Path(p).is_relative_to(tmp_path / "out") for p in (doc["ranked_on"], b["report"]))
+    assert list(tmp_path.iterdir()) == [tmp_path / "out"]

@@ -31,13 +31,14 @@ FORMAT, KIND = 1, "layout-runs"
 @dataclass(frozen=True)
 class LayoutRun:
     """One layout (a scenario file) at one shape, measured into `folder` (emptied first: a run cut
-    short may have left files)."""
+    short may have left files); `layers` per graph (None: the scenario's `measure.layers`)."""
 
     path: str
     model: str
     shape: Shape
     folder: str
     device: str = "cuda"
+    layers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def measure_layout(run: LayoutRun, backend: str, *, fresh: bool) -> list[Path]:
     folder.mkdir(parents=True)
     scen = load(run.path).override(model=run.model, **vars(run.shape))
     try:
-        run_apart(scen, backend=backend, device=run.device, layers=None, out=folder, fresh=fresh)
+        run_apart(scen, backend=backend, device=run.device, layers=run.layers, out=folder, fresh=fresh)
     except OutputsDiffer:
         pass
     return sorted(folder.iterdir())

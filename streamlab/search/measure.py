@@ -6,7 +6,8 @@
    `RERANKS` times. The extended profile is written under --out.
 2. Runs: the top K of each batch after the last search, serial and the best shipped layout (by
    prediction), each measured as `streamlab run` measures it (outputs checked bitwise against
-   serial's, then the repeat protocol of its `measure:`) in a process of its own
+   serial's, then the repeat protocol of its `measure:`, at the search's --layers per graph) in a
+   process of its own
    (`collective.layout_runs.measure_layout`: `session.fresh.run_apart`), `rounds` times,
    interleaved: a round measures every layout of every batch once, serial first. With G GPUs, G
    rounds run side by side, one process per GPU started through torch's elastic launcher
@@ -240,7 +241,7 @@ def _measure(req: Request, plan: dict[int, list[Entry]], ask: Ask, runner: Runne
     """Every layout of every batch in every round, a stage per launch (G rounds side by side on G
     GPUs); the result file of each run by `_run_key`."""
     s = req.shape
-    digest = hashlib.sha256(ranked_on.read_bytes())
+    digest = hashlib.sha256(ranked_on.read_bytes() + f"layers {req.layers}".encode())
     for b in sorted(plan):
         for e in plan[b]:  # what is measured, without the comments (they carry the date)
             digest.update(b"".join(line for line in e.path.read_bytes().splitlines(keepends=True)
@@ -255,8 +256,8 @@ def _measure(req: Request, plan: dict[int, list[Entry]], ask: Ask, runner: Runne
         for b in sorted(plan):
             for i, e in enumerate(plan[b]):
                 name = (f"round {r0}" if len(rounds) == 1 else f"rounds {rounds[0]}-{rounds[-1]}") + f" b{b} {e.name}"
-                runs = [LayoutRun(str(e.path), req.model, s.with_(batch=b), str(work.path / _run_key(r, b, e)))
-                        for r in rounds]
+                runs = [LayoutRun(str(e.path), req.model, s.with_(batch=b), str(work.path / _run_key(r, b, e)),
+                                  layers=req.layers) for r in rounds]
                 stages.append((name, RUN_S + (FIRST_RUN_S if r0 == 1 and i == 0 else 0.0), runs))
     with StageProgress(console) as progress:
         for line in notes:
