@@ -246,7 +246,7 @@ def test_the_cli_prints_the_measurement_as_json_and_writes_under_out(profile, tm
     from streamlab.cli import app
     from streamlab.search import measure
 
-    monkeypatch.setattr(measure, "GpuRunner", lambda **kw: Measurer(**{k: v for k, v in kw.items() if k == "gpus"}))
+    monkeypatch.setattr(measure, "GpuRunner", lambda **kw: Measurer(gpus=kw["gpus"] or 1))
     r = CliRunner().invoke(app, ["search", "--profile", profile, "--batch", "4", "--top", "2", "--max-waits", "4",
                                  "--barriers", "0", "--variant", "fused_rope_cat_cache=true", "--workers", "2",
                                  "--measure", "--rounds", "1", "--json", "--out", str(tmp_path / "out")])
