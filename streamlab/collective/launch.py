@@ -32,7 +32,7 @@ from streamlab.collective import watch
 from streamlab.collective.worker import DEFAULT_RANK_TIMEOUT, MODULE, parse
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
 
-__all__ = ["DEFAULT_RANK_TIMEOUT", "launch_run", "launch_sweep", "launch_worker", "run_args"]
+__all__ = ["DEFAULT_RANK_TIMEOUT", "launch_layouts", "launch_run", "launch_sweep", "launch_worker", "run_args"]
 
 MONITOR_INTERVAL_S = 0.2
 
@@ -91,6 +91,12 @@ def launch_sweep(world: int, impls: str | Sequence[str], sizes: str | Sequence[i
     launch_worker(["sweep", "--impl", ",".join(impls), "--sizes", size_text, "--out", str(out),
                    "--iters", str(iters), "--warmup", str(warmup), "--calls", str(calls), "--device", device],
                   world, launcher_args=launcher_args, rank_timeout=rank_timeout)
+
+
+def launch_layouts(jobs: str | os.PathLike, world: int, *, rank_timeout: float = DEFAULT_RANK_TIMEOUT) -> None:
+    """`search --measure` on several GPUs: rank r measures run r of the jobs file
+    (collective.layout_runs) alone on its GPU, in a process of its own; `world` ranks, one per run."""
+    launch_worker(["layouts", str(jobs)], world, rank_timeout=rank_timeout)
 
 
 def launch_worker(worker_args: Sequence[str], world: int, *, launcher_args: Sequence[str] | None = None,

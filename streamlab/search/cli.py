@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from streamlab.errors import EXIT_BAD_INPUT, Failure, guard
+from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, Failure, guard
 from streamlab.layer import Variant
 from streamlab.models import MODELS, Shape
 
@@ -69,16 +69,32 @@ def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(M
                                                               "predictions, explanations) on stdout"),
            report: bool = typer.Option(True, help="write a compare report of winner, best shipped and serial"),
            shipped: Path | None = typer.Option(None, help="folder of scenarios to place in the space "
-                                                             "(default: the shipped scenarios/)")):
+                                                             "(default: the shipped scenarios/)"),
+           measure: bool = typer.Option(False, "--measure", help="prove it on this GPU: measure the overlaps the "
+                                        "top K lack and search again, then measure the top K beside serial and the "
+                                        "best shipped layout in fresh processes, outputs checked against serial"),
+           rounds: int = typer.Option(2, help="--measure: rounds, each measuring every layout once in a fresh "
+                                              "process (interleaved; G GPUs run G rounds side by side)"),
+           gpus: int | None = typer.Option(None, help="--measure: GPUs to measure on, one process each "
+                                                      "(default: every GPU torch sees)"),
+           backend: str | None = typer.Option(None, help="--measure: kernels: auto, triton, aiter"),
+           work: Path | None = typer.Option(None, help="--measure: folder for what was measured "
+                                                       "(default: OUT/measure.work)"),
+           resume: bool = typer.Option(False, help="--measure: continue the measurement in the work folder")):
     """Find the fastest stream layout of the layer on a device profile (simulated, no GPU).
 
     Enumerates every layout the DAG allows on --streams streams (up to equivalence: the same
     captured graph), simulates them in order of a lower bound until nothing left can enter the
     top K, and writes the winner of each batch as a scenario file. With --sm-budgets, each of the
     top K is tried again with the smaller node of each overlapped pair on a share of the SMs
-    (CUs), ranked with the rest (the budget effect is modelled: sim/costs.py). Exit codes: 0 done; 2 bad input,
-    which includes a search with no room for overlap (--streams 1, or a layer where no two nodes
-    can run at once) and a profile that lacks measured latencies for the model's nodes."""
+    (CUs), ranked with the rest (the budget effect is modelled: sim/costs.py). With --measure, proves the top
+    K on this GPU (streamlab.search.measure): the winner is then the measured fastest, its file
+    says by how much, and --json prints the measurement (kind search-measure). Exit codes: 0 done;
+    1 (--measure) a layout's outputs differ from serial's (everything else still written); 2 bad
+    input, which includes a search with no room for overlap (--streams 1, or a layer where no two
+    nodes can run at once) and a profile that lacks measured latencies for the model's nodes, or
+    one not calibrated on this GPU with these kernels (--measure); 3 --measure without a GPU;
+    130 --measure interrupted (what was measured is kept: add --resume)."""
     from streamlab.search.budgets import parse_shares
     from streamlab.search.enumerate import Limits
     from streamlab.search.find import SHIPPED, Request, find
@@ -105,10 +121,21 @@ def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(M
     req = Request(model=model, shape=shape, batches=batches, profile=profile, variant=_variant(variant),
                   limits=limits, layers=layers, top=top, budget_s=budget,
                   workers=workers or default_workers(), shipped=shipped or SHIPPED, budgets=parse_shares(sm_budgets))
+    runner = None
+    if measure:
+        from streamlab.search.measure import GpuRunner
+        if rounds < 1:
+            raise Failure(f"--rounds {rounds}: 1 or more", EXIT_BAD_INPUT)
+        runner = GpuRunner(backend=backend, gpus=gpus)  # no GPU: one message before any work
+    elif resume or work is not None:
+        raise Failure("--resume and --work go with --measure", EXIT_BAD_INPUT)
     console = Console(stderr=as_json, highlight=False)
-    with _progress(console) as note:
-        result = find(req, note)
-    command = "streamlab search " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    result = _searched(req, console, find)
+    command = "streamlab search " + " ".join(shlex.quote(a) for a in sys.argv[2:] if a != "--resume")
+    if runner is not None:
+        _measured(req, result, runner, console, command, out=out, work=work, rounds=rounds, resume=resume,
+                  as_json=as_json)
+        return
     written = write_winners(result, out, command=command)
     if report:
         written += write_report(result, written, out, console)
@@ -118,6 +145,34 @@ def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(M
     if as_json:
         from streamlab.search.report import to_json
         print(json.dumps(to_json(result, written), indent=1))
+
+
+def _measured(req, result, runner, console: Console, command: str, *, out: Path, work: Path | None, rounds: int,
+              resume: bool, as_json: bool) -> None:
+    """--measure: prove the top K on the GPU, print and write what it measured."""
+    from streamlab.calibration.plan import load_layouts
+    from streamlab.report.search_measure import print_measurement
+    from streamlab.results import to_json
+    from streamlab.search.find import find
+    from streamlab.search.measure import Ask, prove
+    from streamlab.search.report import print_result
+
+    ask = Ask(req.top, rounds, out, work or out / "measure.work", command, resume, tuple(load_layouts(req.shipped)))
+    proof = prove(req, result, ask, runner, console, lambda r: _searched(r, console, find))
+    print_result(console, proof.result)
+    print_measurement(console, proof.measurement)
+    for path in proof.written:
+        console.print(f"wrote {path}")
+    if as_json:
+        print(json.dumps(to_json(proof.measurement), indent=1))
+    if proof.differ:
+        raise Failure("outputs differ from serial's (a race in the layout, or a kernel that is not deterministic): "
+                      + ", ".join(proof.differ), EXIT_CHECK_FAILED)
+
+
+def _searched(req, console: Console, find):
+    with _progress(console) as note:
+        return find(req, note)
 
 
 class _progress:

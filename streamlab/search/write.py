@@ -9,6 +9,7 @@ kernel it waits for, and runs of nodes that make up a whole group are written as
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -120,14 +121,17 @@ def file_name(result: SearchResult, batch: int, rank: int | None = None) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{req.model}-b{batch}-s{req.limits.streams}-{result.profile.name}{tail}") + ".yaml"
 
 
-def scenario_text(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, command: str) -> str:
-    """A scenario file for one ranked layout of one batch."""
+def scenario_text(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, command: str,
+                  measured: Sequence[str] = ()) -> str:
+    """A scenario file for one ranked layout of one batch; `measured`: comment lines with what the
+    GPU measured (search --measure), which then replace "Predicted, not measured"."""
     req, c = result.request, entry.candidate
     shape = {**vars(req.shape), "batch": outcome.batch}
     space = Space.of(layer_at(req.model, req.shape.with_(batch=outcome.batch), c.layout.variant))
     program = build_program(space, c.layout)
     variant = ", ".join(f"{k}: {str(v).lower()}" for k, v in vars(c.layout.variant).items())
-    lines = [f"# {line}" if line else "#" for line in comment(result, outcome, entry, command=command)]
+    lines = [f"# {line}" if line else "#" for line in comment(result, outcome, entry, command=command,
+                                                              measured=measured)]
     lines += [
         f"name: {scenario_name(result, outcome.batch)}" + (f"_top{entry.rank}" if entry.rank != 1 else ""),
         f"description: \"found by streamlab search: {c.name}\"",
@@ -142,7 +146,8 @@ def scenario_text(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *,
     return "\n".join(lines) + "\n"
 
 
-def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, command: str) -> list[str]:
+def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, command: str,
+            measured: Sequence[str] = ()) -> list[str]:
     req, p, t = result.request, result.profile, outcome.tally
     c = entry.candidate
     us = c.predicted.us
@@ -166,7 +171,8 @@ def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, comma
              f"waits and <= {lim.max_barriers} barrier(s) per region")
     return [
         f"Found by `streamlab search` ({date.today().isoformat()}): rank {entry.rank} of the layouts it simulated",
-        f"for {req.model} at batch {outcome.batch} on {lim.streams} streams. Predicted, not measured.",
+        f"for {req.model} at batch {outcome.batch} on {lim.streams} streams. "
+        + ("Predicted, then measured on the GPU." if measured else "Predicted, not measured."),
         f"  command:   {command}",
         f"  profile:   {p.name} ({p.streams} lanes); " + "; ".join(sources),
         *([f"  warning:   {result.warning}"] if result.warning else []),
@@ -178,6 +184,7 @@ def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, comma
         f"  overlaps:  {overlaps}",
         f"  space:     {rules}",
         *_budget_lines(outcome, entry),
+        *measured,
         "",
     ]
 
