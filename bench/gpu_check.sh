@@ -14,6 +14,9 @@
 #   search     streamlab search --profile $PROFILE --batch $BATCHES --top $SEARCH_TOP --measure --rounds $SEARCH_ROUNDS
 #              (the top K's missing pairs measured, searched again, the top K measured beside serial and the
 #              best shipped layout; winners, report and work folder in runs.tgz)  -> search.json (kind search-measure)
+#   budgets    streamlab compare a_v4 and a_v4 with idx_wq_b / q_b_proj on half the SMs (bench/budgets/) -> budgets.json
+#   whatif     bench/whatif_bench.py --measure ($WHATIF_SCENARIOS at $WHATIF_BATCHES, default $BATCHES): fresh runs,
+#              then every node at its time at the other batch, against that batch's run  -> whatif.md, whatif.json
 # Always: versions.txt, log.txt (every stage's output and seconds), runs.tgz (the calibration work
 # folders with their manifests, every run's result and trace, the compare reports with plots).
 #
@@ -81,6 +84,8 @@ estimate() {
     heldout) echo $((nl * nb * 17)) ;;
     accuracy) echo 20 ;;
     search) echo $((40 + 2 * (15 + 15 * nb) + SEARCH_ROUNDS * nb * (SEARCH_TOP + 2) * 17 + 20 * nb)) ;;
+    budgets) echo $((3 * nb * 17 + 20)) ;;
+    whatif) echo $(($(tr ',' '\n' <<<"${WHATIF_SCENARIOS:-a,b,c}" | grep -c .) * 2 * 17 + 20)) ;;
     *) echo 0 ;;
   esac
 }
@@ -144,7 +149,16 @@ for stage in "${stages[@]}"; do
         $([[ ${RESUME:-0} == 1 ]] && echo --resume)
       found=$(ls "$WORK"/search/search-measure-*.json 2>/dev/null | head -1)
       [[ -n $found ]] && cp "$found" "$OUT/search.json" ;;
-    *) log "unknown stage $stage: tests bench calibrate for heldout accuracy search all"; status=2 ;;
+    budgets)
+      run_stage budgets timeout -s INT -k 30 $((BUDGET_S - (SECONDS - start))) python3 -m streamlab compare \
+        scenarios/a_v4.yaml bench/budgets/a_v4_wq_b_half.yaml bench/budgets/a_v4_q_b_proj_half.yaml --batch "$BATCHES" \
+        --device cuda --keep-going --out "$WORK/budgets/runs" --report "$WORK/budgets"
+      [[ -f $WORK/budgets/report.json ]] && cp "$WORK/budgets/report.json" "$OUT/budgets.json" ;;
+    whatif)
+      run_stage whatif python3 bench/whatif_bench.py --measure --batches "${WHATIF_BATCHES:-$BATCHES}" \
+        --scenarios "${WHATIF_SCENARIOS:-serial,a_v4,a_v4_moe_dual}" --out "$WORK/whatif"
+      for f in whatif.md whatif.json; do [[ -f $WORK/whatif/$f ]] && cp "$WORK/whatif/$f" "$OUT/$f"; done ;;
+    *) log "unknown stage $stage: tests bench calibrate for heldout accuracy search budgets whatif all"; status=2 ;;
   esac
 done
 pack
