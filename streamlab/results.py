@@ -123,6 +123,9 @@ class Anatomy:
     allreduce: str  # what ran the all-reduce
     physical_streams: int
     stall_sites: tuple[StallSite, ...]
+    # the median layer's bubble by gap class (analysis.median_split): adds up to bubble_us.median,
+    # where the per-class medians above need not; None in files written before it
+    bubble_split_us: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

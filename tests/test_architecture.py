@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("streamlab.check",),
     ("streamlab.report",),  # rendering: rich, matplotlib, Markdown
     ("streamlab.session", "streamlab.collective", "streamlab.search"),  # orchestration
-    ("streamlab.cli", "streamlab.__main__", "streamlab.trace.cli"),  # trace.cli: the `streamlab trace` commands
+    ("streamlab.cli", "streamlab.options", "streamlab.__main__", "streamlab.trace.cli"),  # trace.cli: the `streamlab trace` commands
 ]
 INDEPENDENT = ("streamlab.exec", "streamlab.sim", "streamlab.trace")
 

@@ -5,7 +5,6 @@ another stream; stalls (>= 2 us all-stream idle) shaded."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +14,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 
 from streamlab.analysis import STALL_US, gaps, kernel_class
-from streamlab.io import write_atomic
+from streamlab.report.plots import save
 from streamlab.trace.critical import CriticalPath
 from streamlab.trace.deps import DepGraph
 from streamlab.trace.explain import Explained
@@ -26,17 +25,6 @@ CLASS_COLOURS = {
     "norm": "#8172B3", "rope": "#937860", "topk": "#DD8452", "quant": "#DA8BC3",
     "memcpy": "#64B5CD", "memset": "#B0D6E3", "other": "#CCB974",
 }
-
-
-def save_atomic(fig, base: Path) -> list[Path]:
-    """`base`.png and `base`.svg, each rendered in memory and then written atomically."""
-    out = []
-    for ext in ("png", "svg"):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
-        out.append(write_atomic(base.parent / f"{base.name}.{ext}", buf.getvalue()))
-    plt.close(fig)
-    return out
 
 
 def critical_path_plot(graph: DepGraph, path: CriticalPath, title: str, out: Path) -> list[Path]:
@@ -79,16 +67,26 @@ def critical_path_plot(graph: DepGraph, path: CriticalPath, title: str, out: Pat
     ax.legend(handles=[Patch(color=c, label=k) for k, c in CLASS_COLOURS.items() if k in used],
               loc="upper center", ncol=8, fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.25))
     fig.tight_layout()
-    return save_atomic(fig, out)
+    return save(fig, out)
 
 
-def write_critical_path(explained: Explained, trace: str, out: Path) -> list[Path]:
-    """The plot of `explained`'s shown critical path, as `out`/<trace name>-critical-path.png
-    and .svg (none when the trace has no step)."""
-    if explained.path is None:
-        return []
+def critical_path_files(trace: str | Path, out: Path) -> list[Path]:
+    """The files `write_critical_path` writes for `trace`: `out`/<trace name>-critical-path.png
+    and .svg."""
+    return [_critical_path_base(trace, out).with_name(f"{_critical_path_base(trace, out).name}.{ext}")
+            for ext in ("png", "svg")]
+
+
+def _critical_path_base(trace: str | Path, out: Path) -> Path:
     name = Path(trace).name
     for suffix in (".gz", ".json", ".trace"):
         name = name.removesuffix(suffix)
-    return critical_path_plot(explained.graph, explained.path, Path(trace).name,
-                              out / f"{name}-critical-path")
+    return out / f"{name}-critical-path"
+
+
+def write_critical_path(explained: Explained, trace: str, out: Path) -> list[Path]:
+    """The plot of `explained`'s shown critical path, as `critical_path_files(trace, out)`
+    (none when the trace has no step)."""
+    if explained.path is None:
+        return []
+    return critical_path_plot(explained.graph, explained.path, Path(trace).name, _critical_path_base(trace, out))

@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 
 from streamlab.errors import Failure
+from streamlab.report.console import output_console
 from streamlab.results import RunResult
 from streamlab.scenario import Scenario
 
@@ -47,5 +48,5 @@ def run_apart(scen: Scenario, *, verbose: bool = False, fresh: bool | None = Non
 def _run(scen: Scenario, verbose: bool, options: dict) -> RunResult:
     from streamlab.session.run import run_scenario
 
-    console = Console(width=160) if verbose else Console(file=io.StringIO(), width=200)
+    console = output_console() if verbose else Console(file=io.StringIO(), width=200)
     return run_scenario(scen, console, **options)

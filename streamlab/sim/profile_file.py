@@ -2,7 +2,8 @@
 
 Every problem ends in one `Failure(EXIT_BAD_INPUT)` naming the file, the key and what is
 accepted: a missing section, an unknown key, a parameter that is negative, zero or NaN where it
-cannot be, a node table naming nodes the model's layer lacks. `check_profile_for` then checks a
+cannot be, a node table naming nodes the model's layer lacks, a name that cannot name result
+files, a YAML alias (a few lines of them expand to billions of values: a profile never needs one). `check_profile_for` then checks a
 profile against the layer it is asked to simulate: the model it was calibrated for, and, for a
 measured profile, a latency for every node of the layer.
 
@@ -31,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
+from streamlab.io import NAME, is_name
 from streamlab.layer import DENSE_ONLY, Layer, Variant, build_layer
 from streamlab.models import MODELS, TINY, RankDims, Shape
 from streamlab.models.hardware import HARDWARE
@@ -96,7 +98,27 @@ def load_profile(name_or_path: str) -> DeviceProfile:
                       EXIT_BAD_INPUT) from None
     except yaml.YAMLError as e:
         raise Failure(f"{path}: not valid YAML: {e}", EXIT_BAD_INPUT) from None
+    except UnicodeDecodeError as e:
+        raise Failure(f"{path}: not a profile: not UTF-8 text ({e.reason} at byte {e.start})", EXIT_BAD_INPUT) from None
+    except RecursionError:
+        raise Failure(f"{path}: not a profile: YAML nested too deeply to read", EXIT_BAD_INPUT) from None
+    _refuse_aliases(raw, str(path))
     return parse_profile(raw, str(path))
+
+
+def _refuse_aliases(doc, path: str) -> None:
+    """A mapping or list reached twice is an alias (`*name`) or a loop: refused before anything
+    walks the document (the libyaml loader shares aliased values, so reading it was cheap)."""
+    seen: set[int] = set()
+    todo = [doc]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, (dict, list)):
+            if id(x) in seen:
+                raise Failure(f"{path}: a YAML alias (*name) or a value that contains itself; accepted: every "
+                              "value written out (a profile needs no aliases)", EXIT_BAD_INPUT)
+            seen.add(id(x))
+            todo.extend(x.values() if isinstance(x, dict) else x)
 
 
 def parse_profile(raw, path: str) -> DeviceProfile:
@@ -120,6 +142,8 @@ def parse_profile(raw, path: str) -> DeviceProfile:
         variant = r.variant(f"variant_node_us.{key}", key)
         variant_node_us[key] = r.tables(f"variant_node_us.{key}", tables,
                                         _layer_names(variant), LATENCY)
+    if not is_name(raw["name"]):
+        r.fail("name", f"{str(raw['name'])[:60]!r} cannot name result files", NAME)
     return DeviceProfile(
         name=r.text("name", raw["name"]), streams=r.choice("streams", raw["streams"], ("cuda", "hip")),
         provenance=prov,
