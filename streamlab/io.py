@@ -6,7 +6,9 @@ result unless asked to.
 - `name_part`: text (a scenario's, a profile's, a device's name) made safe as one component of a
   file name, so that no name can lead a file out of `--out`;
 - `claim`: the path of a file about to be written, refused when it exists (unless `force`): a
-  result is never silently replaced.
+  result is never silently replaced;
+- `parse_yaml`: a YAML document read safely: UTF-8, libyaml's safe loader, and no aliases (a few
+  lines of them expand to billions of values once anything walks or prints the document).
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
 
-__all__ = ["NAME", "claim", "claim_folder", "is_name", "name_part", "write_atomic", "write_json_atomic"]
+__all__ = ["NAME", "claim", "claim_folder", "is_name", "name_part", "parse_yaml", "write_atomic",
+           "write_json_atomic"]
+
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where built: 5x faster
 
 NAME = "letters, digits, '_', '.', '+', '-' (at most 100, not starting with '.' or '-')"
 _NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,99}")
@@ -107,6 +113,32 @@ def _unwritable(path: Path, e: OSError) -> Failure:
     """A path problem is bad input; a device problem (full disk, I/O error) is the environment's."""
     bad_path = isinstance(e, (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError))
     return Failure(f"{path}: cannot write: {e.strerror or e}", EXIT_BAD_INPUT if bad_path else EXIT_ENVIRONMENT)
+
+
+def parse_yaml(data: bytes | str, path: str, what: str) -> object:
+    """The YAML document in `data` (the contents of `path`, a `what`: "profile", "node map");
+    one Failure(EXIT_BAD_INPUT) naming the file when it is not UTF-8, not YAML, nested beyond
+    reading, or holds an alias or a value that contains itself."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        doc = yaml.load(text, Loader=SAFE_LOADER)
+    except UnicodeDecodeError as e:
+        raise Failure(f"{path}: not a {what}: not UTF-8 text ({e.reason} at byte {e.start})", EXIT_BAD_INPUT) from None
+    except yaml.YAMLError as e:
+        raise Failure(f"{path}: not valid YAML: {' '.join(str(e).split())}", EXIT_BAD_INPUT) from None
+    except RecursionError:
+        raise Failure(f"{path}: not a {what}: YAML nested too deeply to read", EXIT_BAD_INPUT) from None
+    seen: set[int] = set()  # a mapping or list reached twice is an alias (*name) or a loop
+    todo = [doc]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, (dict, list)):
+            if id(x) in seen:
+                raise Failure(f"{path}: a YAML alias (*name) or a value that contains itself; accepted: every "
+                              f"value written out (a {what} needs no aliases)", EXIT_BAD_INPUT)
+            seen.add(id(x))
+            todo.extend(x.values() if isinstance(x, dict) else x)
+    return doc
 
 
 def _encode(obj: object) -> object:

@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
-from streamlab.io import NAME, is_name
+from streamlab.io import NAME, is_name, parse_yaml
 from streamlab.layer import DENSE_ONLY, Layer, Variant, build_layer
 from streamlab.models import MODELS, TINY, RankDims, Shape
 from streamlab.models.hardware import HARDWARE
@@ -49,7 +49,6 @@ from streamlab.sim.profile import (
 from streamlab.sim.provenance import MEASURED, PUBLISHED, CalibrationShape, Provenance
 
 FORMAT = 2
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where built: 5x faster
 REQUIRED = ("format", "name", "streams", "provenance", "hbm_gbs", "launch_gap_us", "fence_us", "graph_entry_us",
             "ar_concurrency_factor", "multi_stream_entry_us", "concurrency_slowdown", "calibration_noise",
             "node_us")
@@ -90,35 +89,13 @@ def shipped_profiles() -> list[str]:
 def load_profile(name_or_path: str) -> DeviceProfile:
     path = profile_path(name_or_path)
     try:
-        raw = yaml.load(path.read_text(), Loader=SAFE_LOADER)
+        data = path.read_bytes()
     except OSError as e:
         if Path(name_or_path).suffix:
             raise Failure(f"{path}: cannot read the profile: {e.strerror}", EXIT_BAD_INPUT) from None
         raise Failure(f"no simulator profile {name_or_path!r}; shipped: {', '.join(shipped_profiles())}",
                       EXIT_BAD_INPUT) from None
-    except yaml.YAMLError as e:
-        raise Failure(f"{path}: not valid YAML: {e}", EXIT_BAD_INPUT) from None
-    except UnicodeDecodeError as e:
-        raise Failure(f"{path}: not a profile: not UTF-8 text ({e.reason} at byte {e.start})", EXIT_BAD_INPUT) from None
-    except RecursionError:
-        raise Failure(f"{path}: not a profile: YAML nested too deeply to read", EXIT_BAD_INPUT) from None
-    _refuse_aliases(raw, str(path))
-    return parse_profile(raw, str(path))
-
-
-def _refuse_aliases(doc, path: str) -> None:
-    """A mapping or list reached twice is an alias (`*name`) or a loop: refused before anything
-    walks the document (the libyaml loader shares aliased values, so reading it was cheap)."""
-    seen: set[int] = set()
-    todo = [doc]
-    while todo:
-        x = todo.pop()
-        if isinstance(x, (dict, list)):
-            if id(x) in seen:
-                raise Failure(f"{path}: a YAML alias (*name) or a value that contains itself; accepted: every "
-                              "value written out (a profile needs no aliases)", EXIT_BAD_INPUT)
-            seen.add(id(x))
-            todo.extend(x.values() if isinstance(x, dict) else x)
+    return parse_profile(parse_yaml(data, str(path), "profile"), str(path))
 
 
 def parse_profile(raw, path: str) -> DeviceProfile:
