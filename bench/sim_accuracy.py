@@ -6,10 +6,16 @@ inside their intervals.
     python bench/sim_accuracy.py MATRIX.json [--pairwise PAIRWISE.json] [--name h100]
         [--profile-out streamlab/sim/profiles/h100.yaml] [--out sim_accuracy.md]
     python bench/sim_accuracy.py MATRIX.json --profile streamlab/sim/profiles/h200.yaml
+    python bench/sim_accuracy.py HELDOUT.json --profile h200-heldout.yaml --before h200.yaml
+        (`calibrate --measure`'s profile before and after `calibrate --measure --for bench/heldout/*.yaml`)
     ... [--traces traces/h100-2026-11-22]  (adds each node's time inside the layer vs the run traces)
 
 The layouts are those the matrix measured: the shipped dual-stream ones and any of
 bench/heldout/ (written for the held-out test: each creates overlaps the shipped ones lack).
+
+With --before, the report adds the same scores for a profile measured before `calibrate --measure
+--for` added the held-out layouts' pairs: the intervals must widen where pairs are missing, not
+the errors hide.
 
 With --pairwise the report adds the before / after `calibrate --for` comparison: the same
 held-out layouts predicted by a profile calibrated without any pair, by one whose pairs lack
@@ -71,11 +77,14 @@ def scenario(name: str, batch: int):
 
 
 def layouts_in(runs: dict[tuple[str, int], Measured]) -> tuple[str, ...]:
-    """The layouts the matrix measured: the shipped ones in their order, then bench/heldout/ ones
-    (single-stream layouts of other variants are calibration inputs, not layouts to rank)."""
+    """The layouts the matrix measured: the shipped ones in their order, other shipped dual-stream
+    ones, then bench/heldout/ ones (single-stream layouts of other variants are calibration
+    inputs, not layouts to rank)."""
     names = {n for n, _ in runs}
+    shipped = sorted(n for n in names if n not in LAYOUTS and (ROOT / "scenarios" / f"{n}.yaml").exists()
+                     and len({op.stream for op in scenario(n, 4).program.launches}) > 1)
     extra = sorted(n for n in names if n not in LAYOUTS and (ROOT / "bench" / "heldout" / f"{n}.yaml").exists())
-    return tuple(n for n in LAYOUTS if n in names) + tuple(extra)
+    return tuple(n for n in LAYOUTS if n in names) + tuple(shipped) + tuple(extra)
 
 
 def predictions(profile: DeviceProfile, batch: int, layouts=LAYOUTS) -> dict[str, Prediction]:
@@ -249,6 +258,17 @@ def before_after(matrix: Path, runs_paths: list[Path], pairwise: Path, full: Dev
         + rows) + "\n"
 
 
+def before_for(matrix: Path, profiles: dict[str, DeviceProfile]) -> str:
+    """The held-out scores of profiles measured by `calibrate --measure`, before and after `--for`."""
+    runs = measured_runs(matrix)
+    batches, layouts = sorted({b for _, b in runs}), layouts_in(runs)
+    lines = ["Before / after `calibrate --measure --for` (held-out layouts at every batch):", "", *SCORE_HEADER]
+    for label, prof in profiles.items():
+        pred = {(n, b): p for b in batches for n, p in predictions(prof, b, layouts).items()}
+        lines.append(score(runs, pred).line(label))
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("matrix", type=Path, help="bench/matrix.py result (matrix.json) to report on")
@@ -258,6 +278,8 @@ def main() -> None:
     ap.add_argument("--pairwise", type=Path, help="bench/pairwise.py result, for calibration")
     ap.add_argument("--pairwise-state", help="clean | cupti (default: matched to the matrix)")
     ap.add_argument("--profile", help="use this profile instead of calibrating from MATRIX")
+    ap.add_argument("--before", help="with --profile: the profile before `calibrate --measure --for` added "
+                    "the held-out layouts' pairs, scored beside it")
     ap.add_argument("--name", default="h100", help="name of the calibrated profile")
     ap.add_argument("--profile-out", type=Path, help="write the calibrated profile here")
     ap.add_argument("--traces", type=Path, help="the matrix's run traces (LAYOUT-bBATCH.trace.json.gz), "
@@ -283,6 +305,9 @@ def main() -> None:
     text = report(args.matrix, profile, origin, args.traces)
     if args.pairwise and not args.profile:
         text += "\n" + before_after(args.matrix, args.calibration, args.pairwise, profile)
+    if args.before:
+        text += "\n" + before_for(args.matrix, {f"before --for ({args.before})": load_profile(args.before),
+                                               f"after --for ({args.profile})": profile})
     if args.out:
         write_atomic(args.out, text)
     print(text, end="")

@@ -141,9 +141,9 @@ def child_ours(path: str, trace_malloc: bool) -> dict:
     t2 = time.perf_counter()
     out = {"load_s": t1 - t0, "summary_s": t2 - t1, "total_s": t2 - t0, "peak_rss_mb": _rss_mb(),
            "import_rss_mb": base, "device_ops": len(loaded.timeline.intervals),
-           "layers": report.layers, "method": report.segmentation.description if report.segmentation
-           else "recorded", "wall_us": report.summary.wall.median,
-           "kernel_sum_us": report.summary.kernel_sum.median}
+           "layers": report.summary.steady_layers, "method": report.summary.layers.description,
+           "wall_us": report.summary.per_layer.wall_us.median,
+           "kernel_sum_us": report.summary.per_layer.kernel_sum_us.median}
     if trace_malloc:
         import tracemalloc
         out["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20

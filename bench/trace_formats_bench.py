@@ -121,7 +121,7 @@ def child(fmt: str, path: str, what: str) -> dict:
     t2 = time.perf_counter()
     return {"load_s": t1 - t0, "summary_s": t2 - t1, "total_s": t2 - t0, "peak_rss_mb": _rss_mb(),
             "import_rss_mb": base, "device_ops": len(loaded.ops), "format": loaded.info.format,
-            "layers": report.layers}
+            "layers": report.summary.steady_layers}
 
 
 def _run(args: list[str]) -> dict:

@@ -128,9 +128,9 @@ def predict(kind: str, src: Run, tgt: Run | None, changes: list[Change], traces:
     result = what_if(graph, changes)
     tgt_wall = traces.get(tgt)[2] if tgt else None
     return Row(kind=kind, source=src.name, target=tgt.name if tgt else None, what_if=label,
-               dependencies=graph.origin, predicted_us=result.layer_wall.after,
+               dependencies=graph.origin, predicted_us=result.layer_wall_us.after,
                source_trace_us=src_wall, target_trace_us=tgt_wall,
-               predicted_timed_us=src.timed_us + result.layer_wall.after - src_wall,
+               predicted_timed_us=src.timed_us + result.layer_wall_us.after - src_wall,
                target_timed_us=tgt.timed_us if tgt else None,
                noise_us=max(src.noise, tgt.noise) * tgt.timed_us if tgt else None)
 

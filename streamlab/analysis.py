@@ -80,7 +80,7 @@ class LayerStats:
     streams: list[str]
 
 
-@dataclass
+@dataclass(frozen=True)
 class NodeStats:
     node: str
     occurrences: int

@@ -28,6 +28,8 @@ err = output_console(stderr=True)
 from streamlab.trace.cli import app as trace_app  # noqa: E402  (sub-app: `streamlab trace ...`)
 
 app.add_typer(trace_app, name="trace", help="Summaries and diffs of profiler traces (Kineto, ours).")
+from streamlab.search.cli import search as search_command  # noqa: E402  (`streamlab search`)
+app.command("search")(search_command)
 
 Hardware = Literal[tuple(HARDWARE)]  # type: ignore[valid-type]
 
@@ -364,11 +366,34 @@ def check(baseline: Path = typer.Option(..., help="baseline: a scenario YAML, or
 
 @app.command()
 @guard
-def calibrate(results: list[Path] = typer.Argument(..., help="result JSONs of measured runs (or a bench matrix.json)",
-                                                   show_default=False),
-              name: str = typer.Option(..., help="profile name, e.g. h200"),
+def calibrate(inputs: list[Path] = typer.Argument(None, help="result JSONs of measured runs (or a bench matrix.json) "
+                                                 "to fit from; with --for: the scenario YAMLs whose overlaps to "
+                                                 "measure", show_default=False),
               out: Path = typer.Option(..., dir_okay=False, help="profile YAML to write"),
-              pairwise: Path = typer.Option(None, help="bench/pairwise.py result: launch gap with branches, fence, graph entry, node-pair overlaps, AR"),
+              name: Optional[str] = typer.Option(None, help="profile name, e.g. h200 (default: --out's file "
+                                                            "name; with --for: --profile's name)"),
+              measure: bool = typer.Option(False, "--measure", help="measure on this GPU: each variant's "
+                                           "single-stream layout, every node alone, fence / graph-entry ladders, "
+                                           "the node pairs the layouts create; then fit and write the profile"),
+              for_: bool = typer.Option(False, "--for", help="measure the overlaps the scenarios given as "
+                                        "arguments create that --profile lacks, and add them (implies --measure)"),
+              profile: Optional[str] = typer.Option(None, help="with --for: the profile to add pairs to "
+                                                               "(a shipped name or a YAML path)"),
+              batch: Optional[str] = typer.Option(None, help="--measure: batch sizes, e.g. 1,4,16,64 (the "
+                                                             "default; with --for: the profile's)"),
+              scenarios: Path = typer.Option(Path("scenarios"), file_okay=False, help="--measure: the folder of the layouts the "
+                                             "profile must cover (their variants and the pairs they create)"),
+              work: Optional[Path] = typer.Option(None, file_okay=False, help="--measure: folder for every finished stage "
+                                                             "(default: beside --out, OUT.calibration/)"),
+              resume: bool = typer.Option(False, help="continue the calibration in the work folder, skipping "
+                                                      "its finished stages"),
+              world: int = typer.Option(1, **opt.WORLD, help="--measure: ranks (one GPU each) for the single-stream runs: "
+                                                "above 1 their all-reduce is the real collective"),
+              backend: Optional[Literal["auto", "triton", "aiter"]] = typer.Option(None, help="--measure: kernels: auto (aiter on ROCm where it "
+                                                               "loads, else triton), triton, aiter"),
+              pairwise: Optional[Path] = typer.Option(None, dir_okay=False, help="without --measure: the pairs stage's file (a work "
+                                            "folder's pairs-1.json): launch gap with branches, fence, graph entry, "
+                                            "node-pair overlaps"),
               pairwise_state: Optional[Literal["clean", "cupti"]] = typer.Option(
                   None, help="process state of the pairwise timings (default: clean)"),
               fence_us: float = typer.Option(1.0, min=0.0, max=1000.0, help="cross-stream fence cost without --pairwise"),
@@ -376,24 +401,89 @@ def calibrate(results: list[Path] = typer.Argument(..., help="result JSONs of me
                                                          help="per extra concurrent kernel without --pairwise"),
               force: bool = typer.Option(False, "--force", help="replace a profile that exists")):
     """Fit a simulator profile from measured serial runs, isolated nodes and the pairwise
-    benchmark; dual-stream runs stay held out."""
-    from streamlab.io import claim, write_atomic
-    from streamlab.sim.calibrate import calibrate as fit
-    from streamlab.sim.profile_file import dump_profile
-
+    benchmark (dual-stream runs stay held out); with --measure, measure all of it on this GPU
+    first, in one command; with --measure --for, add the node pairs some layouts need."""
+    import shlex
     import sys
 
+    from streamlab.io import claim, write_atomic
+    from streamlab.sim.profile_file import dump_profile
+
+    command = "streamlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    inputs = inputs or []
+    if name is not None:
+        opt.name(name, "--name")
+    elif not (for_ and profile is not None):
+        opt.name(out.stem, "--name (default: --out's file name)")
     claim(out, force=force, what="profile")
-    opt.name(name, "--name")
-    prof = fit(results, name, fence_us=fence_us, concurrency_slowdown=concurrency_slowdown,
-               pairwise=pairwise, pairwise_state=pairwise_state, command="streamlab " + " ".join(sys.argv[1:]))
+    if measure or for_:
+        _calibrate_measured(inputs, out=out, name=name, for_=for_, profile=profile, batch=batch,
+                            scenarios=scenarios, work=work, resume=resume, world=world, backend=backend,
+                            pairwise=pairwise, command=command)
+        return
+    if not inputs:
+        raise Failure("calibrate needs result files to fit from (RESULT.json...), or --measure to measure "
+                      "on this GPU", EXIT_BAD_INPUT)
+    from streamlab.sim.calibrate import calibrate as fit
+
+    prof = fit(inputs, name or out.stem, fence_us=fence_us, concurrency_slowdown=concurrency_slowdown,
+               pairwise=pairwise, pairwise_state=pairwise_state, command=command)
     write_atomic(out, dump_profile(prof))
-    console.print(f"wrote {escape(str(out))}: launch gap {prof.launch_gap_us.value:.2f} us, "
-                  f"{len(prof.node_us)} nodes at batches {sorted({b for t in prof.node_us.values() for b in t})}"
-                  + (f", fence {prof.fence_us.value:.2f} us, graph entry {prof.multi_stream_graph_entry_us.value:.1f} us, "
-                     f"{len(prof.pair_excess)} measured node pairs, overlap model spread "
-                     f"{prof.overlap_model_spread.value:.2f}" if pairwise else "")
-                  + f"; kernels {prof.provenance.kernel_hash}")
+    console.print(f"wrote {escape(str(out))}: " + _profile_line(prof))
+
+
+def _calibrate_measured(inputs: list[Path], *, out: Path, name: str | None, for_: bool, profile: str | None,
+                        batch: str | None, scenarios: Path, work: Path | None, resume: bool, world: int,
+                        backend: str | None, pairwise: Path | None, command: str) -> None:
+    """`calibrate --measure` and `--measure --for` (streamlab.calibration.run)."""
+    from streamlab.calibration.plan import load_layouts
+    from streamlab.calibration.run import OnDevice, PairsFor, calibrate_on_device, pairs_for
+    from streamlab.calibration.runner import DeviceRunner
+
+    if pairwise is not None:
+        raise Failure("--pairwise fits from a file measured before; --measure measures the pairs itself: "
+                      "drop one of them", EXIT_BAD_INPUT)
+    work = work or out.with_suffix(".calibration")
+    batches = opt.batches(batch)
+    if for_:
+        if not inputs or profile is None:
+            raise Failure("--for measures the overlaps of scenarios for a profile: streamlab calibrate --measure "
+                          "--for SCENARIO.yaml... --profile PROFILE --out NEW.yaml", EXIT_BAD_INPUT)
+        if world != 1:
+            raise Failure("--world is for the single-stream runs of --measure; --for measures node pairs on one "
+                          "GPU", EXIT_BAD_INPUT)
+        folder = load_layouts(scenarios) if scenarios.is_dir() else []
+        prof = pairs_for(PairsFor(profile, tuple(load(p) for p in inputs), out, work, command, name=name,
+                                  batches=tuple(batches) if batches else None, resume=resume, layouts=tuple(folder)),
+                         DeviceRunner(backend=backend), console)
+        if prof is not None:
+            added = prof.provenance.added[-1]
+            console.print(f"wrote {escape(str(out))}: {len(added.pairs)} node pairs added ({added.seconds:.0f} s); "
+                          + _profile_line(prof))
+        return
+    if inputs:
+        raise Failure("--measure measures everything itself: drop the result files (or add --for to measure the "
+                      "overlaps of scenario files)", EXIT_BAD_INPUT)
+    if profile is not None:
+        raise Failure("--profile names the profile --for adds pairs to; --measure without --for makes a new one",
+                      EXIT_BAD_INPUT)
+    runner = DeviceRunner(backend=backend, world=world)
+    prof = calibrate_on_device(OnDevice(name or out.stem, out, tuple(load_layouts(scenarios)),
+                                        tuple(batches or (1, 4, 16, 64)), work, command, resume=resume),
+                               runner, console)
+    stages = prof.provenance.stages
+    console.print(f"wrote {escape(str(out))} in {sum(stages.values()):.0f} s of stages ("
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + "): " + _profile_line(prof))
+
+
+def _profile_line(prof) -> str:
+    line = (f"launch gap {prof.launch_gap_us.value:.2f} us, {len(prof.node_us)} nodes at batches "
+            f"{sorted({b for t in prof.node_us.values() for b in t})}")
+    if prof.pair_measures:
+        line += (f", fence {prof.fence_us.value:.2f} us, graph entry {prof.multi_stream_graph_entry_us.value:.1f} us, "
+                 f"{len(prof.pair_excess)} measured node pairs, overlap model spread "
+                 f"{prof.overlap_model_spread.value:.2f}")
+    return line + f"; kernels {prof.provenance.kernel_hash}"
 
 
 def _name(path: Path, runs: dict) -> str:

@@ -24,18 +24,18 @@ EXIT_ENVIRONMENT = 3  # the run itself failed: no GPU, aiter missing, out of mem
 EXIT_NOT_A_STEP = 4  # a trace of a graph capture or of warm-up: no step to measure (trace summary)
 EXIT_BAD_INPUT = 64  # an option, scenario, profile, trace or result file that is refused (sysexits EX_USAGE)
 EXIT_INTERNAL = 70  # a bug in streamlab: the traceback is printed (sysexits EX_SOFTWARE)
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); files written before it are intact
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): files written before are intact; `calibrate --measure` resumes
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "done; `check`: enable"),
-    (EXIT_CHECK_FAILED, "`check`: do not enable; `run`: the layout's outputs differ from serial's; "
-                        "`compare --keep-going`, `compile`: some runs or launches failed"),
+    (EXIT_CHECK_FAILED, ("`check`: do not enable; `run`: the layout's outputs differ from serial's; "
+                        "`compare --keep-going`, `compile`: some runs or launches failed")),
     (EXIT_INCONCLUSIVE, "`check`: inconclusive (inside the noise, or the sides are not comparable)"),
-    (EXIT_ENVIRONMENT, "the run itself failed: no GPU, aiter missing, out of memory, a rank died, "
-                       "a file could not be written"),
+    (EXIT_ENVIRONMENT, ("the run itself failed: no GPU, aiter missing, out of memory, a rank died, "
+                       "a file could not be written")),
     (EXIT_NOT_A_STEP, "`trace summary`: a trace of a graph capture or of warm-up, not of a decode step"),
-    (EXIT_BAD_INPUT, "bad input: an option, scenario, profile, trace or result file refused, or a "
-                     "result that exists (--force replaces it)"),
+    (EXIT_BAD_INPUT, ("bad input: an option, scenario, profile, trace or result file refused, or a "
+                     "result that exists (--force replaces it)")),
     (EXIT_INTERNAL, "a bug in streamlab (the traceback is printed: please report it)"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C); files written before are intact"),
 )

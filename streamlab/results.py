@@ -3,10 +3,11 @@ and writes them.
 
 Kinds (the `kind` of a file, its dataclass): "run" `RunResult` (one scenario at one shape, measured
 or simulated), "compare" `CompareResult` (compare's report.json, the GPU matrix), "check"
-`CheckVerdict` (`check --json`), "trace-summary" `TraceSummary` (`trace summary --json`) and
-"allreduce-sweep" `AllReduceSweep` (`allreduce`). Every file is `{"schema": SCHEMA, "kind": KIND,
-...fields}`. `dump(obj, path)` writes one atomically; `load(path, RunResult)` reads one, and
-`load_runs(path)` the run results of a run or compare file, `load_any(path)` whatever it holds.
+`CheckVerdict` (`check --json`), "trace-summary" `TraceSummary` (`trace summary --json`),
+"trace-diff" `TraceDiff` (`trace diff --json`) and "allreduce-sweep" `AllReduceSweep`
+(`allreduce`). Every file is `{"schema": SCHEMA, "kind": KIND, ...fields}`. `dump(obj, path)`
+writes one atomically; `load(path, RunResult)` reads one, and `load_runs(path)` the run results
+of a run or compare file, `load_any(path)` whatever it holds.
 A file of another kind or version is refused with one `Failure(EXIT_BAD_INPUT)` that names the
 file and what it found.
 `json_schema(kind)` derives a JSON Schema from the same type hints the reader checks against
@@ -37,22 +38,30 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from streamlab.analysis import NodeStats, StallSite, Stat, is_allreduce_node, spread
-from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INCONCLUSIVE, Failure
+from streamlab.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CHECK_FAILED,
+    EXIT_INCONCLUSIVE,
+    Failure,
+)
 from streamlab.io import write_json_atomic
 from streamlab.layer import Variant
 from streamlab.models import Shape
-from streamlab.models.hardware import Ceilings
+from streamlab.models.hardware import Ceilings, Hardware
 from streamlab.scenario import Measure
 from streamlab.timeline import Source
 
 __all__ = [
     "DO_NOT_ENABLE", "ENABLE", "INCONCLUSIVE", "KINDS", "SCHEMA", "AllReduceCalls", "AllReduceOnRank",
-    "AllReduceSweep", "Anatomy", "Attribution", "BatchVerdict", "Budget", "CheckVerdict",
-    "CompareResult", "Difference", "IntervalPart", "Latency", "MovedNode", "NodeResult", "NodeTime",
-    "OutsideLayers", "PredictedLatency", "PredictedOverlap", "PredictedStep", "StepPart",
-    "ProfileParameter", "Protocol", "RankFigures", "Ranks", "RunFailure", "RunResult", "SweepRow",
-    "TraceDependencies", "TraceKernel", "TraceLayers", "TraceLoader", "TraceStream", "TraceSummary",
-    "dump", "from_json", "json_schema", "load", "load_any", "load_runs", "to_json",
+    "AllReduceSweep", "Anatomy", "Arrival", "Attribution", "BatchVerdict", "Budget", "CheckVerdict",
+    "CollectiveRow", "CompareResult", "CriticalPath", "Difference", "DiffRow", "ExposedCommunication",
+    "GraphAndEager", "HardwareQueue", "IntervalPart", "KernelChange", "LayerFigures", "Latency",
+    "MovedNode", "NearCritical", "NodeRate", "NodeResult", "NodeTime", "NotAStep", "OutsideLayers",
+    "PathKernel", "PredictedLatency", "PredictedOverlap", "PredictedStep", "ProfileParameter",
+    "Protocol", "RankFigures", "RankSkew", "RankWait", "Ranks", "Roofline", "RunFailure", "RunResult",
+    "Shift", "StepPart", "StepSplit", "SweepRow", "TraceDependencies", "TraceDiff", "TraceGpu",
+    "TraceKernel", "TraceLayers", "TraceLoader", "TraceSource", "TraceStream", "TraceSummary", "WhatIf",
+    "WhatIfMatch", "dump", "from_json", "json_schema", "load", "load_any", "load_runs", "to_json"
 ]
 
 SCHEMA = 2
@@ -452,50 +461,121 @@ class AllReduceSweep:
 
 
 # --- a trace summary ----------------------------------------------------------------------------
+# Built by streamlab.trace (summary: the numbers of the steady layers; explain: what the trace's
+# dependency graph says), printed by streamlab.report.trace_view / trace_tables. Times in us.
+
+@dataclass(frozen=True)
+class TraceSource:
+    """Where a trace's numbers came from (timeline.Source): a streamlab run (`measured`,
+    `simulated`) or a profiler trace (`trace`), with what the file said (tracer, file,
+    scenario, ...), as text."""
+
+    kind: str
+    device: str
+    detail: dict[str, str]
+
+    @classmethod
+    def of(cls, source: Source) -> TraceSource:
+        return cls(source.kind, source.device, {k: str(v) for k, v in source.detail.items()})
+
+
+@dataclass(frozen=True)
+class TraceGpu:
+    """One GPU a trace holds work for."""
+
+    id: str  # as the trace numbers it (device index, agent's GPU index)
+    name: str  # device or product name, "" when the trace does not say
+    ops: int  # device operations on it
+    busy_us: float  # sum of their durations
+
 
 @dataclass(frozen=True)
 class TraceLoader:
-    """What the trace loader saw besides the device operations it turned into intervals."""
+    """What the trace reader saw besides the device operations it turned into intervals."""
 
     path: str
-    format: str  # kineto | streamlab
-    tracer: str  # cupti | roctracer | streamlab | unknown
+    format: str  # trace.formats.FORMATS: kineto | streamlab | rocprofv3-json | rocpd | ...
+    tracer: str  # cupti | roctracer | rocprofiler-sdk | nsys | perfetto | streamlab | unknown
+    schema: str  # the tool versions' schema the reader was written against
     device: str
-    events: int
-    device_ops: dict[str, int]
+    events: int  # records read (elements of traceEvents, dispatch rows, packets, ...)
+    device_ops: dict[str, int]  # by Interval kind, in order of first appearance
     runtime_calls: int
-    runtime_by_name: dict[str, int]
+    runtime_by_name: dict[str, int]  # most first
     graph_launches: int
-    replays: int
+    replays: int  # graph replays (decode steps)
     ops_per_replay: tuple[tuple[int, int], ...]  # (device operations, replays with that many)
-    shared_correlations: int
-    syncs: dict[str, int]
-    stream_waits: dict[str, int]
+    graph_ops: int  # device operations launched by a graph launch
+    eager_ops: int
+    shared_correlations: int  # correlation ids carried by more than one device operation
+    syncs: dict[str, int]  # cuda_sync events by kind
+    stream_waits: dict[str, int]  # "waiting <- waited on" stream pairs
+    event_waits: int  # stream waits on a recorded event whose streams and correlations were read
     flows: int
-    same_stream_overlaps: int
+    markers: dict[str, int]  # capture / warm-up marks by name
+    same_stream_overlaps: int  # device operations clipped at the next one's start
     overlap_clipped_us: float
     max_overlap_us: float
-    negative_durations: int
-    missing_stream: int
-    devices: tuple[str, ...]
-    metadata: dict[str, Any]
+    negative_durations: int  # set to 0
+    missing_stream: int  # device operations without a stream id
+    devices: tuple[str, ...]  # the GPU summarised (one)
+    gpus: tuple[TraceGpu, ...]  # every GPU with work, summarised or not
+    gpus_listed: int  # GPUs the trace's device table lists (0: it has none)
+    gpu_choice: str  # which GPU the summary is of, and why
+    metadata: dict[str, str]  # small top-level entries of the file, non-strings as JSON text
+
+
+@dataclass(frozen=True)
+class NotAStep:
+    """Why a trace holds no step to measure (a graph capture, warm-up only), the evidence, and
+    what to record instead (trace.capture)."""
+
+    kind: str  # graph capture | warm-up
+    evidence: dict[str, int]  # calls and marks by name, kernel launches recorded, kernels run
+    advice: str
+    message: str = field(init=False)  # the line `trace summary` prints
+
+    def __post_init__(self) -> None:
+        seen = ", ".join(f"{k} x{v:,}" for k, v in self.evidence.items())
+        object.__setattr__(self, "message",
+                           f"this trace records a {self.kind}, not a step ({seen}): {self.advice}")
 
 
 @dataclass(frozen=True)
 class TraceLayers:
-    """How the steady-state layers were found."""
+    """How the steady-state layers were found (trace.segment), or that the run recorded them."""
 
     method: str  # recorded | allreduce | pattern | regex | whole
     description: str
-    found: int
+    found: int  # candidate layers (units) before the steady-state filter
     steady: int
-    dropped: dict[str, int]
-    period: int | None
+    dropped: dict[str, int]  # reason -> layers dropped
+    period: int | None  # pattern: kernels per repeating unit on the reference stream
+    layers_per_unit: int  # decoder layers in one repeating unit (gpt-oss: 2)
     ars_per_layer: int | None
 
 
 @dataclass(frozen=True)
+class LayerFigures:
+    """The steady layers' numbers (analysis.summarize), each a Stat over layers (over units of
+    `TraceLayers.layers_per_unit` layers)."""
+
+    wall_us: Stat
+    kernel_sum_us: Stat
+    busy_us: Stat
+    overlap: Stat  # kernel sum / busy
+    bubble_us: Stat  # all-stream idle
+    bubble_by_class_us: dict[str, Stat]  # analysis.GAP_CLASSES
+    gap_counts: dict[str, Stat]  # per layer, by gap class
+    stalls: Stat  # stalls per layer
+    kernels: Stat  # kernels per layer
+    physical_streams: int
+
+
+@dataclass(frozen=True)
 class AllReduceCalls:
+    """All-reduce time per call over the steady layers."""
+
     p10: float
     p50: float
     p90: float
@@ -503,88 +583,381 @@ class AllReduceCalls:
     min: float
     max: float
     n: int
-    per_layer: float
+    per_layer: float  # calls
 
 
 @dataclass(frozen=True)
 class TraceKernel:
+    """One kernel name over the steady layers (over every operation for a trace of no step)."""
+
     name: str
-    kind: str
+    kind: str  # kernel | allreduce | memcpy | memset
     nodes: tuple[str, ...]
     calls: int
     per_layer: float
     total_us: float
     per_layer_us: float
     median_us: float
-    share: float
+    share: float  # of the kernels' total time
     streams: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class TraceStream:
     stream: str
-    ops: int
-    per_layer: float
+    ops: int  # in the whole trace
+    per_layer: float  # in steady layers
     time_per_layer_us: float
 
 
 @dataclass(frozen=True)
+class HardwareQueue:
+    """A hardware queue (rocprofiler's queue id): its operations and the streams that landed on
+    it (with more streams than queues, GPU_MAX_HW_QUEUES, streams share)."""
+
+    queue: str
+    ops: int
+    busy_us: float  # sum of durations
+    streams: tuple[str, ...]  # most operations first
+
+
+@dataclass(frozen=True)
 class OutsideLayers:
+    """Device operations outside the steady layers."""
+
     ops: int
     time_us: float
     top: tuple[tuple[str, int], ...]  # (kernel, operations), most frequent first
 
 
 @dataclass(frozen=True)
-class TraceDependencies:
-    """Where the trace's dependency graph came from (recorded edges, the scenario, stream order)."""
+class StepSplit:
+    """Per decode step (trace.steps): its wall time, for a decode step the time per output
+    token, split into layers, work outside them and idle; Stats over steps."""
 
-    origin: str
+    basis: str  # what a step is: "graph replay" | "whole trace (no graph replays)"
+    steps: int
+    wall_us: Stat
+    layers_us: Stat  # inside layer windows
+    outside_us: Stat  # some stream busy, outside layer windows
+    idle_us: Stat  # no stream busy, outside layer windows
+    layers: Stat  # decoder layers per step
+
+
+@dataclass(frozen=True)
+class GraphAndEager:
+    """Graph-replayed and eagerly launched device operations apart."""
+
+    replays: int
+    graph_ops: int
+    graph_us: float  # sum of their durations
+    eager_ops: int
+    eager_us: float
+    eager_top: tuple[tuple[str, int], ...]  # eager operations by name, most first (5)
+
+
+@dataclass(frozen=True)
+class TraceDependencies:
+    """Where the trace's dependency graph came from (trace.deps): recorded edges, the scenario's
+    graph, observed event waits, or stream order only; its steps and their spans."""
+
+    origin: str  # recorded | scenario | events | stream
     note: str
     steps: int
+    step_span_us: tuple[float, ...]  # per step with kernels: first start to last end
+
+
+@dataclass(frozen=True)
+class PathKernel:
+    """One kernel on the critical path; `start_us` from the step's start."""
+
+    index: int  # into the trace's timeline intervals
+    kernel: str
+    node: str | None
+    kernel_class: str  # analysis.kernel_class
+    stream: str
+    start_us: float
+    duration_us: float
+    waited_index: int | None  # the binding dependency; None: where the path starts
+    waited_on: str | None  # its node or kernel name
+    wait_kind: str | None  # stream | graph | event | launch
+    cross_stream: bool  # the binding dependency ran on another stream
+    gap_us: float  # start - the binding dependency's end
+    slack_us: float | None  # binding end - next-latest dependency's end (none: one dependency)
+
+
+@dataclass(frozen=True)
+class NearCritical:
+    """A kernel off the critical path, and how much later it could have ended without delaying
+    the step."""
+
+    kernel: str  # node or kernel name
+    stream: str
+    slack_us: float
+
+
+def _by(kernels: tuple[PathKernel, ...], key) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k in kernels:
+        out[key(k)] = out.get(key(k), 0.0) + k.duration_us
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+@dataclass(frozen=True)
+class CriticalPath:
+    """The critical path of one step (trace.critical): the chain of kernels and waits that set
+    when the step ended, and the kernels off it that came closest."""
+
+    step: int
+    start_us: float  # the step's first start, in the trace's time
+    end_us: float  # its last end
+    kernels: tuple[PathKernel, ...]
+    near_critical: tuple[NearCritical, ...]  # least slack first
+    span_us: float = field(init=False)
+    busy_us: float = field(init=False)  # kernel time on the path
+    gaps_us: float = field(init=False)
+    cross_stream_waits: int = field(init=False)
+    by_class_us: dict[str, float] = field(init=False)  # kernel time on the path, most first
+    by_stream_us: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name, value in (("span_us", self.end_us - self.start_us),
+                            ("busy_us", sum(k.duration_us for k in self.kernels)),
+                            ("gaps_us", sum(k.gap_us for k in self.kernels)),
+                            ("cross_stream_waits", sum(k.cross_stream for k in self.kernels)),
+                            ("by_class_us", _by(self.kernels, lambda k: k.kernel_class)),
+                            ("by_stream_us", _by(self.kernels, lambda k: k.stream))):
+            object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True)
+class CollectiveRow:
+    """Calls of one collective over the steady layers (the whole trace without layers)."""
+
+    name: str  # node, else kernel name
+    kernel_class: str  # allreduce | allgather | reducescatter | alltoall
+    calls: int
+    duration_us: Stat  # per call
+    exposed_us: Stat  # per call: no other device work ran on any stream
+    exposed_share: float  # sum exposed / sum duration
+    hidden_us_median: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_us_median", self.duration_us.median - self.exposed_us.median)
+
+
+@dataclass(frozen=True)
+class ExposedCommunication:
+    """How much of each collective call other device work hid (trace.comm): *exposed* is the
+    part of a call during which no other (non-collective) device work ran on any stream."""
+
+    collectives: tuple[CollectiveRow, ...]
+    per_layer_us: Stat | None  # exposed per layer; None without layers
+    per_step_us: Stat  # exposed per step
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """The k-th collective call on every rank: how long each waited for the last to arrive."""
+
+    call: int
+    name: str
+    wait_us: tuple[float, ...]  # per rank (RankSkew.ranks order): its call minus the shortest
+    last_rank: int  # index of the rank that arrived last (its call was the shortest)
+    spread_us: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spread_us", max(self.wait_us))
+
+
+@dataclass(frozen=True)
+class RankWait:
+    rank: str
+    last_at: int  # calls it arrived last at
+    wait_us: Stat  # per call
+
+
+@dataclass(frozen=True)
+class RankSkew:
+    """Arrival skew between ranks at each collective (trace.comm), estimated from each rank's
+    call duration minus the shortest over the ranks: ranks leave a collective together."""
+
+    ranks: tuple[str, ...]  # trace files, in the order given
+    matched: str  # how the calls were matched
+    spread_us: Stat  # arrival spread per call
+    per_rank: tuple[RankWait, ...]
+    calls: tuple[Arrival, ...]
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A number before and after a what-if."""
+
+    before: float
+    after: float
+    delta: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "delta", self.after - self.before)
+
+
+@dataclass(frozen=True)
+class WhatIfMatch:
+    """What one `--what-if` touched: kernels (stalls, for `stall`) and their time per step."""
+
+    what_if: str  # KEY=VALUE as given
+    target: str  # stall | class | node | regex
+    value: str  # the new time or the factor
+    matched: int
+    what: str  # kernels | stalls
+    us_per_step: Shift
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """The trace's dependency graph replayed with the changes (trace.whatif): a prediction, not
+    a measurement. Layer figures are medians over layers, the step's over steps."""
+
+    what_if: tuple[str, ...]
+    matched: tuple[WhatIfMatch, ...]
+    dependencies: str  # what the replayed graph knows (TraceDependencies.note)
+    layer_wall_us: Shift
+    layer_wall_p20_us: Shift
+    layer_wall_p80_us: Shift
+    kernel_sum_us: Shift
+    bubble_us: Shift
+    step_us: Shift  # first start to last end
+    layers_per_step: float
+    per_layer_us: tuple[Shift, ...]
+    per_step_us: tuple[Shift, ...]
+    prediction: str = field(init=False, default="replay of the trace's dependency graph with the "
+                                                "changes: a prediction, not a measurement")
+
+
+@dataclass(frozen=True)
+class NodeRate:
+    """A layer node's kernels against the device's ceilings (trace.roofline)."""
+
+    node: str
+    time_us: float  # in-graph median per occurrence
+    bytes: float
+    flops: float
+    floor_us: float  # models.hardware: the one roofline floor
+    bound: str  # memory | compute: which ceiling sets the floor
+    hbm_gbs: float  # the ceilings that apply to this node
+    peak_tflops: float
+    achieved_gbs: float = field(init=False)
+    of_bandwidth: float = field(init=False)
+    achieved_tflops: float = field(init=False)
+    of_peak_flops: float = field(init=False)
+    of_roofline: float = field(init=False)  # floor / time: 1.0 at the roofline
+
+    def __post_init__(self) -> None:
+        t = self.time_us
+        gbs = self.bytes / (t * 1e3) if t > 0 else 0.0
+        tflops = self.flops / (t * 1e6) if t > 0 else 0.0
+        for name, value in (("achieved_gbs", gbs), ("of_bandwidth", gbs / self.hbm_gbs),
+                            ("achieved_tflops", tflops), ("of_peak_flops", tflops / self.peak_tflops),
+                            ("of_roofline", self.floor_us / t if t > 0 else 0.0)):
+            object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Roofline per node where the trace's kernels map to layer nodes with known work; none
+    otherwise, and `note` says why."""
+
+    note: str  # where the shapes and ceilings came from, or why there are none
+    hardware: Hardware | None
+    nodes: tuple[NodeRate, ...]
 
 
 @dataclass(frozen=True)
 class TraceSummary:
-    """The numbers of a profiler trace over its steady-state layers (`trace summary --json`)."""
+    """The numbers of a profiler trace (or of a streamlab run's) over its steady-state decode
+    layers, and what its dependency graph says (`trace summary --json`). A trace of a graph
+    capture or of warm-up only has `not_a_step` and no layer numbers (None, empty)."""
 
     KIND: ClassVar[str] = "trace-summary"
     file: str
-    source: Source
+    source: TraceSource
     loader: TraceLoader
-    layers: TraceLayers
-    wall_us: Stat
-    kernel_sum_us: Stat
-    busy_us: Stat
-    overlap: Stat
-    bubble_us: Stat
-    bubble_by_class_us: dict[str, Stat]
-    gap_counts_per_layer: dict[str, Stat]
-    stalls_per_layer: Stat
-    stall_sites: tuple[StallSite, ...]
-    allreduce_per_call_us: AllReduceCalls | None
-    kernels_per_layer: Stat
-    streams: tuple[TraceStream, ...]
-    physical_streams: int
-    kernels: tuple[TraceKernel, ...]
-    nodes: dict[str, NodeStats]
-    outside_layers: OutsideLayers
-    # what `trace summary` adds from the trace's dependency graph (trace/explain.py), kept as its
-    # modules write them until they have types of their own; absent from TraceReport.to_dict
-    dependencies: TraceDependencies | None = None
-    step_span_us: tuple[float, ...] = ()
-    critical_path: dict[str, Any] | None = None
-    exposed_communication: dict[str, Any] | None = None
-    rank_skew: dict[str, Any] | None = None
-    what_if: dict[str, Any] | None = None
-    roofline: dict[str, Any] | None = None
-    plots: tuple[str, ...] = ()
+    not_a_step: NotAStep | None
+    layers: TraceLayers | None
+    per_layer: LayerFigures | None
+    allreduce_per_call_us: AllReduceCalls | None  # None: no all-reduce
+    stall_sites: tuple[StallSite, ...]  # most time first
+    nodes: dict[str, NodeStats]  # DAG nodes, when the trace names them
+    kernels: tuple[TraceKernel, ...]  # most time first
+    streams: tuple[TraceStream, ...]  # most operations first
+    hardware_queues: tuple[HardwareQueue, ...]  # when the trace has queue ids
+    outside_layers: OutsideLayers | None
+    per_step: StepSplit | None
+    graph_and_eager: GraphAndEager | None  # None: the trace does not say
+    dependencies: TraceDependencies | None  # None: not looked at (a diff's sides, no step)
+    critical_path: CriticalPath | None  # of the step of median span
+    exposed_communication: ExposedCommunication | None  # None: no collective
+    rank_skew: RankSkew | None  # with several ranks' traces
+    what_if: WhatIf | None
+    roofline: Roofline | None
+    plots: tuple[str, ...]  # files written by --out
+
+    @property
+    def steady_layers(self) -> int:
+        return 0 if self.layers is None else self.layers.steady
+
+
+@dataclass(frozen=True)
+class DiffRow:
+    """One per-layer figure of two traces (B - A)."""
+
+    metric: str
+    unit: str  # us | ratio | count
+    a: float | None  # None: the trace has none (no all-reduce)
+    b: float | None
+    delta: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "delta", None if self.a is None or self.b is None else self.b - self.a)
+
+
+@dataclass(frozen=True)
+class KernelChange:
+    """One kernel name in two traces: calls and time per layer (0 where absent)."""
+
+    name: str
+    per_layer_a: float
+    per_layer_b: float
+    us_per_layer_a: float
+    us_per_layer_b: float
+    median_us_a: float | None
+    median_us_b: float | None
+    count_delta: float = field(init=False)
+    us_delta: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "count_delta", self.per_layer_b - self.per_layer_a)
+        object.__setattr__(self, "us_delta", self.us_per_layer_b - self.us_per_layer_a)
+
+
+@dataclass(frozen=True)
+class TraceDiff:
+    """Two traces side by side, B - A (`trace diff --json`), with both summaries."""
+
+    KIND: ClassVar[str] = "trace-diff"
+    a: str
+    b: str
+    metrics: tuple[DiffRow, ...]
+    kernel_count_changes: tuple[KernelChange, ...]  # most changed first
+    kernel_time_changes: tuple[KernelChange, ...]  # the `top` most changed in time
+    summary_a: TraceSummary
+    summary_b: TraceSummary
 
 
 KINDS: dict[str, type] = {cls.KIND: cls for cls in (RunResult, CompareResult, CheckVerdict, TraceSummary,
-                                                    AllReduceSweep)}
+                                                    TraceDiff, AllReduceSweep)}
 _WHAT = {RunResult: "a run result", CompareResult: "a compare report", CheckVerdict: "a check verdict",
-         TraceSummary: "a trace summary", AllReduceSweep: "an all-reduce sweep"}
+         TraceSummary: "a trace summary", TraceDiff: "a trace diff", AllReduceSweep: "an all-reduce sweep"}
 
 R = TypeVar("R")
 

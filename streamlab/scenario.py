@@ -349,7 +349,10 @@ def _unknown(name: str, layer: Layer) -> str:
     return f"unknown node or group {name!r}{_suggest(name, known)}{hint}"
 
 
-def parse(text: str, path: str = "<scenario>") -> Scenario:
+TEXT = "<scenario>"  # the path of a scenario given as text
+
+
+def parse(text: str, path: str = TEXT) -> Scenario:
     """Parse and validate scenario text; raises ScenarioError naming file and line."""
     try:
         doc = yaml.load(text, Loader=_Loader)
@@ -382,7 +385,7 @@ def _scenario(doc: _Map, path: str) -> Scenario:
     for k in ("name", "description", "model", "backend"):
         if k in doc and not isinstance(doc[k], str):
             raise _Bad(doc.lines[k], f"{k} must be a string, got {_short(doc[k])}")
-    name = doc.get("name", Path(path).stem)
+    name = doc.get("name", Path(path).stem if path != TEXT else "scenario")  # text without a file: no stem
     if not is_name(name):
         where = doc.lines["name"] if "name" in doc else doc.line
         raise _Bad(where, f"name {_short(name)} cannot name result files; accepted: {NAME}"

@@ -26,8 +26,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("streamlab.runs",),  # Timeline + timings -> RunResult
     ("streamlab.check",),
     ("streamlab.report",),  # rendering: rich, matplotlib, Markdown
-    ("streamlab.session", "streamlab.collective", "streamlab.search"),  # orchestration
-    ("streamlab.cli", "streamlab.options", "streamlab.__main__", "streamlab.trace.cli"),  # trace.cli: the `streamlab trace` commands
+    ("streamlab.session", "streamlab.collective", "streamlab.search", "streamlab.calibration"),  # orchestration
+    ("streamlab.cli", "streamlab.options", "streamlab.__main__", "streamlab.trace.cli",
+     "streamlab.search.cli"),  # trace.cli, search.cli: the `streamlab trace` and `search` commands
 ]
 INDEPENDENT = ("streamlab.exec", "streamlab.sim", "streamlab.trace")
 

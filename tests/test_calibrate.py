@@ -141,7 +141,7 @@ def serial_runs(tmp_path: Path) -> Path:
 
 
 def pairwise_doc(states: tuple[str, ...] = ("clean", "cupti")) -> dict:
-    """What bench/pairwise.py would write for a device with these pair excesses, fence, graph
+    """What a pairs stage (calibration/pairbench.py) would write for a device with these pair excesses, fence, graph
     entry and all-reduce slowdown (in every state alike)."""
     records = []
 

@@ -14,6 +14,10 @@ Moves so far:
 - mi355x dual-stream layouts, when the profile was rebuilt from component facts only (no
   concurrency slowdown fitted to the dual-stream total; a per-kernel queue wait, the MoE pairs and
   the fence from their published facts): a_v4_moe_dual 303.5 -> 306.1 us at batch 4.
+- mi355x, when its nodes were split by the published walls (the A_v4 branch to the published ~10 us
+  theoretical saving, no launch gap: the single-stream trace idles ~0 us; the routed experts of the
+  unfused variant less the shared expert's bytes) and the HIP queue rule followed clr's walk exactly:
+  serial 269.975 -> 271.075, a_v4_moe_dual 306.1 -> 316.6, a_v4 293.9 -> 307.0 us at batch 4.
 """
 
 from __future__ import annotations
@@ -46,12 +50,12 @@ PINNED = {  # profile -> scenario -> per-layer us at BATCHES
         "serial_moe_unfused": (237.094025, 283.577025, 385.719025, 718.503025),
     },
     "mi355x": {
-        "a_v4": (262.65534, 293.9002, 394.378526, 579.702821),
-        "a_v4_moe_dual": (274.797594, 306.0752, 406.684509, 592.532733),
-        "pr23562": (275.9357, 307.2002, 407.757086, 593.395621),
-        "pr23562_cuda": (269.81726, 301.0752, 401.605845, 587.139417),
-        "serial": (238.725917, 269.975, 370.470219, 555.862086),
-        "serial_moe_unfused": (257.384125, 288.675, 389.337387, 575.397925),
+        "a_v4": (275.75534, 307.0002, 407.478526, 592.802821),
+        "a_v4_moe_dual": (287.411788, 316.558163, 414.284509, 600.132733),
+        "pr23562": (282.5357, 313.8002, 414.357086, 599.995621),
+        "pr23562_cuda": (281.174525, 312.4252, 412.926783, 598.344108),
+        "serial": (239.825917, 271.075, 371.570219, 556.962086),
+        "serial_moe_unfused": (253.984125, 285.275, 385.937387, 571.997925),
     },
 }
 

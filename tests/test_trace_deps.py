@@ -12,8 +12,14 @@ from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.scenario import load
 from streamlab.timeline import Edge, Interval, Source, Timeline
 from streamlab.trace.chrome import from_chrome, read_chrome, to_chrome, write_chrome
-from streamlab.trace.deps import (STREAM, capture_edges, dependency_graph, for_trace,
-                                  scenario_edges, with_capture_edges)
+from streamlab.trace.deps import (
+    STREAM,
+    capture_edges,
+    dependency_graph,
+    for_trace,
+    scenario_edges,
+    with_capture_edges,
+)
 from streamlab.trace.formats import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -53,14 +53,15 @@ def test_every_format_reads_the_kineto_trace_s_operations(tmp_path, fmt):
     assert got.info.format == fmt and got.info.schema == FORMATS[fmt].schema
     assert _rows(got.timeline) == _rows(kineto.timeline)  # 0.5 us steps: exact in ns and us
     assert got.info.device_ops == kineto.info.device_ops == {"kernel": 120, "allreduce": 39}
-    report, base = summarize_trace(path), summarize_trace(tmp_path / "k.json.gz")
+    report, base = summarize_trace(path).summary, summarize_trace(tmp_path / "k.json.gz").summary
     if fmt == "rocprofv3-csv":  # no API records: graph replays unknown, eager counting
-        assert got.info.replays == [] and report.segmentation.method == "allreduce"
+        assert got.info.replays == [] and report.layers.method == "allreduce"
         return
     assert [n for _, _, n in got.info.replays] == [53, 53, 53]
-    assert (report.layers, report.summary.wall.median) == (base.layers, 107.5) == (15, 107.5)
-    assert report.steps.steps == 3 and report.steps.layers.median == 5  # + 1 with the embedding
-    assert report.to_dict()["allreduce_per_call_us"] == base.to_dict()["allreduce_per_call_us"]
+    assert (report.steady_layers, report.per_layer.wall_us.median) == (base.steady_layers, 107.5) \
+        == (15, 107.5)
+    assert report.per_step.steps == 3 and report.per_step.layers.median == 5  # + 1: the embedding
+    assert report.allreduce_per_call_us == base.allreduce_per_call_us
 
 
 def test_device_names_queues_and_streams(tmp_path):
@@ -71,9 +72,9 @@ def test_device_names_queues_and_streams(tmp_path):
         assert [(iv.name, iv.stream, iv.start, iv.end) for iv in lt.timeline.intervals] == [
             ("k_a", "5", 0.0, 2.0), ("k_b", "9", 1.0, 5.0), ("k_a", "5", 6.0, 7.0)], fmt
         assert [lt.ops.queues[q] for q in lt.ops.queue] == ["7", "7", "8"], fmt
-        r = summarize_trace(lt.info.path)
-        assert [(q.queue, q.ops, q.streams) for q in r.queues] == [("7", 2, ["5", "9"]),
-                                                                   ("8", 1, ["5"])], fmt
+        r = summarize_trace(lt.info.path).summary
+        assert [(q.queue, q.ops, q.streams) for q in r.hardware_queues] == [
+            ("7", 2, ("5", "9")), ("8", 1, ("5",))], fmt
     assert load_trace(tmp_path / WRITERS["rocpd"][1]).info.device == "AMD Instinct MI355X"
 
 
@@ -127,8 +128,8 @@ def test_nsys_capture_recognised_from_runtime_and_nvtx(tmp_path):
     prog = Program(ops, api=[("cudaStreamBeginCapture", 20, 500), ("cudaLaunchKernel", 21, 600),
                              ("cudaStreamEndCapture", 22, 700), ("cudaGraphInstantiate", 23, 800)])
     path = write_nsys(tmp_path / "capture.sqlite", prog, nvtx=("CUDAGraphNode.record",))
-    r = summarize_trace(path)
-    assert r.not_a_step.kind == "graph capture" and r.summary is None
+    r = summarize_trace(path).summary
+    assert r.not_a_step.kind == "graph capture" and r.per_layer is None
     assert r.not_a_step.evidence == {"cudaStreamBeginCapture": 1, "cudaStreamEndCapture": 1,
                                      "cudaGraphInstantiate": 1, "CUDAGraphNode.record": 1,
                                      "kernel launches recorded": 1, "kernels run": 1}
@@ -140,8 +141,8 @@ def test_warm_up_only_recognised(tmp_path):
     events = [kernel("gemm", 7, T0, 5.0, 1), runtime("cudaLaunchKernel", T0 - 10, 2.0, 1),
               {"ph": "X", "cat": "python_function", "name": "vllm/worker.py(12): _dummy_run",
                "ts": T0 - 20, "dur": 40}]
-    r = summarize_trace(write(tmp_path / "w.json.gz", kineto_doc(events)))
-    assert r.not_a_step.kind == "warm-up" and r.to_dict()["layers"] is None
+    r = summarize_trace(write(tmp_path / "w.json.gz", kineto_doc(events))).summary
+    assert r.not_a_step.kind == "warm-up" and r.layers is None
     assert r.not_a_step.evidence == {"_dummy_run": 1, "kernel launches recorded": 1,
                                      "kernels run": 1}
 
@@ -198,7 +199,9 @@ def test_nan_and_negative_timestamps(tmp_path):
     assert ":2: start_timestamp 'nan' is not an integer" in _fails(csv_path)
     for path in (tmp_path / "nan.json", csv_path):
         res = runner.invoke(app, ["summary", str(path), "--json"])
-        assert res.exit_code == EXIT_BAD_INPUT and res.stdout == ""  # no table, no JSON
+        assert res.exit_code == EXIT_BAD_INPUT  # no table: one JSON object saying what is wrong
+        assert json.loads(res.stdout) == {"error": json.loads(res.stdout)["error"], "exit_code": EXIT_BAD_INPUT}
+        assert "not a number" in json.loads(res.stdout)["error"] or "not an integer" in json.loads(res.stdout)["error"]
         assert res.stderr.startswith("error: ") and "not a" in res.stderr
 
 
@@ -215,8 +218,7 @@ def test_json_output_has_no_bare_nan(tmp_path):
 def test_steps_split_layers_outside_idle(tmp_path):
     """One replay: embedding 5 + AR 12 (prologue layer of 100 counted as a layer? no: first of a
     step), 6 layers, LM head; the split adds up to the step's wall."""
-    r = summarize_trace(write(tmp_path / "d.json.gz", decode_trace(steps=1)))
-    st = r.steps
+    st = summarize_trace(write(tmp_path / "d.json.gz", decode_trace(steps=1))).summary.per_step
     assert st.steps == 1 and st.basis == "graph replay"
     assert st.wall_us.median == pytest.approx(st.layers_us.median + st.outside_us.median
                                               + st.idle_us.median)

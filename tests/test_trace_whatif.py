@@ -16,7 +16,7 @@ from streamlab.timeline import Edge, Interval, Source, Timeline
 from streamlab.trace.cli import app
 from streamlab.trace.deps import dependency_graph, for_trace
 from streamlab.trace.formats import load_trace
-from streamlab.trace.whatif import Change, parse_change, replay, what_if
+from streamlab.trace.whatif import Change, parse_change, replay, replayed, what_if
 
 ROOT = Path(__file__).resolve().parents[1]
 H100 = ROOT / "traces" / "h100-2026-11-22"
@@ -52,22 +52,26 @@ def test_unchanged_replay_is_the_trace():
 
 def test_a_slower_kernel_on_another_stream_moves_what_waits_for_it():
     tl = small()
-    result = what_if(graph(tl), [parse_change("norm=3.5x", tl)])  # b: 4 -> 14 us
+    changes = [parse_change("norm=3.5x", tl)]  # b: 4 -> 14 us
+    after = replayed(graph(tl), changes)
     # b [11, 25); d waited 1 us after c (its latest dependency): now 1 us after b
-    assert spans(result.timeline) == [("gemm_a", 0.0, 10.0), ("norm_b", 11.0, 25.0),
-                                      ("gemm_c", 12.0, 20.0), ("attn_d", 26.0, 30.0)]
-    assert result.timeline.layers == [(0.0, 26.0), (26.0, 30.0)]  # chained: ends where d starts
-    assert (result.layer_wall.before, result.layer_wall.after) == (12.5, 15.0)  # median of 2
-    assert result.matched[0].count == 1 and result.matched[0].us_per_step.after == 14.0
+    assert spans(after) == [("gemm_a", 0.0, 10.0), ("norm_b", 11.0, 25.0),
+                            ("gemm_c", 12.0, 20.0), ("attn_d", 26.0, 30.0)]
+    assert after.layers == [(0.0, 26.0), (26.0, 30.0)]  # chained: ends where d starts
+    result = what_if(graph(tl), changes)
+    assert (result.layer_wall_us.before, result.layer_wall_us.after) == (12.5, 15.0)  # median of 2
+    assert [(s.before, s.after) for s in result.per_layer_us] == [(21.0, 26.0), (4.0, 4.0)]
+    assert result.matched[0].matched == 1 and result.matched[0].us_per_step.after == 14.0
 
 
 def test_a_faster_kernel_moves_its_successors_by_their_lags():
     tl = small()
-    result = what_if(graph(tl), [parse_change("gemm_a=4us", tl)])  # regex on names
+    changes = [parse_change("gemm_a=4us", tl)]  # regex on names
     # a [0, 4); b 1 us after a: [5, 9); c 2 us after a by stream order: [6, 14); d 1 us after c
-    assert spans(result.timeline) == [("gemm_a", 0.0, 4.0), ("norm_b", 5.0, 9.0),
-                                      ("gemm_c", 6.0, 14.0), ("attn_d", 15.0, 19.0)]
-    assert result.step.before == 25.0 and result.step.after == 19.0
+    assert spans(replayed(graph(tl), changes)) == [("gemm_a", 0.0, 4.0), ("norm_b", 5.0, 9.0),
+                                                   ("gemm_c", 6.0, 14.0), ("attn_d", 15.0, 19.0)]
+    step = what_if(graph(tl), changes).step_us
+    assert (step.before, step.after, step.delta) == (25.0, 19.0, -6.0)
 
 
 def test_a_time_sets_a_whole_call_keeping_its_kernels_shares():
@@ -75,20 +79,20 @@ def test_a_time_sets_a_whole_call_keeping_its_kernels_shares():
            Interval("k2", "0", 6.0, 8.0, "allreduce_attn", 0, "allreduce"),
            Interval("k3", "0", 8.5, 9.5, "post_norm", 0)]
     tl = Timeline(ivs, Source("trace"), layers=[(0.0, 9.5)])
-    result = what_if(graph(tl), [parse_change("allreduce=4us", tl)])
-    assert spans(result.timeline) == [("k1", 0.0, 3.0), ("k2", 3.0, 4.0), ("k3", 4.5, 5.5)]
+    after = replayed(graph(tl), [parse_change("allreduce=4us", tl)])
+    assert spans(after) == [("k1", 0.0, 3.0), ("k2", 3.0, 4.0), ("k3", 4.5, 5.5)]
 
 
 def test_stall_zero_removes_all_stream_idle_gaps():
     ivs = [Interval("a", "0", 0.0, 2.0, layer=0), Interval("b", "1", 1.0, 3.0, layer=0),
            Interval("c", "0", 7.0, 8.0, layer=0), Interval("d", "0", 8.5, 9.0, layer=0)]
     tl = Timeline(ivs, Source("trace"), layers=[(0.0, 9.0)], edges=[Edge(1, 2, "event")])
-    result = what_if(graph(tl), [parse_change("stall=0", tl)])
+    stall = [parse_change("stall=0", tl)]
     # the 4 us stall before c goes; the 0.5 us launch gap before d stays
-    assert spans(result.timeline)[2:] == [("c", 3.0, 4.0), ("d", 4.5, 5.0)]
-    assert result.matched[0].count == 1 and result.matched[0].us_per_step.before == 4.0
-    half = what_if(graph(tl), [parse_change("stall=0.5x", tl)])
-    assert spans(half.timeline)[2] == ("c", 5.0, 6.0)
+    assert spans(replayed(graph(tl), stall))[2:] == [("c", 3.0, 4.0), ("d", 4.5, 5.0)]
+    m = what_if(graph(tl), stall).matched[0]
+    assert (m.matched, m.what, m.us_per_step.before, m.us_per_step.after) == (1, "stalls", 4.0, 0.0)
+    assert spans(replayed(graph(tl), [parse_change("stall=0.5x", tl)]))[2] == ("c", 5.0, 6.0)
 
 
 @pytest.mark.parametrize("text, key, target, us, factor", [
@@ -139,8 +143,8 @@ def test_another_batchs_node_times_predict_that_batchs_trace(layout):
     changes = [Change(f"{n}={us}us", n, "node", us)
                for n, us in _node_medians(H100 / f"{layout}-b16.trace.json.gz").items()]
     result = what_if(for_trace(loaded.timeline, loaded.info), changes)
-    assert abs(result.layer_wall.after - target) < 0.005 * target
-    assert abs(result.layer_wall.before - target) > 0.3 * target  # it did move
+    assert abs(result.layer_wall_us.after - target) < 0.005 * target
+    assert abs(result.layer_wall_us.before - target) > 0.3 * target  # it did move
 
 
 def test_the_faster_top_k_through_the_dual_stream_graph():
@@ -154,8 +158,8 @@ def test_the_faster_top_k_through_the_dual_stream_graph():
     result = what_if(for_trace(loaded.timeline, loaded.info),
                      [parse_change(f"idx_topk={new['idx_topk']}us", loaded.timeline)])
     target = summarize(load_trace(H100 / "a_v4-b4.trace.json.gz").timeline).wall.median
-    assert abs(result.layer_wall.after - target) < 0.01 * target
-    gained = result.layer_wall.before - result.layer_wall.after
+    assert abs(result.layer_wall_us.after - target) < 0.01 * target
+    gained = -result.layer_wall_us.delta
     assert abs(gained - (old["idx_topk"] - new["idx_topk"])) < 0.5
 
 
@@ -173,7 +177,8 @@ def test_cli_what_if_table_and_json():
     res = runner.invoke(app, ["summary", path, "--what-if", "allreduce=0.5x", "--json"])
     out = _no_nan(res.output)
     w = out["what_if"]
-    assert w["what_if"] == ["allreduce=0.5x"] and w["matched"][0]["kernels"] == 80
+    assert w["what_if"] == ["allreduce=0.5x"] and w["matched"][0]["matched"] == 80
+    assert w["matched"][0]["what"] == "kernels"
     assert w["layer_wall_us"]["after"] < w["layer_wall_us"]["before"]
     assert len(w["per_step_us"]) == 5 and len(w["per_layer_us"]) == 20
     assert "prediction" in w

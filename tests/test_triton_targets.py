@@ -4,6 +4,7 @@ Compiling needs Triton without its interpreter, so these run in a fresh process.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,6 +72,82 @@ def test_compiling_refuses_the_interpreter_unknown_targets_and_a_triton_without_
     monkeypatch.setattr(triton.backends, "backends", {"nvidia": triton.backends.backends["nvidia"]})
     with pytest.raises(Failure, match=r"has no amd backend to compile for mi355x \(gfx950, 256 CUs\)"):
         target("mi355x")
+
+
+# Plans every Triton node of the shipped layers at batch 4 (and an unfused-rope layer at context
+# 1024, whose rows take the one-program top-k) under a budget of half the target's SMs / CUs and
+# of 1, prints the planned programs per node, then compiles the budgeted (persistent) launches:
+# every distinct one of the half-GPU plan, and one per kernel that only budget 1 makes persistent.
+BUDGET_SCRIPT = """
+import json, sys
+from streamlab.errors import Failure
+from streamlab.kernels import bind_layer
+from streamlab.kernels.triton.targets import TARGETS, compile_launch, record_launches
+from streamlab.layer import Variant, build_layer
+from streamlab.models import GLM5, RankDims, Shape
+from streamlab.scenario import load
+
+tgt = TARGETS[sys.argv[1]]
+layers = [load(p).override(batch=4).layer for p in sys.argv[2:]]
+layers.append(build_layer(RankDims(GLM5, Shape(batch=4, context=1024)), Variant(fused_rope_cat_cache=False)))
+mine = {n for layer in layers for n, b in bind_layer(layer, "triton").items() if b.backend == "triton"}
+
+def programs(budget):
+    launches, failed = record_launches(layers, tgt, {n: budget for n in mine} if budget else None)
+    assert not failed, failed
+    most = {}
+    for launch in launches:
+        for node, p in launch.programs.items():
+            most[node] = max(most.get(node, 0), p)
+    return launches, most
+
+half = tgt.units // 2
+_, plain = programs(None)
+budgeted, planned = programs(half)
+at_one, _ = programs(1)
+print(json.dumps({"budget": half, "plain": plain, "planned": planned}))
+persistent = {l.key: l for l in budgeted if l.constexprs.get("PERSISTENT")}
+names = {l.name for l in persistent.values()}
+for launch in at_one:
+    if launch.constexprs.get("PERSISTENT") and launch.name not in names:
+        names.add(launch.name)
+        persistent[launch.key] = launch
+errors = [f"{l.name}: {r.error}" for l in persistent.values() if (r := compile_launch(l, tgt)).error]
+print(json.dumps({"compiled": sorted(names), "errors": errors}))
+for bad, why in (({"no_such_node": 4}, "does not have"), ({"allreduce_attn": 4}, "takes no SM budget"),
+                 ({"q_b_proj": 0}, "max_programs")):
+    try:
+        record_launches(layers[:1], tgt, bad)
+        print(json.dumps({"refused": None}))
+    except Failure as e:
+        print(json.dumps({"refused": why in str(e), "code": e.code}))
+"""
+
+
+def test_budgeted_launches_plan_within_their_budget_and_compile(tmp_path):
+    """For h100 and mi355x at once (two processes): no budgeted node plans more programs than
+    its budget, while unbudgeted some plan more; the persistent launches compile; budgets on
+    unknown or non-Triton nodes, or bad budgets, are refused with EXIT_BAD_INPUT."""
+    script = tmp_path / "plan_budgets.py"
+    script.write_text(BUDGET_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": str(ROOT)}
+    runs = {t: subprocess.Popen([sys.executable, str(script), t, *SCENARIOS], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for t in ("h100", "mi355x")}
+    for name, run in runs.items():
+        out, err = run.communicate(timeout=900)
+        assert run.returncode == 0, err[-3000:]
+        lines = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+        plan, compiled, refusals = lines[0], lines[1], lines[2:]
+        budget = plan["budget"]
+        assert budget == TARGETS[name].units // 2
+        assert max(plan["planned"].values()) <= budget, plan["planned"]
+        assert {"q_b_proj", "experts", "idx_logits", "mla_decode"} <= {
+            n for n, p in plan["plain"].items() if p > budget}
+        assert compiled["errors"] == []
+        assert {"_gemm_kernel", "_gate_up_kernel", "_down_kernel", "_mla_split_kernel",
+                "_chunk_select_kernel", "_topk_slots_kernel", "_norm_kernel"} <= set(compiled["compiled"])
+        assert refusals == [{"refused": True, "code": EXIT_BAD_INPUT}] * 3
 
 
 @pytest.mark.gpu

@@ -4,6 +4,10 @@ Every op takes its input and output tensors by role as keyword arguments and wri
 in place (so the same call can be captured in a graph). Rounding points match what the GPU
 kernels do: bf16 activations between kernels, fp8 with 1x128 scales into FP8 GEMMs, fp32
 inside a kernel. These functions are the definition the other backends are tested against.
+
+Every op also takes the SM / CU budget the Triton kernels honour (`max_programs`, see
+kernels/triton/common.py) and ignores it: torch chooses its own launches, and a budget never
+changes what an op computes.
 """
 
 from __future__ import annotations
@@ -20,28 +24,28 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
 
 
-def rmsnorm_add(*, x, residual, weight, out, eps):
+def rmsnorm_add(*, x, residual, weight, out, eps, max_programs: int | None = None):
     """residual <- residual + x (bf16); out <- rmsnorm(residual)."""
     residual.copy_(residual.float() + x.float())
     out.copy_(_rms(residual, weight, eps))
 
 
-def rmsnorm(*, x, weight, out, eps):
+def rmsnorm(*, x, weight, out, eps, max_programs: int | None = None):
     out.copy_(_rms(x, weight, eps))
 
 
-def layernorm(*, x, weight, bias, out, eps):
+def layernorm(*, x, weight, bias, out, eps, max_programs: int | None = None):
     out.copy_(F.layer_norm(x.float(), x.shape[-1:], weight.float(), bias.float(), eps))
 
 
-def fp8_linear(*, x, weight, weight_scale, out):
+def fp8_linear(*, x, weight, weight_scale, out, max_programs: int | None = None):
     """x bf16 [M,K] quantised per 1x128 group; weight fp8 [N,K] with 128x128 block scales."""
     xq, xs = quant_groups(x)
     y = dequant_groups(xq, xs) @ dequant_blocks(weight, weight_scale).t()
     out.copy_(y[:, : out.shape[-1]])
 
 
-def linear(*, x, weight, out):
+def linear(*, x, weight, out, max_programs: int | None = None):
     out.copy_(x.float() @ weight.float().t())
 
 
@@ -61,7 +65,7 @@ def _cos_sin(cos_sin: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tens
     return cs[..., :half], cs[..., half:]
 
 
-def rope(*, q, k, positions, cos_sin, q_out, k_out, rope_dim, interleaved):
+def rope(*, q, k, positions, cos_sin, q_out, k_out, rope_dim, interleaved, max_programs: int | None = None):
     """Rotate the first `rope_dim` dims of every head of q [T, h*D] or [T, h, D] and of k [T, D]."""
     cos, sin = _cos_sin(cos_sin, positions)
     d = k.shape[-1]
@@ -78,29 +82,30 @@ def _hadamard_matrix(n: int, device) -> torch.Tensor:
     return h
 
 
-def hadamard(*, x, out):
+def hadamard(*, x, out, max_programs: int | None = None):
     """Hadamard rotation of the last dim (size a power of two), scaled by dim^-0.5."""
     d = x.shape[-1]
     out.copy_((x.float() @ _hadamard_matrix(d, x.device)) * d ** -0.5)
 
 
-def act_quant(*, x, out, scale):
+def act_quant(*, x, out, scale, max_programs: int | None = None):
     """Per-128 group fp8 quantisation with power-of-two (ue8m0) scales."""
     q, s = quant_groups(x, ue8m0=True)
     out.copy_(q)
     scale.copy_(s.reshape(scale.shape))
 
 
-def index_k_cache_store(*, k, slot_mapping, cache, preshuffle):
+def index_k_cache_store(*, k, slot_mapping, cache, preshuffle, max_programs: int | None = None):
     q, s = quant_groups(k, ue8m0=True)
     index_cache_write(cache, slot_mapping, q, s.reshape(-1), preshuffle)
 
 
-def index_weights_scale(*, w, q_scale, out, factor):
+def index_weights_scale(*, w, q_scale, out, factor, max_programs: int | None = None):
     out.copy_(w.float() * q_scale.float() * factor)
 
 
-def paged_mqa_logits(*, q, weights, cache, block_table, seq_lens, out, preshuffle):
+def paged_mqa_logits(*, q, weights, cache, block_table, seq_lens, out, preshuffle,
+                     max_programs: int | None = None):
     """logit[b, t] = sum_h weights[b,h] * relu(q[b,h] . k_t * kscale_t); -inf past the context."""
     page = cache.shape[1]
     out.fill_(float("-inf"))
@@ -113,7 +118,7 @@ def paged_mqa_logits(*, q, weights, cache, block_table, seq_lens, out, preshuffl
         out[b, :n] = (weights[b].float()[:, None] * s).sum(0)
 
 
-def topk_slots(*, logits, block_table, seq_lens, out):
+def topk_slots(*, logits, block_table, seq_lens, out, max_programs: int | None = None):
     """Top-k positions per row (descending), mapped through the block table to KV slots; -1 pads."""
     page = logits.shape[1] // block_table.shape[1]
     k = out.shape[1]
@@ -124,13 +129,13 @@ def topk_slots(*, logits, block_table, seq_lens, out):
         out[b, : top.numel()] = (block_table[b, top // page].long() * page + top % page).to(out.dtype)
 
 
-def bmm_fp8(*, x, weight, weight_scale, out):
+def bmm_fp8(*, x, weight, weight_scale, out, max_programs: int | None = None):
     """x bf16 [T, h, K] times fp8 weight [h, N, K] (one scale per head) -> out [T, h, N]."""
     w = weight.float() * weight_scale.float()[:, None, None]
     out.copy_(torch.einsum("thk,hnk->thn", x.float(), w))
 
 
-def kv_cache_store(*, k_nope, k_pe, slot_mapping, kv_scale, kv_cache):
+def kv_cache_store(*, k_nope, k_pe, slot_mapping, kv_scale, kv_cache, max_programs: int | None = None):
     entry = torch.cat((k_nope.float(), k_pe.float()), -1) / kv_scale.float()
     keep = slot_mapping >= 0
     kv_cache[slot_mapping[keep]] = (to_fp8(entry) if kv_cache.dtype != torch.bfloat16 else entry.to(
@@ -138,7 +143,7 @@ def kv_cache_store(*, k_nope, k_pe, slot_mapping, kv_scale, kv_cache):
 
 
 def rope_cat_cache(*, q_nope, q_pe, k_nope, k_pe, positions, slot_mapping, cos_sin, kv_scale,
-                   q_out, kv_cache):
+                   q_out, kv_cache, max_programs: int | None = None):
     """q_out <- cat(q_nope, rope(q_pe)); kv_cache[slot] <- cast(cat(k_nope, rope(k_pe)) / scale)."""
     cos, sin = _cos_sin(cos_sin, positions)
     q_rot = _rotate(q_pe.float(), cos, sin, True)
@@ -148,11 +153,12 @@ def rope_cat_cache(*, q_nope, q_pe, k_nope, k_pe, positions, slot_mapping, cos_s
                    kv_scale=kv_scale, kv_cache=kv_cache)
 
 
-def cat(*, a, b, out):
+def cat(*, a, b, out, max_programs: int | None = None):
     out.copy_(torch.cat((a, b), -1))
 
 
-def sparse_mla_decode(*, q, kv_cache, topk_slots, kv_scale, out, softmax_scale):
+def sparse_mla_decode(*, q, kv_cache, topk_slots, kv_scale, out, softmax_scale,
+                      max_programs: int | None = None):
     """Attention of q [T, h, 576] over the selected cache slots; values are the first 512 dims."""
     slots = topk_slots.long()
     valid = slots >= 0
@@ -163,7 +169,8 @@ def sparse_mla_decode(*, q, kv_cache, topk_slots, kv_scale, out, softmax_scale):
     out.copy_(torch.einsum("thk,tkd->thd", p, kv[..., : out.shape[-1]]))
 
 
-def biased_topk(*, logits, bias, ids, weights, topk, scale, shared_expert_id):
+def biased_topk(*, logits, bias, ids, weights, topk, scale, shared_expert_id,
+                max_programs: int | None = None):
     """Sigmoid scores, top-k of score + bias, weights renormalised and scaled; optional shared
     expert appended as the last slot with weight 1."""
     scores = torch.sigmoid(logits.float())
@@ -177,7 +184,7 @@ def biased_topk(*, logits, bias, ids, weights, topk, scale, shared_expert_id):
     weights.copy_(w)
 
 
-def fused_moe(*, x, ids, weights, w13, w13_scale, w2, w2_scale, out):
+def fused_moe(*, x, ids, weights, w13, w13_scale, w2, w2_scale, out, max_programs: int | None = None):
     """Sum over a token's experts of weight * down(silu(gate) * up), FP8 1x128 activations into
     both GEMMs, only the experts some token selected are touched."""
     xq = dequant_groups(*quant_groups(x))
@@ -192,12 +199,12 @@ def fused_moe(*, x, ids, weights, w13, w13_scale, w2, w2_scale, out):
     out.copy_(acc)
 
 
-def silu_mul(*, x, out):
+def silu_mul(*, x, out, max_programs: int | None = None):
     half = x.shape[-1] // 2
     out.copy_(F.silu(x[:, :half].float()) * x[:, half:].float())
 
 
-def add(*, a, b, out):
+def add(*, a, b, out, max_programs: int | None = None):
     out.copy_(a.float() + b.float())
 
 

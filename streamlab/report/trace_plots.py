@@ -15,9 +15,10 @@ from matplotlib.patches import Patch
 
 from streamlab.analysis import STALL_US, gaps, kernel_class
 from streamlab.report.plots import save
-from streamlab.trace.critical import CriticalPath
+from streamlab.results import CriticalPath
 from streamlab.trace.deps import DepGraph
-from streamlab.trace.explain import Explained
+
+__all__ = ["critical_path_files", "critical_path_plot", "write_critical_path"]
 
 CLASS_COLOURS = {
     "allreduce": "#8C8C8C", "allgather": "#6F6F6F", "reducescatter": "#5A5A5A",
@@ -32,7 +33,7 @@ def critical_path_plot(graph: DepGraph, path: CriticalPath, title: str, out: Pat
     files written (`out`.png and `out`.svg)."""
     ivs = graph.timeline.intervals
     members = graph.members[path.step]
-    t0 = path.start
+    t0 = path.start_us
     lanes = sorted({ivs[i].stream for i in members},
                    key=lambda s: min(ivs[i].start for i in members if ivs[i].stream == s))
     lane = {s: k for k, s in enumerate(lanes)}
@@ -48,20 +49,20 @@ def critical_path_plot(graph: DepGraph, path: CriticalPath, title: str, out: Pat
                 color=CLASS_COLOURS.get(cls, CLASS_COLOURS["other"]), alpha=1.0 if crit else 0.3,
                 edgecolor="black" if crit else "none", linewidth=0.6 if crit else 0)
     for k in path.kernels:
-        if not k.cross:
+        if not k.cross_stream:
             continue
         a, b = ivs[k.waited_index], ivs[k.index]
         ax.annotate("", xy=(b.start - t0, lane[b.stream]), xytext=(a.end - t0, lane[a.stream]),
                     arrowprops={"arrowstyle": "->", "color": "black", "linewidth": 0.7})
-    for g in gaps([ivs[i] for i in members], t0, path.end):
+    for g in gaps([ivs[i] for i in members], t0, path.end_us):
         if g.duration >= STALL_US:
             ax.axvspan(g.start - t0, g.end - t0, color="red", alpha=0.15)
     ax.set_yticks(range(len(lanes)), [f"stream {s}" for s in lanes], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlim(0, (path.end - t0) * 1.005)
-    ax.set_xlabel(f"us from the step's first kernel (step {path.step}, {path.end - t0:.1f} us)")
-    ax.set_title(f"{title}: critical path {len(path.kernels)} kernels, {path.busy:.1f} us of "
-                 f"kernels + {path.gaps:.1f} us of gaps (solid, outlined); arrows: waits on another "
+    ax.set_xlim(0, path.span_us * 1.005)
+    ax.set_xlabel(f"us from the step's first kernel (step {path.step}, {path.span_us:.1f} us)")
+    ax.set_title(f"{title}: critical path {len(path.kernels)} kernels, {path.busy_us:.1f} us of "
+                 f"kernels + {path.gaps_us:.1f} us of gaps (solid, outlined); arrows: waits on another "
                  "stream", fontsize=9, loc="left")
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(handles=[Patch(color=c, label=k) for k, c in CLASS_COLOURS.items() if k in used],
@@ -72,9 +73,9 @@ def critical_path_plot(graph: DepGraph, path: CriticalPath, title: str, out: Pat
 
 def critical_path_files(trace: str | Path, out: Path) -> list[Path]:
     """The files `write_critical_path` writes for `trace`: `out`/<trace name>-critical-path.png
-    and .svg."""
-    return [_critical_path_base(trace, out).with_name(f"{_critical_path_base(trace, out).name}.{ext}")
-            for ext in ("png", "svg")]
+    and .svg (claimed before the trace is read)."""
+    base = _critical_path_base(trace, out)
+    return [base.with_name(f"{base.name}.{ext}") for ext in ("png", "svg")]
 
 
 def _critical_path_base(trace: str | Path, out: Path) -> Path:
@@ -84,9 +85,7 @@ def _critical_path_base(trace: str | Path, out: Path) -> Path:
     return out / f"{name}-critical-path"
 
 
-def write_critical_path(explained: Explained, trace: str, out: Path) -> list[Path]:
-    """The plot of `explained`'s shown critical path, as `critical_path_files(trace, out)`
-    (none when the trace has no step)."""
-    if explained.path is None:
-        return []
-    return critical_path_plot(explained.graph, explained.path, Path(trace).name, _critical_path_base(trace, out))
+def write_critical_path(graph: DepGraph, path: CriticalPath, trace: str, out: Path) -> list[Path]:
+    """The plot of `path` (of `graph`, the trace's dependency graph), as
+    `critical_path_files(trace, out)`."""
+    return critical_path_plot(graph, path, Path(trace).name, _critical_path_base(trace, out))

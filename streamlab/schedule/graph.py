@@ -4,10 +4,18 @@ Capture semantics (CUDA and HIP alike): each stream carries a set of capture dep
 launch depends on its stream's set and replaces it; wait_stream / wait_event add the source's set
 to the waiter's. Edges are created in dispatch order, which is what the HIP rule below keys on.
 
-HIP (ROCm clr) at instantiate: a depth-first walk gives each node a stream id; a node's first
-out-edge keeps its id, each extra out-edge (and each extra root) takes the next id modulo the
-queue count (DEBUG_HIP_FORCE_GRAPH_QUEUES, default 4). CUDA picks streams itself at replay;
-what we can predict there is how many branches may run at once.
+HIP (ROCm clr, `Graph::ScheduleNodes` / `ScheduleOneNode` in hipamd/src/hip_graph_internal.cpp,
+the iterative walk of rocm-systems #2876) at instantiate: each root, in capture order, starts a
+depth-first walk on the next stream id (the first on 0); the walk keeps a stack, a node popped
+unassigned takes the walk's current id and pushes its unassigned children so that its first edge
+is walked first, and a node with no unassigned child ends a branch: the id advances, modulo the
+queue count (DEBUG_HIP_FORCE_GRAPH_QUEUES, default 4). So the branch a fork dispatched first keeps
+the id and every later branch of the graph takes the next one in turn, wrapping onto id 0, the
+launch stream's queue, every `queues`-th branch. (clr before #2876 walked recursively and gave a
+node's k-th out-edge its own id + k, so a layout whose forks have two branches used ids 0 and 1
+only.) Ids then map to queues at launch: id 0 is the launch stream, the others the graph's own
+streams. CUDA picks streams itself at replay; what we can predict there is how many branches may
+run at once.
 """
 
 from __future__ import annotations
@@ -89,30 +97,28 @@ def capture(program: Program, layers: int = 1) -> CaptureGraph:
 
 
 def hip_queue_ids(c: Captured, queues: int = HIP_QUEUES) -> list[int]:
-    """Physical stream id of every node (by position) under the HIP depth-first rule."""
+    """Physical stream id of every node (by position) under the HIP walk (module docstring)."""
     assigned: list[int | None] = [None] * len(c.keys)
-    counter = 0
-
-    def fresh() -> int:
-        nonlocal counter
-        counter += 1
-        return counter % queues
-
-    roots = [i for i, ps in enumerate(c.parents) if not ps]
-    for n, root in enumerate(roots):
+    children = c.children
+    root_id = 0
+    for root in range(len(c.keys)):  # capture order is a topological order: unassigned means a root
         if assigned[root] is not None:
             continue
-        assigned[root] = 0 if n == 0 else fresh()
-        stack = [(root, iter(enumerate(c.children[root])))]
-        while stack:  # recursive depth-first walk, unrolled (graphs of 78 layers are deep)
-            node, edges = stack[-1]
-            for k, child in edges:
+        sid, pending = root_id, [root]
+        push, pop = pending.append, pending.pop
+        while pending:
+            node = pop()
+            if assigned[node] is not None:
+                continue
+            assigned[node] = sid
+            ended = True
+            for child in reversed(children[node]):  # pushed last, walked first: the first edge
                 if assigned[child] is None:
-                    assigned[child] = assigned[node] if k == 0 else fresh()
-                    stack.append((child, iter(enumerate(c.children[child]))))
-                    break
-            else:
-                stack.pop()
+                    push(child)
+                    ended = False
+            if ended:  # a branch ended: the next one takes the next id
+                sid = (sid + 1) % queues
+        root_id = (root_id + 1) % queues
     return assigned
 
 

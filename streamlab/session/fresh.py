@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
 
 import torch
 from rich.console import Console
@@ -24,7 +26,9 @@ from streamlab.report.console import output_console
 from streamlab.results import RunResult
 from streamlab.scenario import Scenario
 
-__all__ = ["measures_on_gpu", "run_apart"]
+R = TypeVar("R")
+
+__all__ = ["call_apart", "measures_on_gpu", "run_apart"]
 
 
 def measures_on_gpu(device: str) -> bool:
@@ -37,12 +41,17 @@ def run_apart(scen: Scenario, *, verbose: bool = False, fresh: bool | None = Non
     `fresh` (default: when it measures on a GPU). Its report is printed only when `verbose`."""
     if not (measures_on_gpu(options.get("device", "auto")) if fresh is None else fresh):
         return _run(scen, verbose, options)
+    return call_apart(_run, scen, verbose, options, what=f"{scen.name} batch {scen.shape.batch}")
+
+
+def call_apart(fn: Callable[..., R], *args, what: str) -> R:
+    """`fn(*args)` in a fresh (spawned) process: its return value, or the Failure it raised
+    (with its exit code). `fn` and its arguments cross by pickle (a module-level function)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
-            return pool.submit(_run, scen, verbose, options).result()
+            return pool.submit(fn, *args).result()
         except BrokenProcessPool:
-            raise Failure(f"{scen.name} batch {scen.shape.batch}: the process measuring it died "
-                          "(see its output above)") from None
+            raise Failure(f"{what}: the process measuring it died (see its output above)") from None
 
 
 def _run(scen: Scenario, verbose: bool, options: dict) -> RunResult:

@@ -1,5 +1,6 @@
 """Fit a device profile from measured runs (result JSONs of `streamlab run` on a GPU, or a bench
-matrix.json) and, optionally, the pairwise micro-benchmark (bench/pairwise.py).
+matrix.json) and, optionally, the pairwise micro-benchmark (the cross-stream stage of
+`streamlab calibrate --measure`, which runs this fit on what it measured: streamlab/calibration/).
 
 The dual-stream layouts stay a held-out test of the model, so only this evidence is used:
 - the serial layout: node latencies (in-graph means per layer, per batch) and the launch gap
@@ -30,6 +31,7 @@ from streamlab.layer import Layer, Variant, build_layer
 from streamlab.models import MODELS, RankDims
 from streamlab.models.hardware import HARDWARE
 from streamlab.results import NodeTime, RunResult, load_runs
+from streamlab.schedule.graph import HIP_QUEUES
 from streamlab.sim.pairwise import PairwiseFit, fit_pairwise, load_pairwise, pair_note
 from streamlab.sim.profile import (
     BatchTable,
@@ -163,23 +165,25 @@ def fit_variants(runs: list[RunResult], serial: SerialFit, variant_serials: tupl
     return tables, kernels
 
 
-VARIANT_SERIALS = ("serial_moe_unfused",)  # single-stream layouts of other variants (scenarios/)
+VARIANT_SERIALS = ("serial_moe_unfused",)  # in scenarios/ (calibrate --measure derives them from the layouts)
 
 
-def calibrate(paths: list[Path], name: str, *, serial: str = "serial", fence_us: float = 1.0,
-              concurrency_slowdown: float = 0.1, pairwise: Path | None = None,
-              pairwise_state: str | None = None, command: str = "", date: str | None = None,
-              driver: str = "", kernel_hash: str | None = None) -> DeviceProfile:
-    """A profile from measured runs (and the pairwise benchmark). `kernel_hash`: of the kernels
-    the runs measured (default: the installed ones, right for a calibration run where it was
-    measured); `command`, `date`, `driver` go to its provenance."""
+def calibrate(paths: list[Path], name: str, *, serial: str = "serial",
+              variant_serials: tuple[str, ...] = VARIANT_SERIALS, fence_us: float = 1.0,
+              concurrency_slowdown: float = 0.1, pairwise: Path | None = None, pairwise_state: str | None = None, command: str = "", date: str | None = None,
+              driver: str = "", kernel_hash: str | None = None, hip_queues: int = HIP_QUEUES) -> DeviceProfile:
+    """A profile from measured runs (and the pairwise benchmark). `serial`: the single-stream
+    layout of the base variant; `variant_serials`: those of other variants (`fit_variants`).
+    `kernel_hash`: of the kernels the runs measured (default: the installed ones, right for a
+    calibration run where it was measured); `command`, `date`, `driver` go to its provenance;
+    `hip_queues`: the queues a HIP graph spreads its streams over where it was measured."""
     runs = _load(paths)
     serial_runs = [r for r in runs if r.scenario == serial]
     if not serial_runs:
         raise Failure(f"no measured run of the {serial!r} layout to calibrate from", EXIT_BAD_INPUT)
     fit = fit_serial(serial_runs)
-    variants, variant_kernels = fit_variants(runs, fit, VARIANT_SERIALS)
-    direct = sorted({r.scenario for r in runs if r.scenario in VARIANT_SERIALS})
+    variants, variant_kernels = fit_variants(runs, fit, variant_serials)
+    direct = sorted({r.scenario for r in runs if r.scenario in variant_serials})
     device = fit.device
     src = f"measured: {serial} layout on {device}, batches {fit.batches}"
     first = serial_runs[0]
@@ -194,6 +198,7 @@ def calibrate(paths: list[Path], name: str, *, serial: str = "serial", fence_us:
                     "below 0 the profiled node times read longer than the kernels run")
     prof = DeviceProfile(
         name=name, streams="hip" if "AMD" in device or "MI" in device else "cuda", provenance=prov,
+        hip_queues=hip_queues,
         hardware=next((h for h in HARDWARE if h.upper() in device.upper()), ""),
         hbm_gbs=Param(percentiles(fit.copy_gbs)[1], f"measured: device-to-device copy on {device}"),
         launch_gap_us=gap,
@@ -235,7 +240,7 @@ GRAPH_ENTRY_PRIOR_US = 9.0
 def branched_gap(fit: SerialFit, serial_us: dict[str, dict[int, float]], state: str, source: str) -> Param | None:
     """The launch gap once graphs with branches run: the serial layout's own launch gap at each
     batch plus how much further apart its kernels sit after graphs with branches ran in the
-    process (bench/pairwise.py times the serial layer so, in `state`) than in a fresh one (the
+    process (the cross-stream stage times the serial layer so, in `state`) than in a fresh one (the
     matrix), per kernel, median over batches. On H100 a process's first graph runs its kernels
     ~0.1 us apart, and any graph once branched graphs have run ~0.4 us apart, whatever the batch;
     a graph with branches always sees the latter (bench/results/h100-2026-11-21/first_run.txt).

@@ -4,7 +4,11 @@ Lanes are physical streams (HIP: the depth-first queue rule; CUDA: one lane per 
 A lane runs its nodes in dispatch order; a node starts when its lane is free (after the launch
 gap: `launch_gap_us`, or `multi_stream_launch_gap_us` in a graph of several lanes, whose kernels
 sit further apart on H100; both per batch where calibrated so) and every graph parent has
-finished (plus the fence cost for a parent on another lane). A gap below 0 is no idle: it is
+finished (plus the fence cost for a parent on another lane, counted from the parent's end: on
+ROCm the wait is a barrier-AND packet that, reached before the parent's signal flips, polls a
+host-memory signal until it does, and reached after it, polls once; rocm-systems #11212). Nodes of
+one lane run in dispatch order, one after the other, whatever branch they came from (on HIP every
+AQL dispatch carries the barrier bit). A gap below 0 is no idle: it is
 what each kernel runs shorter than its node latency says (node latencies come from profiled
 replays, which run slower than replays timed with events), so it shortens every kernel.
 Running kernels share the device as a fluid. For two kernels whose ordered pair (dispatched

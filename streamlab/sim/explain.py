@@ -8,6 +8,11 @@ parameters each part comes from.
     AR        all-reduce time per layer (per call x calls)
     MoE       MoE block wall per layer: first MoE kernel's start to the last one's end
     indexer   indexer chain wall per layer: first indexer kernel's start to the last one's end
+    rest      total - bubble, AR, MoE and indexer: overlap saved elsewhere, slower kernels elsewhere
+
+On a HIP profile the total's parameters also say how many of the layout's branches the HIP walk
+puts on the launch stream's queue (schedule/graph.py), where they run after the main branch
+instead of beside it.
 """
 
 from __future__ import annotations
@@ -17,21 +22,22 @@ from pathlib import Path
 
 from streamlab.analysis import summarize
 from streamlab.scenario import Scenario, load
+from streamlab.schedule.graph import captured, hip_queue_ids
 from streamlab.sim.predict import Prediction, predict
 from streamlab.sim.profile import UNMODELLED, DeviceProfile
 from streamlab.timeline import Timeline
 
 SCENARIOS = Path(__file__).resolve().parent.parent.parent / "scenarios"
-ADDITIVE = ("stall_us", "allreduce_us", "moe_us", "indexer_us")  # the published decomposition of the difference
+ADDITIVE = ("bubble_us", "allreduce_us", "moe_us", "indexer_us")  # the published decomposition of the difference
 PARTS = ("layer_us", "bubble_us", "stall_us", "allreduce_us", "moe_us", "indexer_us")
 LABELS = {"layer_us": "total per layer", "bubble_us": "all-stream-idle bubble", "stall_us": "  of it >= 2 us stalls",
           "allreduce_us": "all-reduce (per call x calls)", "moe_us": "MoE block wall", "indexer_us": "indexer chain wall"}
 SOURCES = {  # the profile parameters each part comes from (the sources are in `streamlab sim`'s table)
     "layer_us": ("launch_gap_us", "hip_queues"),
-    "bubble_us": ("fence_us", "multi_stream_entry_us", "multi_stream_launch_gap_us"),
-    "stall_us": ("fence_us", "multi_stream_entry_us"),
+    "bubble_us": ("fence_us", "multi_stream_entry_us", "multi_stream_launch_gap_us", "hip_queues"),
+    "stall_us": ("fence_us", "multi_stream_entry_us", "hip_queues"),
     "allreduce_us": ("ar_concurrency_factor",),
-    "moe_us": ("queue_wait_kernel_us", "pair_measures", "fence_us"),
+    "moe_us": ("queue_wait_kernel_us", "pair_measures", "fence_us", "hip_queues"),
     "indexer_us": ("queue_wait_kernel_us", "concurrency_slowdown"),
 }
 
@@ -103,18 +109,39 @@ def breakdown(scen: Scenario, profile: DeviceProfile, baseline: str = "serial", 
     a, b = (anatomy(predict(s, profile, layers=layers), s) for s in (scen, base))
     published = profile.reference.get("layouts", {})
     pub_a, pub_b = published.get(scen.name, {}), published.get(baseline, {})
+    queues = ""
+    if profile.streams == "hip":
+        on, branches = launch_queue_branches(scen, profile, layers)
+        queues = f" ({on} of {branches} branches on the launch stream's queue)"
     parts = []
     for part in PARTS:
         pub = pub_a[part] - pub_b[part] if part in pub_a and part in pub_b else None
-        params = ", ".join(f"{k} {_value(profile, k)}" for k in SOURCES.get(part, ())
-                           if getattr(profile, k) != UNMODELLED)
+        params = ", ".join(f"{k} {_value(profile, k)}" + (queues if part == "layer_us" and k == "hip_queues" else "")
+                           for k in SOURCES.get(part, ()) if _shown(profile, k))
         parts.append(Part(LABELS[part], getattr(b, part), getattr(a, part), pub, params))
     named = sum(p.difference_us for p, key in zip(parts, PARTS) if key in ADDITIVE)
-    pub = [pub_a.get(k, 0.0) - pub_b.get(k, 0.0) for k in PARTS if k in ADDITIVE]
-    rest_pub = (pub_a["layer_us"] - pub_b["layer_us"] - sum(pub)) if "layer_us" in pub_a and "layer_us" in pub_b else None
-    parts.append(Part("rest: total - stalls, all-reduce, MoE, indexer (overlap saved elsewhere, launch gaps)",
+    have = all(k in pub_a and k in pub_b for k in ("layer_us", *ADDITIVE))
+    rest_pub = pub_a["layer_us"] - pub_b["layer_us"] - sum(pub_a[k] - pub_b[k] for k in ADDITIVE) if have else None
+    parts.append(Part("rest: total - bubble, all-reduce, MoE, indexer (overlap saved, other kernels slowed)",
                       0.0, parts[0].difference_us - named, rest_pub, ""))
     return parts
+
+
+def launch_queue_branches(scen: Scenario, profile: DeviceProfile, layers: int) -> tuple[int, int]:
+    """(branches on id 0, branches) over `layers` layers under the HIP walk: a branch is a run of
+    launches on one side stream, in dispatch order; on id 0, the launch stream's queue, it runs in
+    dispatch order with the main branch (every AQL dispatch carries the barrier bit)."""
+    c = captured(scen.program, layers)
+    ids = hip_queue_ids(c, profile.hip_queues)
+    main = scen.program.main
+    starts = [i for i, s in enumerate(c.streams) if s != main and (i == 0 or c.streams[i - 1] != s)]
+    return sum(ids[i] == 0 for i in starts), len(starts)
+
+
+def _shown(profile: DeviceProfile, key: str) -> bool:
+    if key == "hip_queues":
+        return profile.streams == "hip"
+    return getattr(profile, key) != UNMODELLED
 
 
 def _value(profile: DeviceProfile, key: str) -> str:

@@ -1,5 +1,6 @@
-"""The pairwise micro-benchmark's data (written by bench/pairwise.py on a GPU) and what the
-simulator profile takes from it.
+"""The pairwise micro-benchmark's data (written on a GPU by the pairs stages of `streamlab
+calibrate --measure`, streamlab/calibration/pairbench.py; older files by bench/pairwise.py) and
+what the simulator profile takes from it.
 
 Every measurement is one CUDA graph of `units` identical units, timed per replay with device
 events. A unit is `fork; MAIN nodes on main; ALT nodes on alt; join`, so each unit starts when the
@@ -36,6 +37,7 @@ from streamlab.models import MODELS, RankDims, Shape
 from streamlab.sim.profile import BatchTable, DeviceProfile, PairMeasure, Param
 
 NOOP = "noop"
+OLD_TOOL = "bench/pairwise.py"  # what wrote the files that do not say (before calibrate --measure)
 SM_GRID = [i / 50 for i in range(51)]  # candidate demands 0 .. 1 (above 1 a node would be slow alone)
 PRIOR, PRIOR_WEIGHT = 0.5, 1e-4  # a faint pull that picks one demand where pairs allow many
 SWEEPS = 12
@@ -66,6 +68,7 @@ class Pairwise:
     records: list[Record]
     noop_us: float  # the empty kernel's own time (profiler)
     layers: dict[str, dict[int, float]] = field(default_factory=dict)  # state -> batch -> serial us
+    tool: str = OLD_TOOL  # what measured it, for the parameters' sources
 
     def states(self) -> list[str]:
         return sorted({r.state for r in self.records})
@@ -83,7 +86,7 @@ def load_pairwise(path: Path) -> Pairwise:
         layers = {s: {int(b): float(t) for b, t in per.items()}
                   for s, per in doc.get("serial_layer_us", {}).items()}
         return Pairwise(doc["device"], doc["model"], doc["shape"], doc["variant"], records,
-                        float(doc.get("noop_us", 1.0)), layers)
+                        float(doc.get("noop_us", 1.0)), layers, str(doc.get("tool", OLD_TOOL)))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise Failure(f"{path}: not a pairwise benchmark result: {e}", EXIT_BAD_INPUT) from None
 
@@ -260,7 +263,7 @@ def _error(p: PairMeasure, kernels: dict[tuple[int, str], Demand], sm: dict[str,
     return demand_excess(a, b, sm[p.first], sm[p.second]) - max(0.0, p.excess)
 
 
-def ar_factor(pairs: list[PairMeasure], collectives: set[str], device: str) -> Param:
+def ar_factor(pairs: list[PairMeasure], collectives: set[str], origin: str) -> Param:
     """The engine slows an all-reduce by f while another lane runs and leaves the other kernel
     alone, so a pair where the all-reduce outlasts the other kernel X ends at
     d_X + d_AR - d_X / f: f = d_X / (d_X + d_AR - makespan), median over batches; spread: the
@@ -276,7 +279,7 @@ def ar_factor(pairs: list[PairMeasure], collectives: set[str], device: str) -> P
     if not fs:
         return Param(1.0, "not calibrated: no all-reduce pair in the pairwise data")
     f = max(1.0, percentiles(fs)[1])
-    return Param(f, f"measured: bench/pairwise.py on {device}: emulated all-reduce (spin kernel) beside "
+    return Param(f, f"measured: {origin}: emulated all-reduce (spin kernel) beside "
                  f"a GEMM on the other stream, {len(fs)} batches (one GPU: a real all-reduce needs several)",
                  spread=max(abs(max(1.0, x) - f) for x in fs))
 
@@ -284,14 +287,22 @@ def ar_factor(pairs: list[PairMeasure], collectives: set[str], device: str) -> P
 def fit_pairwise(pw: Pairwise, prof: DeviceProfile, state: str | None = None) -> PairwiseFit:
     """`prof`: the profile calibrated so far (node bytes over HBM bandwidth for the demand model)."""
     st = choose_state(pw, state)
-    source = f"measured: bench/pairwise.py on {pw.device} ({st} process state)"
+    source = f"measured: {pw.tool} on {pw.device} ({st} process state)"
     fence_extra, entry = fence_and_entry(pw, st, source)
     variant = Variant(**pw.variant)
     collectives = {n.name for n in _layer_at(prof, variant).nodes if n.is_collective}
     measured = pair_measures(pw, st)
     pairs = [p for p in measured if p.first not in collectives and p.second not in collectives]
-    return PairwiseFit(st, source, fence_extra, entry, pairs, ar_factor(measured, collectives, pw.device),
+    return PairwiseFit(st, source, fence_extra, entry, pairs,
+                       ar_factor(measured, collectives, f"{pw.tool} on {pw.device}"),
                        fit_overlap(pairs, prof, variant, source))
+
+
+def pairs_in(path: Path, state: str | None = None) -> tuple[list[PairMeasure], Pairwise]:
+    """The node pairs one pairwise file measured (in `state`, default `clean`) with the file: what
+    `add_pairs` takes after a pairs stage of `calibrate --measure` or `--for`."""
+    pw = load_pairwise(path)
+    return pair_measures(pw, choose_state(pw, state)), pw
 
 
 def _layer_at(prof: DeviceProfile, variant: Variant):

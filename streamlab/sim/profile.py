@@ -137,7 +137,8 @@ class DeviceProfile:
     overlap_model_spread: Param = Param(NO_OVERLAP_DATA, "prior: no pair measured, an unmeasured overlap may "
                                         "cost anything from nothing to the shorter kernel's whole latency")
     hardware: str = ""  # models/hardware.py entry for the compute peaks of roofline floors
-    hip_queues: int = 4
+    hip_queues: int = 4  # stream ids a HIP graph spreads its branches over (DEBUG_HIP_FORCE_GRAPH_QUEUES)
+    hip_source: str = ""  # where the HIP queue rule and count come from
     op_overhead_us: dict[str, Param] = field(default_factory=dict)
     op_efficiency: dict[str, Param] = field(default_factory=dict)
     node_us: dict[str, BatchTable] = field(default_factory=dict)
@@ -220,6 +221,9 @@ class DeviceProfile:
             elif p.spread:
                 shown += f" (+-{p.spread:.2g})"
             rows.append((key, shown, p.source))
+        if self.streams == "hip":
+            rows.append(("hip_queues", f"{self.hip_queues} per graph", self.hip_source
+                         or "default of DEBUG_HIP_FORCE_GRAPH_QUEUES; clr's depth-first walk (schedule/graph.py)"))
         rows.append(("node_us", f"{len(self.node_us)} nodes", self.node_source or "roofline fit"))
         if self.variant_node_us:
             n = sum(len(t) for t in self.variant_node_us.values())

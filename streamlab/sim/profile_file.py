@@ -13,7 +13,9 @@ measured profile, a latency for every node of the layer.
     hardware: h100                    # models/hardware.py entry (compute peaks of roofline floors)
     provenance: {basis: measured, device: ..., driver: ..., versions: {...}, date: ..., command: ...,
                  shape: {model: glm5, context: 8192, tp: 8, page_size: 64, kv_cache: fp8},
-                 batches: [1, 4, 16, 64], kernel_hash: sha256:..., stale: ''}
+                 batches: [1, 4, 16, 64], kernel_hash: sha256:..., stale: '',
+                 settings: {backend: triton}, stages: {serial serial b4: 17.2, ...},   # calibrate --measure
+                 added: [{date: ..., command: ..., scenarios: [...], pairs: [b4 a|b], seconds: ...}]}  # --for
     hbm_gbs: {value: 2963.5, source: ...}                     # every parameter: value or by_batch,
     launch_gap_us: {by_batch: {1: -0.15, 4: -0.25}, source: ...}   # its source, optional spread
     ...
@@ -46,13 +48,19 @@ from streamlab.sim.profile import (
     per_batch,
     variant_key,
 )
-from streamlab.sim.provenance import MEASURED, PUBLISHED, CalibrationShape, Provenance
+from streamlab.sim.provenance import (
+    MEASURED,
+    PUBLISHED,
+    CalibrationShape,
+    PairsAdded,
+    Provenance,
+)
 
 FORMAT = 2
 REQUIRED = ("format", "name", "streams", "provenance", "hbm_gbs", "launch_gap_us", "fence_us", "graph_entry_us",
             "ar_concurrency_factor", "multi_stream_entry_us", "concurrency_slowdown", "calibration_noise",
             "node_us")
-OPTIONAL = ("hip_queues", "ar_scope", "hardware", "multi_stream_graph_entry_us", "multi_stream_launch_gap_us",
+OPTIONAL = ("hip_queues", "hip_source", "ar_scope", "hardware", "multi_stream_graph_entry_us", "multi_stream_launch_gap_us",
             "default_sm_demand", "overlap_model_spread", "queue_wait_kernel_us", "op_overhead_us", "op_efficiency", "node_kernels",
             "node_source", "variant_source", "variant_node_us", "sm_source", "sm_demand", "pair_source",
             "pair_variant", "pair_measures", "reference")
@@ -128,6 +136,7 @@ def parse_profile(raw, path: str) -> DeviceProfile:
         ar_scope=r.choice("ar_scope", raw.get("ar_scope", "concurrent"), ("concurrent", "graph")),
         hardware=r.choice("hardware", raw.get("hardware", ""), ("", *HARDWARE)),
         hip_queues=r.count("hip_queues", raw.get("hip_queues", 4)),
+        hip_source=r.text("hip_source", raw.get("hip_source", "")),
         op_overhead_us={k: r.param(f"op_overhead_us.{k}", v, LATENCY)
                         for k, v in r.mapping("op_overhead_us", raw.get("op_overhead_us", {})).items()},
         op_efficiency={k: r.param(f"op_efficiency.{k}", v, (0.0, False, 1.0, "0 to 1 of the copy bandwidth"))
@@ -267,13 +276,34 @@ class _Reader:
             self.fail("provenance.kernel_hash", f"{hash_!r}", "sha256:... (streamlab.sim.provenance.kernel_hash) "
                       "or null for kernels that are not streamlab's")
         versions = self.mapping("provenance.versions", d.get("versions", {}))
+        settings = self.mapping("provenance.settings", d.get("settings", {}))
+        stages = {str(k): self.number(f"provenance.stages.{k}", x, (0.0, True, math.inf, ">= 0 seconds"))
+                  for k, x in self.mapping("provenance.stages", d.get("stages", {})).items()}
+        added = d.get("added", [])
+        if not isinstance(added, list):
+            self.fail("provenance.added", f"{added!r}", "a list of {date, command, scenarios, pairs, seconds}")
         return Provenance(
             basis=self.choice("provenance.basis", d["basis"], (MEASURED, PUBLISHED)),
             device=self.text("provenance.device", d["device"]), shape=shape,
             batches=tuple(self.count(f"provenance.batches.{i}", b) for i, b in enumerate(batches)),
             date=str(d["date"]), command=self.text("provenance.command", d["command"]),
             driver=str(d.get("driver", "")), versions={str(k): str(x) for k, x in versions.items()},
-            kernel_hash=hash_, stale=self.text("provenance.stale", d.get("stale", "")))
+            kernel_hash=hash_, stale=self.text("provenance.stale", d.get("stale", "")),
+            settings={str(k): str(x) for k, x in settings.items()}, stages=stages,
+            added=tuple(self.pairs_added(f"provenance.added.{i}", a) for i, a in enumerate(added)))
+
+    def pairs_added(self, key: str, v) -> PairsAdded:
+        d = self.mapping(key, v)
+        need = ("date", "command", "scenarios", "pairs", "seconds")
+        if set(d) != set(need):
+            self.fail(key, f"has {sorted(d)}", ", ".join(need))
+
+        def texts(k: str) -> tuple[str, ...]:
+            if not isinstance(d[k], list) or not all(isinstance(x, str) for x in d[k]):
+                self.fail(f"{key}.{k}", f"{d[k]!r}", "a list of strings")
+            return tuple(d[k])
+        return PairsAdded(str(d["date"]), self.text(f"{key}.command", d["command"]), texts("scenarios"),
+                          texts("pairs"), self.number(f"{key}.seconds", d["seconds"], (0.0, True, math.inf, ">= 0")))
 
     def pairs(self, v, names: list[str]) -> tuple[PairMeasure, ...]:
         out = []
@@ -357,13 +387,22 @@ def dump_profile(profile: DeviceProfile) -> str:
             out["spread"] = round(p.spread, 4)
         return out
     prov = profile.provenance
+    provenance = {"basis": prov.basis, "device": prov.device, "driver": prov.driver,
+                  "versions": dict(prov.versions), "date": prov.date, "command": prov.command,
+                  "shape": vars(prov.shape), "batches": list(prov.batches),
+                  "kernel_hash": prov.kernel_hash, "stale": prov.stale}
+    if prov.settings:
+        provenance["settings"] = dict(prov.settings)
+    if prov.stages:
+        provenance["stages"] = {k: round(v, 1) for k, v in prov.stages.items()}
+    if prov.added:
+        provenance["added"] = [{"date": a.date, "command": a.command, "scenarios": list(a.scenarios),
+                                "pairs": list(a.pairs), "seconds": round(a.seconds, 1)} for a in prov.added]
     doc = {
         "format": FORMAT, "name": profile.name, "streams": profile.streams, "hip_queues": profile.hip_queues,
+        **({"hip_source": profile.hip_source} if profile.hip_source else {}),
         "ar_scope": profile.ar_scope, "hardware": profile.hardware,
-        "provenance": {"basis": prov.basis, "device": prov.device, "driver": prov.driver,
-                       "versions": dict(prov.versions), "date": prov.date, "command": prov.command,
-                       "shape": vars(prov.shape), "batches": list(prov.batches),
-                       "kernel_hash": prov.kernel_hash, "stale": prov.stale},
+        "provenance": provenance,
         **{k: par(getattr(profile, k)) for k in PARAMS if getattr(profile, k) != UNMODELLED},
         "op_overhead_us": {k: par(v) for k, v in profile.op_overhead_us.items()},
         "op_efficiency": {k: par(v) for k, v in profile.op_efficiency.items()},

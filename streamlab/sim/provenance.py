@@ -31,12 +31,27 @@ class CalibrationShape:
 
 
 @dataclass(frozen=True)
+class PairsAdded:
+    """Node pairs `streamlab calibrate --measure --for` measured and added to the profile: when,
+    the command, the layouts whose overlaps they are, each pair as `bBATCH first|second`, and the
+    seconds its stages took."""
+
+    date: str
+    command: str
+    scenarios: tuple[str, ...]
+    pairs: tuple[str, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Provenance:
     """basis: `measured` (streamlab's kernels timed on the device; the profile must then cover
     every node of a layer it simulates) or `published` (built from published figures of other
     kernels; nodes it lacks fall back to a roofline fit). kernel_hash: `kernel_hash()` of the
     kernels measured, None when they were not streamlab's. stale: why the profile no longer
-    describes the kernels (empty while it does)."""
+    describes the kernels (empty while it does). settings: what the measurement ran with besides
+    the versions (the kernel backend, the ranks, on ROCm the HIP queue variables). stages: seconds
+    per stage of `calibrate --measure`. added: the pairs `--for` added since."""
 
     basis: str
     device: str
@@ -48,6 +63,9 @@ class Provenance:
     versions: dict[str, str] = field(default_factory=dict)
     kernel_hash: str | None = None
     stale: str = ""
+    settings: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
+    added: tuple[PairsAdded, ...] = ()
 
     @property
     def calibrated(self) -> bool:

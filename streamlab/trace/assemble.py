@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
+from streamlab.results import TraceGpu
 from streamlab.timeline import Source
-from streamlab.trace.loaded import KINDS, DeviceOps, GpuInfo, LoadedTrace, TraceInfo
+from streamlab.trace.loaded import KINDS, DeviceOps, LoadedTrace, TraceInfo
 
 __all__ = ["RawOps", "assemble"]
 
@@ -111,7 +112,7 @@ def _choose_gpu(raw: RawOps, info: TraceInfo, device_names: dict[int, str],
     ids, inverse = np.unique(raw.device, return_inverse=True)
     busy = np.bincount(inverse, weights=np.maximum(raw.dur, 0.0), minlength=ids.size)
     count = np.bincount(inverse, minlength=ids.size)
-    info.gpus = [GpuInfo(str(d), device_names.get(d, ""), int(c), float(b))
+    info.gpus = [TraceGpu(str(d), device_names.get(d, ""), int(c), float(b))
                  for d, c, b in zip(ids.tolist(), count.tolist(), busy.tolist())]
     if gpu is not None:
         match = [i for i, g in enumerate(info.gpus) if g.id == gpu]

@@ -11,12 +11,11 @@ with EXIT_NOT_A_STEP (4). A trace that captures and then replays is a step: the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from streamlab.results import NotAStep
 from streamlab.trace.loaded import TraceInfo
 from streamlab.trace.names import KERNEL_LAUNCH, MARKS, capture_calls
 
-__all__ = ["NotAStep", "recognise"]
+__all__ = ["recognise"]
 
 CAPTURE_ADVICE = ("record a step after capture: profile a decode step that replays the captured "
                   "graph (hipGraphLaunch / cudaGraphLaunch), starting the profiler once the server "
@@ -24,23 +23,6 @@ CAPTURE_ADVICE = ("record a step after capture: profile a decode step that repla
 WARMUP_ADVICE = ("record steady-state steps after warm-up: start the profiler once the server "
                  "serves requests (SGLang: POST /start_profile; vLLM: /start_profile) and profile "
                  "a few decode steps")
-
-
-@dataclass(frozen=True)
-class NotAStep:
-    """Why a trace holds no step to measure, the evidence, and what to record instead."""
-
-    kind: str  # graph capture | warm-up
-    evidence: dict[str, int]  # what was seen: calls and marks by name, launches and kernels run
-    advice: str
-
-    def line(self) -> str:
-        seen = ", ".join(f"{k} x{v:,}" for k, v in self.evidence.items())
-        return f"this trace records a {self.kind}, not a step ({seen}): {self.advice}"
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "evidence": dict(self.evidence), "advice": self.advice,
-                "message": self.line()}
 
 
 def recognise(info: TraceInfo) -> NotAStep | None:

@@ -1,8 +1,9 @@
 """`streamlab trace`: the numbers of a profiler trace (Kineto, rocprofv3 JSON / CSV / rocpd,
 Perfetto, Nsight Systems SQLite; told apart by content) or of a streamlab run's trace, and two
 traces side by side. Mounted by streamlab.cli as the `trace` sub-command. Each command parses its
-options, calls one function of streamlab.trace.summary and prints through
-streamlab.report.trace_view (or JSON through TraceReport.to_dict).
+options, calls one function (trace.explain.summarize_traces, trace.summary.diff_traces) and
+prints its typed result (results.TraceSummary, results.TraceDiff) through streamlab.report, or
+as JSON through results.to_json.
 
 Exit codes (errors.EXIT_CODES): 0 done; 64 (EXIT_BAD_INPUT) a file or option that cannot be
 read, or plots that exist (--force replaces them); 4 (EXIT_NOT_A_STEP) `summary` of a trace that
@@ -13,12 +14,14 @@ records a graph capture or warm-up only (it prints what it found and the step to
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
 from streamlab.errors import EXIT_NOT_A_STEP, commands_class, exit_codes_help, guard
 from streamlab.report.console import output_console
+from streamlab.results import to_json
 
 app = typer.Typer(cls=commands_class(), add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False, epilog=exit_codes_help(),
@@ -55,11 +58,8 @@ GPU = typer.Option(None, "--gpu", help="the GPU to summarise when the trace hold
                                        "device time)")
 
 
-def _report(path: Path, layer_regex, ars_per_layer, nodes, ar_offset, gpu):
-    from streamlab.trace.summary import summarize_trace
-
-    return summarize_trace(path, layer_regex=layer_regex, ars_per_layer=ars_per_layer,
-                           nodes=nodes, ar_offset=ar_offset, gpu=gpu)
+def _json(obj) -> None:
+    print(json.dumps(to_json(obj), indent=1, allow_nan=False))
 
 
 @app.command()
@@ -75,36 +75,30 @@ def summary(files: list[Path] = FILES, layer_regex: str | None = REGEX,
     exposed communication, roofline per node and what-ifs; with several ranks' traces, the skew
     between ranks at each collective. Exits 4 for a trace of a graph capture or of warm-up
     only."""
-    from streamlab.report.trace_tables import print_explained
-    from streamlab.report.trace_view import print_report
-    from streamlab.trace.explain import explain
+    from streamlab.report.trace_view import print_summary
+    from streamlab.trace.explain import summarize_traces
 
     if out is not None:
         from streamlab.io import claim
         from streamlab.report.trace_plots import critical_path_files
         for path in critical_path_files(files[0], out):
             claim(path, force=force, what="plot")
-    report, *ranks = [_report(f, layer_regex, ars_per_layer, nodes, ar_offset, gpu) for f in files]
-    if report.not_a_step is not None:
-        if as_json:
-            print(json.dumps(report.to_dict(), indent=1, default=str, allow_nan=False))
-        else:
-            print_report(console, report, top)
-        raise typer.Exit(EXIT_NOT_A_STEP)
-    explained = explain(report, ranks=ranks, what_ifs=what_if)
-    plots = []
-    if out is not None:
+    explained = summarize_traces(files, layer_regex=layer_regex, ars_per_layer=ars_per_layer,
+                                 nodes=nodes, ar_offset=ar_offset, gpu=gpu, what_ifs=what_if)
+    result = explained.summary
+    if out is not None and explained.graph is not None and result.critical_path is not None:
         from streamlab.report.trace_plots import write_critical_path
 
-        plots = write_critical_path(explained, report.path, out)
+        plots = write_critical_path(explained.graph, result.critical_path, result.file, out)
+        result = replace(result, plots=tuple(str(p) for p in plots))
     if as_json:
-        print(json.dumps({**report.to_dict(), **explained.to_json(), "plots": [str(p) for p in plots]},
-                         indent=1, default=str, allow_nan=False))
+        _json(result)
     else:
-        print_report(console, report, top)
-        print_explained(console, explained)
-        for p in plots:
+        print_summary(console, result, top)
+        for p in result.plots:
             console.print(f"plot: {p}", markup=False)
+    if result.not_a_step is not None:
+        raise typer.Exit(EXIT_NOT_A_STEP)
 
 
 @app.command()
@@ -115,13 +109,11 @@ def diff(a: Path = BASELINE, b: Path = CANDIDATE, layer_regex: str | None = REGE
     """Two traces side by side: per-layer wall, bubble classes, all-reduce per call, kernel count
     changes and the kernels whose time changed most (B - A)."""
     from streamlab.report.trace_view import print_diff
-    from streamlab.trace.summary import diff_reports
+    from streamlab.trace.summary import diff_traces
 
-    ra = _report(a, layer_regex, ars_per_layer, nodes, ar_offset, gpu)
-    rb = _report(b, layer_regex, ars_per_layer, nodes, ar_offset, gpu)
-    d = diff_reports(ra, rb, top)
+    d = diff_traces(a, b, layer_regex=layer_regex, ars_per_layer=ars_per_layer, nodes=nodes,
+                    ar_offset=ar_offset, gpu=gpu, top=top)
     if as_json:
-        print(json.dumps({**d, "summary_a": ra.to_dict(), "summary_b": rb.to_dict()}, indent=1,
-                         default=str, allow_nan=False))
+        _json(d)
     else:
-        print_diff(console, ra, rb, d)
+        print_diff(console, d)

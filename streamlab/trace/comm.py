@@ -26,12 +26,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamlab.analysis import COLLECTIVE_CLASSES, Stat, busy_union, kernel_class
+from streamlab.results import (
+    Arrival,
+    CollectiveRow,
+    ExposedCommunication,
+    RankSkew,
+    RankWait,
+)
 from streamlab.timeline import Interval, Timeline
 from streamlab.trace.deps import DepGraph
+
+__all__ = ["CollectiveCall", "collective_calls", "exposed_comm", "is_collective", "rank_skew"]
 
 
 @dataclass(frozen=True)
 class CollectiveCall:
+    """One collective call: the kernels of one collective node in one layer, or one kernel."""
+
     name: str  # node, else kernel name
     cls: str
     layer: int | None
@@ -43,43 +54,6 @@ class CollectiveCall:
     @property
     def hidden(self) -> float:
         return self.duration - self.exposed
-
-
-@dataclass(frozen=True)
-class CollectiveRow:
-    """Calls of one name, over the steady layers (or the whole trace without layers)."""
-
-    name: str
-    cls: str
-    calls: int
-    duration: Stat  # per call
-    exposed: Stat
-    exposed_share: float  # sum exposed / sum duration
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "class": self.cls, "calls": self.calls,
-                "duration_us": _stat(self.duration), "hidden_us_median": self.duration.median
-                - self.exposed.median, "exposed_us": _stat(self.exposed),
-                "exposed_share": self.exposed_share}
-
-
-@dataclass(frozen=True)
-class ExposedComm:
-    rows: tuple[CollectiveRow, ...]
-    per_layer: Stat | None  # exposed us per layer; None without layers
-    per_step: Stat  # exposed us per step (calls outside steps not counted)
-    calls: tuple[CollectiveCall, ...]
-
-    def to_json(self) -> dict:
-        return {"definition": "exposed: the part of a collective call during which no other "
-                              "device work ran on any stream",
-                "collectives": [r.to_json() for r in self.rows],
-                "exposed_per_layer_us": _stat(self.per_layer) if self.per_layer else None,
-                "exposed_per_step_us": _stat(self.per_step)}
-
-
-def _stat(s: Stat) -> dict:
-    return {"median": s.median, "p20": s.p20, "p80": s.p80, "n": s.n}
 
 
 def is_collective(iv: Interval) -> bool:
@@ -120,7 +94,7 @@ def _uncovered(s: float, e: float, busy: list[tuple[float, float]], starts: list
     return (e - s) - covered
 
 
-def exposed_comm(graph: DepGraph) -> ExposedComm | None:
+def exposed_comm(graph: DepGraph) -> ExposedCommunication | None:
     """Exposed and hidden time of every collective call (None when the trace has none);
     the rows and per-layer totals cover the steady layers when the timeline has them."""
     calls = collective_calls(graph.timeline, graph.step_of)
@@ -132,8 +106,8 @@ def exposed_comm(graph: DepGraph) -> ExposedComm | None:
     for c in counted:
         by_name.setdefault((c.name, c.cls), []).append(c)
     rows = tuple(CollectiveRow(
-        name=name, cls=cls, calls=len(cs), duration=Stat.of([c.duration for c in cs]),
-        exposed=Stat.of([c.exposed for c in cs]),
+        name=name, kernel_class=cls, calls=len(cs), duration_us=Stat.of([c.duration for c in cs]),
+        exposed_us=Stat.of([c.exposed for c in cs]),
         exposed_share=sum(c.exposed for c in cs) / max(sum(c.duration for c in cs), 1e-12))
         for (name, cls), cs in by_name.items())
     per_layer: dict[int, float] = {iv.layer: 0.0 for iv in graph.timeline.intervals
@@ -144,48 +118,11 @@ def exposed_comm(graph: DepGraph) -> ExposedComm | None:
     for c in calls:
         if c.step >= 0:
             per_step[c.step] += c.exposed
-    return ExposedComm(rows, Stat.of(list(per_layer.values())) if per_layer else None,
-                       Stat.of(per_step), tuple(calls))
+    return ExposedCommunication(rows, Stat.of(list(per_layer.values())) if per_layer else None,
+                                Stat.of(per_step))
 
 
 # --- several ranks ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Arrival:
-    """The k-th collective call on every rank."""
-
-    call: int
-    name: str
-    waits: tuple[float, ...]  # per rank: its duration minus the shortest (us)
-    last: int  # the rank that arrived last (shortest call)
-
-    @property
-    def spread(self) -> float:
-        return max(self.waits)
-
-    def to_json(self, ranks: tuple[str, ...]) -> dict:
-        return {"call": self.call, "name": self.name, "spread_us": self.spread,
-                "last_rank": ranks[self.last], "wait_us": dict(zip(ranks, self.waits))}
-
-
-@dataclass(frozen=True)
-class RankSkew:
-    ranks: tuple[str, ...]  # trace names, in the order given
-    calls: tuple[Arrival, ...]
-    spread: Stat  # arrival spread per call
-    last_counts: tuple[int, ...]  # per rank: calls it arrived last at
-    wait: tuple[Stat, ...]  # per rank: time it waited per call
-    note: str  # how the calls were matched
-
-    def to_json(self) -> dict:
-        return {"method": "arrival spread estimated from each rank's call duration minus the "
-                          "shortest over the ranks (ranks leave a collective together)",
-                "ranks": list(self.ranks), "matched": self.note,
-                "spread_us": _stat(self.spread),
-                "per_rank": [{"rank": r, "last_at": n, "wait_us": _stat(w)}
-                             for r, n, w in zip(self.ranks, self.last_counts, self.wait)],
-                "calls": [a.to_json(self.ranks) for a in self.calls]}
-
 
 def rank_skew(traces: list[tuple[str, Timeline]]) -> RankSkew | None:
     """Arrival skew at each collective over several ranks' traces (see the module doc); None
@@ -215,6 +152,6 @@ def rank_skew(traces: list[tuple[str, Timeline]]) -> RankSkew | None:
     if not arrivals:
         return None
     ranks = tuple(name for name, _ in traces)
-    return RankSkew(ranks, tuple(arrivals), Stat.of([a.spread for a in arrivals]),
-                    tuple(sum(a.last == r for a in arrivals) for r in range(len(ranks))),
-                    tuple(Stat.of([a.waits[r] for a in arrivals]) for r in range(len(ranks))), note)
+    per_rank = tuple(RankWait(rank, sum(a.last_rank == r for a in arrivals),
+                              Stat.of([a.wait_us[r] for a in arrivals])) for r, rank in enumerate(ranks))
+    return RankSkew(ranks, note, Stat.of([a.spread_us for a in arrivals]), per_rank, tuple(arrivals))

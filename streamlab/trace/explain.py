@@ -8,80 +8,66 @@ that need the trace's dependency graph, run together for `streamlab trace summar
   collective;
 - what-if (whatif): the graph replayed with `--what-if` changes;
 - roofline per node (roofline), where the trace's kernels map to layer nodes.
+
+`summarize_traces` is what `trace summary` calls: each trace read and measured
+(summary.summarize_trace), the first explained with the others as its ranks; its typed summary
+(results.TraceSummary) holds everything printed or written as JSON.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 
-from streamlab.trace.comm import ExposedComm, RankSkew, exposed_comm, rank_skew
-from streamlab.trace.critical import CriticalPath, critical_path, slack, step_spans
+from streamlab.results import TraceDependencies, TraceSummary
+from streamlab.trace.comm import exposed_comm, rank_skew
+from streamlab.trace.critical import critical_path, step_spans
 from streamlab.trace.deps import DepGraph, for_trace
-from streamlab.trace.roofline import Roofline, hardware_of, layer_of, roofline
-from streamlab.trace.summary import TraceReport
-from streamlab.trace.whatif import WhatIf, parse_change, what_if
+from streamlab.trace.roofline import hardware_of, layer_of, roofline
+from streamlab.trace.summary import TraceReport, summarize_trace
+from streamlab.trace.whatif import parse_change, what_if
 
-NEAR = 5  # kernels off the path listed as nearly critical
-
-
-@dataclass(frozen=True)
-class NearCritical:
-    """A kernel off the critical path, and how much later it could have ended without delaying
-    the step."""
-
-    name: str
-    stream: str
-    slack: float
-
-    def to_json(self) -> dict:
-        return {"kernel": self.name, "stream": self.stream, "slack_us": self.slack}
+__all__ = ["Explained", "explain", "summarize_traces"]
 
 
 @dataclass(frozen=True)
 class Explained:
-    graph: DepGraph
-    spans: tuple[float, ...]  # per step with kernels: first start to last end (us)
-    path: CriticalPath | None  # of the step of median span; None without steps
-    near_critical: tuple[NearCritical, ...]  # off the path, least slack first
-    exposed: ExposedComm | None
-    skew: RankSkew | None
-    what_if: WhatIf | None
-    roofline: Roofline
+    """A trace summary with what its dependency graph says, and the graph (for the critical
+    path's plot); no graph for a trace that holds no step."""
 
-    def to_json(self) -> dict:
-        return {
-            "dependencies": {"origin": self.graph.origin, "note": self.graph.note,
-                             "steps": self.graph.steps},
-            "step_span_us": list(self.spans),
-            "critical_path": None if self.path is None else {
-                **self.path.to_json(), "near_critical": [n.to_json() for n in self.near_critical]},
-            "exposed_communication": self.exposed.to_json() if self.exposed else None,
-            "rank_skew": self.skew.to_json() if self.skew else None,
-            "what_if": self.what_if.to_json() if self.what_if else None,
-            "roofline": self.roofline.to_json(),
-        }
+    summary: TraceSummary
+    graph: DepGraph | None
 
 
 def explain(report: TraceReport, *, ranks: list[TraceReport] = (),
             what_ifs: list[str] = ()) -> Explained:
-    """Everything in the module doc for one trace (and its other ranks' traces)."""
+    """Everything in the module doc for one trace of steps (and its other ranks' traces)."""
     graph = for_trace(report.timeline, report.info)
     spans = step_spans(graph)
-    path, near = None, ()
+    path = None
     if spans:
         steps = [k for k, m in enumerate(graph.members) if m]
-        shown = steps[sorted(range(len(spans)), key=spans.__getitem__)[len(spans) // 2]]
-        path = critical_path(graph, shown)
-        on_path = {k.index for k in path.kernels}
-        ivs = graph.timeline.intervals
-        off = sorted((s, i) for i, s in slack(graph, shown).items() if i not in on_path)
-        near = tuple(NearCritical(ivs[i].node or ivs[i].name, ivs[i].stream, s)
-                     for s, i in off[:NEAR])
+        path = critical_path(graph, steps[sorted(range(len(spans)), key=spans.__getitem__)[len(spans) // 2]])
     changes = [parse_change(w, report.timeline) for w in what_ifs]
     layer, note = layer_of(report.timeline, report.path)
-    return Explained(
-        graph=graph, spans=tuple(spans), path=path, near_critical=near,
-        exposed=exposed_comm(graph),
-        skew=rank_skew([(r.path, r.timeline) for r in [report, *ranks]]) if ranks else None,
-        what_if=what_if(graph, changes, summary=report.summary) if changes else None,
-        roofline=roofline(report.summary, layer, hardware_of(report.summary.source.device), note))
+    stats = report.stats
+    return Explained(replace(
+        report.summary,
+        dependencies=TraceDependencies(graph.origin, graph.note, graph.steps, tuple(spans)),
+        critical_path=path, exposed_communication=exposed_comm(graph),
+        rank_skew=rank_skew([(r.path, r.timeline) for r in [report, *ranks]]) if ranks else None,
+        what_if=what_if(graph, changes, summary=stats) if changes else None,
+        roofline=roofline(stats, layer, hardware_of(stats.source.device), note)), graph)
+
+
+def summarize_traces(paths: list[str | os.PathLike], *, layer_regex: str | None = None,
+                     ars_per_layer: int | None = None, nodes: str | os.PathLike | None = None,
+                     ar_offset: int | None = None, gpu: str | None = None,
+                     what_ifs: list[str] = ()) -> Explained:
+    """The summary of the first trace, explained, the others its ranks (see the module doc);
+    a trace of no step (a capture, warm-up) only summarised."""
+    report, *ranks = [summarize_trace(p, layer_regex=layer_regex, ars_per_layer=ars_per_layer,
+                                      nodes=nodes, ar_offset=ar_offset, gpu=gpu) for p in paths]
+    if report.summary.not_a_step is not None:
+        return Explained(report.summary, None)
+    return explain(report, ranks=ranks, what_ifs=what_ifs)

@@ -54,7 +54,7 @@ from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.trace import scan
 from streamlab.trace.assemble import RawOps, assemble
 from streamlab.trace.jsonstream import BadEvent, JsonStream
-from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo
+from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo, as_text
 from streamlab.trace.names import ALLREDUCE, GRAPH_LAUNCH, MARKS
 from streamlab.trace.scan import UNSURE
 
@@ -338,8 +338,8 @@ class _Collector:
                          syncs=dict(self.syncs), stream_waits=dict(self.waits), flows=self.flows,
                          missing_stream=self.missing_stream,
                          markers={k: v for k, v in self.marks.items() if v})
-        info.metadata = {k: v for k, v in top.items()
-                         if k not in ("deviceProperties", "traceEvents") and len(json.dumps(v)) < 512}
+        info.metadata = as_text({k: v for k, v in top.items()
+                                 if k not in ("deviceProperties", "traceEvents") and len(json.dumps(v)) < 512})
         raw = RawOps(list(self.names), name, list(self.streams), stream, kind, device, ts, dur, corr)
         return assemble(raw, info, graph_corr=self.graph_corr, device_names=_device_names(top),
                         gpu=gpu, clip=clip, shared_ids_are_replays=not self.runtime)

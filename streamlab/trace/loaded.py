@@ -9,32 +9,30 @@ makes the Interval-based Timeline only when asked for it.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from streamlab.analysis import is_allreduce
+from streamlab.results import TraceGpu, TraceLoader
 from streamlab.timeline import Interval, Source, Timeline
 
-__all__ = ["KINDS", "DeviceOps", "GpuInfo", "LoadedTrace", "TraceInfo"]
+__all__ = ["KINDS", "DeviceOps", "LoadedTrace", "TraceInfo", "as_text"]
 
 KINDS = ("kernel", "memcpy", "memset", "allreduce")
 
 
-@dataclass(frozen=True)
-class GpuInfo:
-    """One GPU a trace holds work for."""
-
-    id: str  # as the trace numbers it (device index, agent's GPU index)
-    name: str  # device or product name, "" when the trace does not say
-    ops: int  # device operations on it
-    busy_us: float  # sum of their durations
+def as_text(values: dict) -> dict[str, str]:
+    """Small metadata entries of a file as text (strings as they are, the rest as JSON)."""
+    return {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in values.items()}
 
 
 @dataclass
 class TraceInfo:
-    """What the reader saw besides the device operations it turned into intervals."""
+    """What the reader saw besides the device operations it turned into intervals, filled by the
+    reader and the assembly step; `loader()` is its typed record in a trace summary."""
 
     path: str
     format: str  # kineto | streamlab | rocprofv3-json | rocpd | rocprofv3-csv | pftrace | nsys-sqlite
@@ -53,6 +51,7 @@ class TraceInfo:
     shared_correlations: int = 0  # correlation ids carried by more than one device operation
     syncs: dict[str, int] = field(default_factory=dict)  # cuda_sync events by kind
     stream_waits: dict[str, int] = field(default_factory=dict)  # "waiting <- waited on": count
+    event_waits: int = 0  # stream waits on an event with their streams and correlations (Kineto)
     flows: int = 0
     markers: dict[str, int] = field(default_factory=dict)  # capture / warm-up marks by name
     same_stream_overlaps: int = 0  # device operations clipped at the next one's start
@@ -61,16 +60,26 @@ class TraceInfo:
     negative_durations: int = 0
     missing_stream: int = 0  # device operations without a stream id (tid used)
     devices: list[str] = field(default_factory=list)  # ids of the GPUs kept (one: the chosen)
-    gpus: list[GpuInfo] = field(default_factory=list)  # every GPU with work, chosen or not
+    gpus: list[TraceGpu] = field(default_factory=list)  # every GPU with work, chosen or not
+    gpus_listed: int = 0  # GPUs the trace's device table lists (agents, TARGET_INFO_GPU)
     gpu_choice: str = ""  # which GPU the summary is of, and why
-    metadata: dict = field(default_factory=dict)  # small top-level entries (schemaVersion, ...)
+    metadata: dict[str, str] = field(default_factory=dict)  # small top-level entries (as_text)
 
-    def to_dict(self) -> dict:
-        out = dict(vars(self))
-        out["replays"] = len(self.replays)
-        out["ops_per_replay"] = sorted(Counter(n for _, _, n in self.replays).items())
-        out["gpus"] = [vars(g) for g in self.gpus]
-        return out
+    def loader(self) -> TraceLoader:
+        return TraceLoader(
+            path=self.path, format=self.format, tracer=self.tracer, schema=self.schema,
+            device=self.device, events=self.events, device_ops=dict(self.device_ops),
+            runtime_calls=self.runtime_calls, runtime_by_name=dict(self.runtime_by_name),
+            graph_launches=self.graph_launches, replays=len(self.replays),
+            ops_per_replay=tuple(sorted(Counter(n for _, _, n in self.replays).items())),
+            graph_ops=self.graph_ops, eager_ops=self.eager_ops,
+            shared_correlations=self.shared_correlations, syncs=dict(self.syncs),
+            stream_waits=dict(self.stream_waits), event_waits=self.event_waits, flows=self.flows,
+            markers=dict(self.markers), same_stream_overlaps=self.same_stream_overlaps,
+            overlap_clipped_us=self.overlap_clipped_us, max_overlap_us=self.max_overlap_us,
+            negative_durations=self.negative_durations, missing_stream=self.missing_stream,
+            devices=tuple(self.devices), gpus=tuple(self.gpus), gpus_listed=self.gpus_listed,
+            gpu_choice=self.gpu_choice, metadata=dict(self.metadata))
 
 
 @dataclass

@@ -22,7 +22,7 @@ import numpy as np
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.trace.assemble import RawOps, assemble
-from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo
+from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo, as_text
 from streamlab.trace.names import ALLREDUCE, GRAPH_LAUNCH, MARKS
 from streamlab.trace.sqlite_util import columns, connect, int_columns, tables
 
@@ -89,8 +89,9 @@ def read_nsys(path: Path, *, clip: bool = True, gpu: str | None = None) -> Loade
                      runtime_by_name=dict(sorted(runtime.items(), key=lambda kv: (-kv[1], kv[0]))),
                      graph_launches=sum(v for k, v in runtime.items() if GRAPH_LAUNCH.search(k)),
                      markers=marks,
-                     metadata={"nvtx_ranges": nvtx} | {k: v for k, v in meta.items()
-                                                      if k == "EXPORT_SCHEMA_VERSION"})
+                     gpus_listed=len(gpus),
+                     metadata=as_text({"nvtx_ranges": nvtx} | {k: v for k, v in meta.items()
+                                                              if k == "EXPORT_SCHEMA_VERSION"}))
     return assemble(raw, info, graph_corr=graph_corr, device_names=gpus, gpu=gpu, clip=clip)
 
 

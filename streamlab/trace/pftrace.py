@@ -28,7 +28,7 @@ import numpy as np
 
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
 from streamlab.trace.assemble import RawOps, assemble
-from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo
+from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo, as_text
 from streamlab.trace.names import ALLREDUCE, GRAPH_LAUNCH, MARKS
 
 __all__ = ["read_pftrace"]
@@ -242,5 +242,5 @@ def _build(path: Path, rows: _Rows, tracks, api, graph_corr, marks, packets, cli
                      runtime_by_name=dict(sorted(api.items(), key=lambda kv: (-kv[1], kv[0]))),
                      graph_launches=sum(v for k, v in api.items() if GRAPH_LAUNCH.search(k)),
                      markers={k: v for k, v in marks.items() if v},
-                     metadata={"tracks": len(tracks)})
+                     metadata=as_text({"tracks": len(tracks)}))
     return assemble(raw, info, graph_corr=graph_corr, device_names={}, gpu=gpu, clip=clip)

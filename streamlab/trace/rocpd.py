@@ -25,7 +25,7 @@ import numpy as np
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.trace.assemble import RawOps, assemble
-from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo
+from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo, as_text
 from streamlab.trace.names import ALLREDUCE, GRAPH_LAUNCH
 from streamlab.trace.sqlite_util import connect, int_columns, tables
 
@@ -156,8 +156,8 @@ def _build(path: Path, kernels, copies, symbols, agents, strings, runtime, graph
                      runtime_by_name=dict(sorted(runtime.items(), key=lambda kv: (-kv[1], kv[0]))),
                      graph_launches=sum(v for k, v in runtime.items() if GRAPH_LAUNCH.search(k)),
                      missing_stream=int(missing.sum()),
-                     metadata={k: v for k, v in meta.items() if k in ("schema_version", "uuid")}
-                     | {"gpus_listed": sum(t == "GPU" for t, _, _ in agents.values())})
+                     gpus_listed=sum(t == "GPU" for t, _, _ in agents.values()),
+                     metadata=as_text({k: v for k, v in meta.items() if k in ("schema_version", "uuid")}))
     names_by_gpu = {gpu_index[i]: n for i, (t, _, n) in agents.items() if t == "GPU"}
     return assemble(raw, info, graph_corr=graph_corr, device_names=names_by_gpu, gpu=gpu,
                     clip=clip)

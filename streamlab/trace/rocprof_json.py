@@ -32,7 +32,7 @@ from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.trace import scan
 from streamlab.trace.assemble import RawOps, assemble
 from streamlab.trace.jsonstream import BadEvent, JsonStream
-from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo
+from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo, as_text
 from streamlab.trace.names import ALLREDUCE, GRAPH_LAUNCH
 
 __all__ = ["read_rocprof_json"]
@@ -245,7 +245,9 @@ def _build(path: Path, tools: list[dict], symbols: dict[int, str], dispatch: _Re
                      runtime_calls=int(a_corr.size),
                      runtime_by_name=dict(sorted(runtime.items(), key=lambda kv: (-kv[1], kv[0]))),
                      graph_launches=int(launches.sum()),
-                     missing_stream=int(missing_stream.sum()), metadata=meta)
+                     missing_stream=int(missing_stream.sum()),
+                     gpus_listed=sum(a[0] == GPU_AGENT for a in agents.values()),
+                     metadata=as_text(meta))
     device_names = {a[1]: a[2] for a in agents.values() if a[0] == GPU_AGENT}
     return assemble(raw, info, graph_corr=set(a_corr[launches].tolist()),
                     device_names=device_names, gpu=gpu, clip=clip)
@@ -271,8 +273,6 @@ def _tables(path: Path, tools: list[dict]):
             for kind, entry in enumerate(records):
                 for op, name in enumerate(entry.get("operations") or []):
                     operations[(kind, op)] = name
-            meta["gpus_listed"] = meta.get("gpus_listed", 0) + sum(
-                a[0] == GPU_AGENT for a in agents.values())
             m = tool.get("metadata") or {}
             meta.update({k: m[k] for k in ("pid", "init_time", "fini_time") if k in m})
             if isinstance(m.get("node"), dict):

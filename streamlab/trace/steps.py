@@ -6,7 +6,8 @@
   (their windows), work outside layers (busy time of any stream outside those windows: embedding,
   head, sampling, eager kernels) and idle (no stream busy, outside layers); medians over steps.
   Without graph replays the steps are not known: the whole trace is one window.
-- `origins`: graph-replayed and eager device operations apart (count, time, the eager kernels).
+- `graph_and_eager`: graph-replayed and eager device operations apart (count, time, the eager
+  kernels).
 - `queue_use`: per hardware queue (rocprofiler's queue id), the operations, their time and the
   streams that landed on it: with more streams than queues (GPU_MAX_HW_QUEUES), streams share.
 """
@@ -14,53 +15,15 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from streamlab.analysis import Stat, busy_union
+from streamlab.results import GraphAndEager, HardwareQueue, StepSplit
 from streamlab.timeline import Interval, Timeline
 from streamlab.trace.loaded import DeviceOps
 
-__all__ = ["Origins", "QueueUse", "StepSplit", "origins", "queue_use", "step_split"]
-
-
-@dataclass(frozen=True)
-class StepSplit:
-    basis: str  # what a step is: "graph replay" | "whole trace (no graph replays)"
-    steps: int
-    wall_us: Stat  # per step: the time per output token of a decode step
-    layers_us: Stat  # inside layer windows
-    outside_us: Stat  # some stream busy, outside layer windows
-    idle_us: Stat  # no stream busy, outside layer windows
-    layers: Stat  # decoder layers per step (units x layers per unit)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Origins:
-    replays: int
-    graph_ops: int
-    graph_us: float  # sum of their durations
-    eager_ops: int
-    eager_us: float
-    eager_top: list[tuple[str, int]]  # eager operations by name, most first (5)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class QueueUse:
-    queue: str
-    ops: int
-    busy_us: float  # sum of durations
-    streams: list[str]  # that ran on it, most operations first
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["graph_and_eager", "queue_use", "step_split"]
 
 
 def step_split(timeline: Timeline, replays: list[tuple[float, float, int]],
@@ -103,27 +66,27 @@ def _covered(segments: tuple[np.ndarray, np.ndarray], a: float, b: float) -> flo
     return float(np.sum(np.clip(e[lo:hi], a, b) - np.clip(s[lo:hi], a, b)))
 
 
-def origins(ops: DeviceOps, replays: int) -> Origins | None:
+def graph_and_eager(ops: DeviceOps, replays: int) -> GraphAndEager | None:
     """Graph-replayed and eager operations apart; None when the trace does not say."""
     if ops.replay is None:
         return None
     graph = ops.replay >= 0
     dur = ops.end - ops.start
     eager_names = Counter(ops.name[~graph].tolist())
-    return Origins(replays, int(graph.sum()), float(dur[graph].sum()), int((~graph).sum()),
-                   float(dur[~graph].sum()),
-                   [(ops.names[n], c) for n, c in eager_names.most_common(5)])
+    return GraphAndEager(replays, int(graph.sum()), float(dur[graph].sum()), int((~graph).sum()),
+                         float(dur[~graph].sum()),
+                         tuple((ops.names[n], c) for n, c in eager_names.most_common(5)))
 
 
-def queue_use(ops: DeviceOps) -> list[QueueUse]:
-    """Per hardware queue, most operations first; [] when the trace has no queue ids."""
+def queue_use(ops: DeviceOps) -> tuple[HardwareQueue, ...]:
+    """Per hardware queue, most operations first; none when the trace has no queue ids."""
     if ops.queue is None or not len(ops):
-        return []
+        return ()
     dur = ops.end - ops.start
     rows = []
     for q in np.unique(ops.queue).tolist():
         on = ops.queue == q
         streams = Counter(ops.stream[on].tolist())
-        rows.append(QueueUse(ops.queues[q], int(on.sum()), float(dur[on].sum()),
-                             [ops.streams[s] for s, _ in streams.most_common()]))
-    return sorted(rows, key=lambda r: (-r.ops, r.queue))
+        rows.append(HardwareQueue(ops.queues[q], int(on.sum()), float(dur[on].sum()),
+                                  tuple(ops.streams[s] for s, _ in streams.most_common())))
+    return tuple(sorted(rows, key=lambda r: (-r.ops, r.queue)))

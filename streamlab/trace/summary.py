@@ -4,11 +4,12 @@ call, kernel counts per layer, streams and hardware queues, per-kernel times, ea
 time split into layers, other work and idle (module steps); and two traces side by side.
 
 `analyze` takes a loaded trace (formats.load_trace, any format), first recognises a trace that
-holds no step (a graph capture, warm-up only: module capture; its report has no layer numbers),
+holds no step (a graph capture, warm-up only: module capture; its summary has no layer numbers),
 else finds the steady-state decode layers (segment.segment_ops; graph-replayed kernels apart from
 eager ones) and runs `analysis.summarize` over them; a trace written by `streamlab run` keeps the
-layers and nodes it was written with, so its numbers are the run's. Rendering lives in
-streamlab.report.trace_view; `TraceReport.to_dict` is the one JSON form.
+layers and nodes it was written with, so its numbers are the run's. The numbers are a typed
+`results.TraceSummary` (trace.explain adds what the dependency graph says); `diff` puts two of
+them side by side as a `results.TraceDiff`. Nothing here prints: streamlab.report.trace_view does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import gc
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,8 +30,21 @@ from streamlab.analysis import (
     summarize,
 )
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_NOT_A_STEP, Failure
+from streamlab.results import (
+    AllReduceCalls,
+    DiffRow,
+    KernelChange,
+    LayerFigures,
+    OutsideLayers,
+    TraceDiff,
+    TraceKernel,
+    TraceLayers,
+    TraceSource,
+    TraceStream,
+    TraceSummary,
+)
 from streamlab.timeline import Timeline
-from streamlab.trace.capture import NotAStep, recognise
+from streamlab.trace.capture import recognise
 from streamlab.trace.formats import load_trace
 from streamlab.trace.loaded import DeviceOps, LoadedTrace, TraceInfo
 from streamlab.trace.segment import (
@@ -40,77 +54,26 @@ from streamlab.trace.segment import (
     map_nodes,
     segment_ops,
 )
-from streamlab.trace.steps import (
-    Origins,
-    QueueUse,
-    StepSplit,
-    origins,
-    queue_use,
-    step_split,
-)
+from streamlab.trace.steps import graph_and_eager, queue_use, step_split
+
+__all__ = ["TraceReport", "analyze", "diff", "diff_traces", "summarize_trace"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TraceReport:
-    path: str
+    """A trace read and measured: `summary`, its typed numbers (what `--json` writes and
+    report/ prints), and what the analyses that need the trace's dependency graph
+    (trace.explain) read beside them."""
+
+    summary: TraceSummary
+    timeline: Timeline  # steady layers numbered, nodes when mapped
     info: TraceInfo
-    segmentation: Segmentation | None  # None: the trace's own layers (a streamlab run), or none
-    timeline: Timeline  # with steady layers numbered, nodes when mapped
-    summary: Summary | None  # None: a trace with no step to measure (not_a_step)
-    allreduce: dict | None  # per call: p10, p50, p90, mean, n, per_layer
-    stall_sites: list[dict]
-    kernels: list[dict]  # per kernel name over the steady layers (all, without layers)
-    kernels_per_layer: Stat | None
-    streams: list[dict]
-    outside: dict = field(default_factory=dict)  # device operations outside steady layers
-    not_a_step: NotAStep | None = None  # a graph capture or warm-up: no layer numbers
-    steps: StepSplit | None = None  # per decode step: time per output token split
-    origins: Origins | None = None  # graph-replayed vs eager operations
-    queues: list[QueueUse] = field(default_factory=list)  # hardware queues, when known
+    stats: Summary | None  # analysis.summarize of the steady layers; None: no step
+    segmentation: Segmentation | None  # None: the trace's own layers (a streamlab run), or no step
 
     @property
-    def layers(self) -> int:
-        return 0 if self.summary is None else len(self.summary.layers)
-
-    def to_dict(self) -> dict:
-        s = self.summary
-        seg = self.segmentation
-        out = {"file": self.path, "source": asdict(self.timeline.source),
-               "loader": self.info.to_dict(),
-               "not_a_step": self.not_a_step.to_dict() if self.not_a_step else None}
-        if s is None:
-            return out | {"layers": None, "kernels": self.kernels, "streams": self.streams,
-                          "hardware_queues": [q.to_dict() for q in self.queues]}
-        return out | {
-            "layers": {"method": seg.method if seg else "recorded",
-                       "description": seg.description if seg else "layers recorded by the run",
-                       "found": seg.found if seg else self.layers, "steady": self.layers,
-                       "dropped": seg.dropped if seg else {},
-                       "period": seg.period if seg else None,
-                       "layers_per_unit": seg.layers_per_unit if seg else 1,
-                       "ars_per_layer": seg.ars_per_layer if seg else None},
-            "wall_us": _stat(s.wall), "kernel_sum_us": _stat(s.kernel_sum), "busy_us": _stat(s.busy),
-            "overlap": _stat(s.overlap), "bubble_us": _stat(s.bubble),
-            "bubble_by_class_us": {k: _stat(v) for k, v in s.bubble_by_class.items()},
-            "gap_counts_per_layer": {c: _stat(Stat.of([ls.gap_counts[c] for ls in s.layers]))
-                                     for c in GAP_CLASSES},
-            "stalls_per_layer": _stat(s.stalls),
-            "stall_sites": self.stall_sites,
-            "allreduce_per_call_us": self.allreduce,
-            "kernels_per_layer": _stat(self.kernels_per_layer),
-            "streams": self.streams,
-            "physical_streams": len(s.streams),
-            "hardware_queues": [q.to_dict() for q in self.queues],
-            "kernels": self.kernels,
-            "nodes": {n: asdict(v) for n, v in s.nodes.items()},
-            "outside_layers": self.outside,
-            "per_step": self.steps.to_dict() if self.steps else None,
-            "origins": self.origins.to_dict() if self.origins else None,
-        }
-
-
-def _stat(s: Stat | None) -> dict | None:
-    return None if s is None else {"median": s.median, "p20": s.p20, "p80": s.p80, "n": s.n}
+    def path(self) -> str:
+        return self.info.path
 
 
 def summarize_trace(path: str | os.PathLike, *, layer_regex: str | None = None,
@@ -154,9 +117,15 @@ def _analyze(loaded: LoadedTrace, layer_regex: str | None, ars_per_layer: int | 
     if verdict is not None:
         ops = loaded.ops
         everything = np.ones(len(ops), bool)
-        return TraceReport(info.path, info, None, loaded.timeline, None, None, [],
-                           _kernels(ops, everything, 1), None, _streams(ops, everything, 1),
-                           not_a_step=verdict, queues=queue_use(ops))
+        summary = TraceSummary(
+            file=info.path, source=TraceSource.of(loaded.source), loader=info.loader(),
+            not_a_step=verdict, layers=None, per_layer=None, allreduce_per_call_us=None,
+            stall_sites=(), nodes={}, kernels=_kernels(ops, everything, 1),
+            streams=_streams(ops, everything, 1), hardware_queues=queue_use(ops),
+            outside_layers=None, per_step=None, graph_and_eager=None, dependencies=None,
+            critical_path=None, exposed_communication=None, rank_skew=None, what_if=None,
+            roofline=None, plots=())
+        return TraceReport(summary, loaded.timeline, info, None, None)
     if not len(loaded.ops):
         raise Failure(f"{info.path}: no device operations (kernels, copies) in this {info.format} "
                       "trace: was GPU activity recorded (kernel tracing on)?", EXIT_BAD_INPUT)
@@ -177,26 +146,46 @@ def _analyze(loaded: LoadedTrace, layer_regex: str | None, ars_per_layer: int | 
                           node_map=node_map, only=np.flatnonzero(ops.replay >= 0) if mixed else None)
         timeline, ops = seg.timeline, seg.ops
         windows, per_unit = seg.windows, seg.layers_per_unit
-    summary = summarize(timeline)
-    layers = len(summary.layers)
+    stats = summarize(timeline)
+    steady = len(stats.layers)
     inside = ops.layer >= 0
-    return TraceReport(info.path, info, seg, timeline, summary, _allreduce(summary),
-                       [asdict(site) for site in stall_sites(summary)],
-                       _kernels(ops, inside, layers),
-                       Stat.of([ls.kernels for ls in summary.layers]),
-                       _streams(ops, inside, layers), _outside(ops),
-                       steps=step_split(timeline, info.replays, windows, per_unit),
-                       origins=origins(ops, len(info.replays)), queues=queue_use(ops))
+    summary = TraceSummary(  # what the dependency graph says: trace.explain
+        file=info.path, source=TraceSource.of(timeline.source), loader=info.loader(),
+        not_a_step=None, layers=_layers(seg, steady), per_layer=_figures(stats),
+        allreduce_per_call_us=_allreduce(stats), stall_sites=tuple(stall_sites(stats)),
+        nodes=dict(stats.nodes), kernels=_kernels(ops, inside, steady),
+        streams=_streams(ops, inside, steady), hardware_queues=queue_use(ops),
+        outside_layers=_outside(ops), per_step=step_split(timeline, info.replays, windows, per_unit),
+        graph_and_eager=graph_and_eager(ops, len(info.replays)), dependencies=None,
+        critical_path=None, exposed_communication=None, rank_skew=None, what_if=None,
+        roofline=None, plots=())
+    return TraceReport(summary, timeline, info, stats, seg)
 
 
-def _allreduce(summary: Summary) -> dict | None:
+def _layers(seg: Segmentation | None, steady: int) -> TraceLayers:
+    if seg is None:
+        return TraceLayers("recorded", "layers recorded by the run", steady, steady, {}, None, 1, None)
+    return TraceLayers(seg.method, seg.description, seg.found, steady, dict(seg.dropped), seg.period,
+                       seg.layers_per_unit, seg.ars_per_layer)
+
+
+def _figures(s: Summary) -> LayerFigures:
+    return LayerFigures(
+        wall_us=s.wall, kernel_sum_us=s.kernel_sum, busy_us=s.busy, overlap=s.overlap,
+        bubble_us=s.bubble, bubble_by_class_us=dict(s.bubble_by_class),
+        gap_counts={c: Stat.of([ls.gap_counts[c] for ls in s.layers]) for c in GAP_CLASSES},
+        stalls=s.stalls, kernels=Stat.of([ls.kernels for ls in s.layers]),
+        physical_streams=len(s.streams))
+
+
+def _allreduce(summary: Summary) -> AllReduceCalls | None:
     calls = [c for ls in summary.layers for c in ls.allreduce]
     if not calls:
         return None
     p10, p50, p90 = percentiles(calls, (10, 50, 90))
-    return {"p10": p10, "p50": p50, "p90": p90, "mean": float(sum(calls) / len(calls)),
-            "min": float(min(calls)), "max": float(max(calls)), "n": len(calls),
-            "per_layer": len(calls) / len(summary.layers)}
+    return AllReduceCalls(p10=p10, p50=p50, p90=p90, mean=float(sum(calls) / len(calls)),
+                          min=float(min(calls)), max=float(max(calls)), n=len(calls),
+                          per_layer=len(calls) / len(summary.layers))
 
 
 def _first_seen(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -206,12 +195,12 @@ def _first_seen(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq[order], first[order]
 
 
-def _kernels(ops: DeviceOps, mask: np.ndarray, layers: int) -> list[dict]:
+def _kernels(ops: DeviceOps, mask: np.ndarray, layers: int) -> tuple[TraceKernel, ...]:
     """Per kernel name over the operations `mask` (those in steady layers), from columns (a
     large trace has a million operations); sums run in timeline order, as a Python sum over the
     intervals would."""
     inside = np.flatnonzero(mask)
-    name, dur = ops.name[inside], (ops.end - ops.start)[inside]
+    name, dur = ops.name[inside].astype(np.int64), (ops.end - ops.start)[inside]
     names, first = _first_seen(name)
     rank = np.zeros(len(ops.names), np.int64)
     rank[names] = np.arange(names.size)
@@ -229,87 +218,83 @@ def _kernels(ops: DeviceOps, mask: np.ndarray, layers: int) -> list[dict]:
     for pair in np.unique(name * width + ops.stream[inside]).tolist():
         streams.setdefault(pair // width, []).append(ops.streams[pair % width])
     per_name = np.split(dur[grouped], np.cumsum(calls[names])[:-1])
-    rows = []
-    for n, at, d in zip(names.tolist(), first.tolist(), per_name):
-        time = float(sums[n])
-        rows.append({"name": ops.names[n], "kind": ops.kinds[ops.kind[inside[at]]],
-                     "nodes": sorted(nodes.get(n, ())), "calls": int(calls[n]),
-                     "per_layer": int(calls[n]) / max(layers, 1), "total_us": time,
-                     "per_layer_us": time / max(layers, 1),
-                     "median_us": percentiles(d, (50,))[0], "share": time / total,
-                     "streams": sorted(streams[n])})
-    rows.sort(key=lambda r: (-r["total_us"], r["name"]))
-    return rows
+    per = max(layers, 1)
+    rows = [TraceKernel(name=ops.names[n], kind=ops.kinds[ops.kind[inside[at]]],
+                        nodes=tuple(sorted(nodes.get(n, ()))), calls=int(calls[n]),
+                        per_layer=int(calls[n]) / per, total_us=float(sums[n]),
+                        per_layer_us=float(sums[n]) / per, median_us=percentiles(d, (50,))[0],
+                        share=float(sums[n]) / total, streams=tuple(sorted(streams[n])))
+            for n, at, d in zip(names.tolist(), first.tolist(), per_name)]
+    return tuple(sorted(rows, key=lambda r: (-r.total_us, r.name)))
 
 
-def _streams(ops: DeviceOps, inside: np.ndarray, layers: int) -> list[dict]:
+def _streams(ops: DeviceOps, inside: np.ndarray, layers: int) -> tuple[TraceStream, ...]:
     count = np.bincount(ops.stream, minlength=len(ops.streams))
     per = np.bincount(ops.stream[inside], minlength=len(ops.streams))
     time = np.bincount(ops.stream[inside], weights=(ops.end - ops.start)[inside],
                        minlength=len(ops.streams))
     order = sorted(_first_seen(ops.stream)[0].tolist(), key=lambda s: -count[s])
-    return [{"stream": ops.streams[s], "ops": int(count[s]),
-             "per_layer": int(per[s]) / max(layers, 1),
-             "time_per_layer_us": float(time[s]) / max(layers, 1)} for s in order]
+    return tuple(TraceStream(ops.streams[s], int(count[s]), int(per[s]) / max(layers, 1),
+                             float(time[s]) / max(layers, 1)) for s in order)
 
 
-def _outside(ops: DeviceOps) -> dict:
+def _outside(ops: DeviceOps) -> OutsideLayers:
     out = np.flatnonzero(ops.layer < 0)
     name = ops.name[out]
     counts = np.bincount(name, minlength=len(ops.names))
     top = sorted(_first_seen(name)[0].tolist(), key=lambda n: -counts[n])[:5]
-    return {"ops": int(out.size), "time_us": float(sum((ops.end - ops.start)[out].tolist())),
-            "top": [(ops.names[n], int(counts[n])) for n in top]}
+    return OutsideLayers(int(out.size), float(sum((ops.end - ops.start)[out].tolist())),
+                         tuple((ops.names[n], int(counts[n])) for n in top))
 
 
 # --- two traces ---------------------------------------------------------------------------
 
-def diff_reports(a: TraceReport, b: TraceReport, top: int = 10) -> dict:
-    """Two reports side by side (B - A); Failure (EXIT_NOT_A_STEP) when either trace holds no
-    step to measure."""
-    for r in (a, b):
-        if r.not_a_step is not None:
-            raise Failure(f"{r.path}: {r.not_a_step.line()}", EXIT_NOT_A_STEP)
-    sa, sb = a.summary, b.summary
+def diff_traces(a: str | os.PathLike, b: str | os.PathLike, *, layer_regex: str | None = None,
+                ars_per_layer: int | None = None, nodes: str | os.PathLike | None = None,
+                ar_offset: int | None = None, gpu: str | None = None, top: int = 10) -> TraceDiff:
+    """The traces at `a` and `b` summarised alike (summarize_trace) and side by side."""
+    a, b = (summarize_trace(p, layer_regex=layer_regex, ars_per_layer=ars_per_layer, nodes=nodes,
+                            ar_offset=ar_offset, gpu=gpu).summary for p in (a, b))
+    return diff(a, b, top)
 
-    def row(what, va, vb):
-        return {"metric": what, "a": va, "b": vb,
-                "delta": None if va is None or vb is None else vb - va}
 
-    metrics = [row("wall us (median)", sa.wall.median, sb.wall.median),
-               row("wall us p20", sa.wall.p20, sb.wall.p20),
-               row("wall us p80", sa.wall.p80, sb.wall.p80),
-               row("kernel sum us", sa.kernel_sum.median, sb.kernel_sum.median),
-               row("overlap", sa.overlap.median, sb.overlap.median),
-               row("bubble us", sa.bubble.median, sb.bubble.median)]
-    metrics += [row(f"  {c} us", sa.bubble_by_class[c].median, sb.bubble_by_class[c].median)
+def diff(a: TraceSummary, b: TraceSummary, top: int = 10) -> TraceDiff:
+    """Two trace summaries side by side (B - A); Failure (EXIT_NOT_A_STEP) when either trace
+    holds no step to measure."""
+    for s in (a, b):
+        if s.not_a_step is not None:
+            raise Failure(f"{s.file}: {s.not_a_step.message}", EXIT_NOT_A_STEP)
+    la, lb = a.per_layer, b.per_layer
+    ara, arb = a.allreduce_per_call_us, b.allreduce_per_call_us
+
+    def ar(calls: AllReduceCalls | None, what: str) -> float | None:
+        return None if calls is None else getattr(calls, what)
+
+    metrics = [DiffRow("wall us (median)", "us", la.wall_us.median, lb.wall_us.median),
+               DiffRow("wall us p20", "us", la.wall_us.p20, lb.wall_us.p20),
+               DiffRow("wall us p80", "us", la.wall_us.p80, lb.wall_us.p80),
+               DiffRow("kernel sum us", "us", la.kernel_sum_us.median, lb.kernel_sum_us.median),
+               DiffRow("overlap", "ratio", la.overlap.median, lb.overlap.median),
+               DiffRow("bubble us", "us", la.bubble_us.median, lb.bubble_us.median)]
+    metrics += [DiffRow(f"  {c} us", "us", la.bubble_by_class_us[c].median, lb.bubble_by_class_us[c].median)
                 for c in GAP_CLASSES]
-    metrics.append(row("stalls per layer", sa.stalls.median, sb.stalls.median))
-    ara, arb = a.allreduce or {}, b.allreduce or {}
-    for q in ("p10", "p50", "p90"):
-        metrics.append(row(f"AR us per call {q}", ara.get(q), arb.get(q)))
-    metrics += [row("AR calls per layer", ara.get("per_layer"), arb.get("per_layer")),
-                row("kernels per layer", a.kernels_per_layer.median, b.kernels_per_layer.median),
-                row("streams", len(sa.streams), len(sb.streams)),
-                row("steady layers", a.layers, b.layers)]
-    ka = {r["name"]: r for r in a.kernels}
-    kb = {r["name"]: r for r in b.kernels}
-    names = list(dict.fromkeys(list(ka) + list(kb)))
-    per = []
-    for n in names:
-        ra, rb = ka.get(n), kb.get(n)
-        per.append({"name": n,
-                    "per_layer_a": ra["per_layer"] if ra else 0.0,
-                    "per_layer_b": rb["per_layer"] if rb else 0.0,
-                    "us_per_layer_a": ra["per_layer_us"] if ra else 0.0,
-                    "us_per_layer_b": rb["per_layer_us"] if rb else 0.0,
-                    "median_us_a": ra["median_us"] if ra else None,
-                    "median_us_b": rb["median_us"] if rb else None})
-    for r in per:
-        r["count_delta"] = r["per_layer_b"] - r["per_layer_a"]
-        r["us_delta"] = r["us_per_layer_b"] - r["us_per_layer_a"]
-    counts = sorted((r for r in per if r["count_delta"] != 0),
-                    key=lambda r: (-abs(r["count_delta"]), r["name"]))
-    times = sorted(per, key=lambda r: (-abs(r["us_delta"]), r["name"]))[:top]
-    return {"a": a.path, "b": b.path, "metrics": metrics, "kernel_count_changes": counts,
-            "kernel_time_changes": times}
+    metrics.append(DiffRow("stalls per layer", "ratio", la.stalls.median, lb.stalls.median))
+    metrics += [DiffRow(f"AR us per call {q}", "us", ar(ara, q), ar(arb, q)) for q in ("p10", "p50", "p90")]
+    metrics += [DiffRow("AR calls per layer", "ratio", ar(ara, "per_layer"), ar(arb, "per_layer")),
+                DiffRow("kernels per layer", "count", la.kernels.median, lb.kernels.median),
+                DiffRow("streams", "count", la.physical_streams, lb.physical_streams),
+                DiffRow("steady layers", "count", a.steady_layers, b.steady_layers)]
+    ka = {k.name: k for k in a.kernels}
+    kb = {k.name: k for k in b.kernels}
+    changes = []
+    for name in dict.fromkeys(list(ka) + list(kb)):
+        x, y = ka.get(name), kb.get(name)
+        changes.append(KernelChange(
+            name=name, per_layer_a=x.per_layer if x else 0.0, per_layer_b=y.per_layer if y else 0.0,
+            us_per_layer_a=x.per_layer_us if x else 0.0, us_per_layer_b=y.per_layer_us if y else 0.0,
+            median_us_a=x.median_us if x else None, median_us_b=y.median_us if y else None))
+    counts = sorted((c for c in changes if c.count_delta != 0),
+                    key=lambda c: (-abs(c.count_delta), c.name))
+    times = sorted(changes, key=lambda c: (-abs(c.us_delta), c.name))[:top]
+    return TraceDiff(a=a.file, b=b.file, metrics=tuple(metrics), kernel_count_changes=tuple(counts),
+                     kernel_time_changes=tuple(times), summary_a=a, summary_b=b)

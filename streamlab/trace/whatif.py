@@ -26,11 +26,22 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-from streamlab.analysis import (COLLECTIVE_CLASSES, KERNEL_CLASSES, STALL_US, Stat, Summary,
-                                gaps, kernel_class, summarize)
+from streamlab.analysis import (
+    COLLECTIVE_CLASSES,
+    KERNEL_CLASSES,
+    STALL_US,
+    Stat,
+    Summary,
+    gaps,
+    kernel_class,
+    summarize,
+)
 from streamlab.errors import EXIT_BAD_INPUT, Failure
+from streamlab.results import Shift, WhatIf, WhatIfMatch
 from streamlab.timeline import Interval, Timeline
 from streamlab.trace.deps import DepGraph
+
+__all__ = ["CLASSES", "STALL", "Change", "parse_change", "replay", "replayed", "what_if"]
 
 CLASSES = tuple(dict.fromkeys(COLLECTIVE_CLASSES + tuple(c for c, _ in KERNEL_CLASSES)
                               + ("memcpy", "memset", "other")))
@@ -101,77 +112,9 @@ def _rx(change: Change) -> re.Pattern | None:
     return re.compile(change.key) if change.target == "regex" else None
 
 
-@dataclass(frozen=True)
-class Shift:
-    """A number before and after the what-if (us)."""
-
-    before: float
-    after: float
-
-    @property
-    def delta(self) -> float:
-        return self.after - self.before
-
-    def to_json(self) -> dict:
-        return {"before": self.before, "after": self.after, "delta": self.delta}
-
-
-@dataclass(frozen=True)
-class Matched:
-    """What one change touched: kernels (or stalls, for `stall`) and their time per step,
-    before and after."""
-
-    change: Change
-    count: int
-    us_per_step: Shift
-
-    @property
-    def what(self) -> str:
-        return "stalls" if self.change.target == STALL else "kernels"
-
-    def to_json(self) -> dict:
-        return {"what_if": self.change.text, "target": self.change.target,
-                "value": self.change.value(), self.what: self.count,
-                "us_per_step": self.us_per_step.to_json()}
-
-
-@dataclass(frozen=True)
-class WhatIf:
-    """The result: per-layer statistics (median over layers) and per-step spans, before and
-    after; `per_layer` and `per_step` list every layer and step."""
-
-    changes: tuple[Change, ...]
-    matched: tuple[Matched, ...]
-    dependencies: str  # DepGraph.note
-    layer_wall: Shift  # medians over layers
-    layer_wall_p20: Shift
-    layer_wall_p80: Shift
-    kernel_sum: Shift
-    bubble: Shift
-    step: Shift  # median over steps of first start to last end
-    layers_per_step: float  # median
-    per_layer: tuple[Shift, ...]
-    per_step: tuple[Shift, ...]
-    timeline: Timeline  # the replayed timeline (for plots; not in JSON)
-
-    def to_json(self) -> dict:
-        return {"what_if": [c.text for c in self.changes],
-                "matched": [m.to_json() for m in self.matched],
-                "dependencies": self.dependencies,
-                "prediction": "replay of the trace's dependency graph with the changes: a "
-                              "prediction, not a measurement",
-                "layer_wall_us": self.layer_wall.to_json(),
-                "layer_wall_p20_us": self.layer_wall_p20.to_json(),
-                "layer_wall_p80_us": self.layer_wall_p80.to_json(),
-                "kernel_sum_us": self.kernel_sum.to_json(), "bubble_us": self.bubble.to_json(),
-                "step_us": self.step.to_json(), "layers_per_step": self.layers_per_step,
-                "per_layer_us": [s.to_json() for s in self.per_layer],
-                "per_step_us": [s.to_json() for s in self.per_step]}
-
-
-def what_if(graph: DepGraph, changes: list[Change], *, summary: Summary | None = None) -> WhatIf:
-    """Replay `graph` with `changes` (see the module doc) and compare with the trace
-    (`summary`: analysis.summarize of its timeline, when already made)."""
+def _apply(graph: DepGraph, changes: list[Change]) -> tuple[list[float], list[float], list[WhatIfMatch]]:
+    """New kernel durations and lag cuts of `graph`'s intervals under `changes`, and what each
+    change touched."""
     base = graph.timeline
     durations = [iv.duration for iv in base.intervals]
     cuts = [0.0] * len(durations)
@@ -180,13 +123,27 @@ def what_if(graph: DepGraph, changes: list[Change], *, summary: Summary | None =
     for change in changes:
         if change.target == STALL:
             found = _cut_stalls(base, graph, change, cuts)
-            matched.append(Matched(change, len(found), Shift(sum(b for b, _ in found) / steps,
-                                                             sum(a for _, a in found) / steps)))
+            matched.append(WhatIfMatch(change.text, change.target, change.value(), len(found), "stalls",
+                                       Shift(sum(b for b, _ in found) / steps,
+                                             sum(a for _, a in found) / steps)))
             continue
         hit = _rescale(base.intervals, change, durations)
-        matched.append(Matched(change, len(hit), Shift(
-            sum(base.intervals[i].duration for i in hit) / steps,
-            sum(durations[i] for i in hit) / steps)))
+        matched.append(WhatIfMatch(change.text, change.target, change.value(), len(hit), "kernels", Shift(
+            sum(base.intervals[i].duration for i in hit) / steps, sum(durations[i] for i in hit) / steps)))
+    return durations, cuts, matched
+
+
+def replayed(graph: DepGraph, changes: list[Change]) -> Timeline:
+    """The trace's timeline replayed with `changes` (see the module doc)."""
+    durations, cuts, _ = _apply(graph, changes)
+    return replay(graph, durations, cuts)
+
+
+def what_if(graph: DepGraph, changes: list[Change], *, summary: Summary | None = None) -> WhatIf:
+    """Replay `graph` with `changes` (see the module doc) and compare with the trace
+    (`summary`: analysis.summarize of its timeline, when already made)."""
+    base = graph.timeline
+    durations, cuts, matched = _apply(graph, changes)
     start, end = _times(graph, durations, cuts)
     after = _timeline(graph, start, end)
     sb, sa = summary or summarize(base), summarize(after)
@@ -198,16 +155,16 @@ def what_if(graph: DepGraph, changes: list[Change], *, summary: Summary | None =
         walls = {(b.layer, b.visit): a.wall for b, a in zip(sb.layers, sa.layers)}
     layers_per_step = [len({base.intervals[i].layer for i in m} - {None}) for m in members]
     return WhatIf(
-        changes=tuple(changes), matched=tuple(matched), dependencies=graph.note,
-        layer_wall=Shift(sb.wall.median, sa.wall.median),
-        layer_wall_p20=Shift(sb.wall.p20, sa.wall.p20),
-        layer_wall_p80=Shift(sb.wall.p80, sa.wall.p80),
-        kernel_sum=Shift(sb.kernel_sum.median, sa.kernel_sum.median),
-        bubble=Shift(sb.bubble.median, sa.bubble.median),
-        step=Shift(Stat.of([b for b, _ in spans]).median, Stat.of([a for _, a in spans]).median),
+        what_if=tuple(c.text for c in changes), matched=tuple(matched), dependencies=graph.note,
+        layer_wall_us=Shift(sb.wall.median, sa.wall.median),
+        layer_wall_p20_us=Shift(sb.wall.p20, sa.wall.p20),
+        layer_wall_p80_us=Shift(sb.wall.p80, sa.wall.p80),
+        kernel_sum_us=Shift(sb.kernel_sum.median, sa.kernel_sum.median),
+        bubble_us=Shift(sb.bubble.median, sa.bubble.median),
+        step_us=Shift(Stat.of([b for b, _ in spans]).median, Stat.of([a for _, a in spans]).median),
         layers_per_step=Stat.of(layers_per_step).median,
-        per_layer=tuple(Shift(ls.wall, walls[(ls.layer, ls.visit)]) for ls in sb.layers),
-        per_step=tuple(Shift(b, a) for b, a in spans), timeline=after)
+        per_layer_us=tuple(Shift(ls.wall, walls[(ls.layer, ls.visit)]) for ls in sb.layers),
+        per_step_us=tuple(Shift(b, a) for b, a in spans))
 
 
 def _rescale(intervals: list[Interval], change: Change, durations: list[float]) -> list[int]:

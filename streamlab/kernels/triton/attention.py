@@ -27,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from streamlab.kernels.triton.common import INTERPRET, dot_operand, sm_count, workspace
+from streamlab.kernels.triton.common import (INTERPRET, dot_operand, each_work_item, plan_grid,
+                                             sm_count, workspace)
 
 LOG2E = 1.4426950408889634
 # Slots per inner step. Small in the interpreter so CPU tests at topk 64 cover several splits
@@ -65,19 +66,20 @@ def _gather_rows(kv_ptr, slot, stride_kvn, stride_kvd, D_V: tl.constexpr, D_QK: 
 
 
 @triton.jit
-def _mla_split_kernel(q_ptr, kv_ptr, slots_ptr, kv_scale_ptr, out_ptr, ws_m, ws_l, ws_o,
-                      stride_qt, stride_qh, stride_qd, stride_kvn, stride_kvd, stride_st,
-                      stride_sk, stride_ot, stride_oh, stride_od, heads, topk, chunk, num_splits,
-                      qk_scale, D_V: tl.constexpr, D_QK: tl.constexpr, BLOCK_H: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_R: tl.constexpr,
-                      SPLIT: tl.constexpr, PREFETCH: tl.constexpr, INTERPRET: tl.constexpr):
-    """One (token, split): online softmax of all heads over slots [split*chunk, +chunk).
+def _mla_split(pid, grid, q_ptr, kv_ptr, slots_ptr, kv_scale_ptr, out_ptr, ws_m, ws_l, ws_o,
+               stride_qt, stride_qh, stride_qd, stride_kvn, stride_kvd, stride_st, stride_sk,
+               stride_ot, stride_oh, stride_od, heads, topk, chunk, num_splits, qk_scale,
+               D_V: tl.constexpr, D_QK: tl.constexpr, BLOCK_H: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_R: tl.constexpr,
+               SPLIT: tl.constexpr, PREFETCH: tl.constexpr, INTERPRET: tl.constexpr):
+    """One (token, split) of the work grid: online softmax of all heads over slots
+    [split*chunk, +chunk).
 
     Scores are kept in log2 units (qk_scale folds softmax_scale * log2(e)); kv_scale is a single
     factor, so it is applied to the scores and to the output rather than to each row.
     """
-    t = tl.program_id(0)
-    split = tl.program_id(1)
+    t = pid[0]
+    split = pid[1]
     h = tl.arange(0, BLOCK_H)
     dv = tl.arange(0, BLOCK_V)
     dr = D_V + tl.arange(0, BLOCK_R)
@@ -150,16 +152,31 @@ def _mla_split_kernel(q_ptr, kv_ptr, slots_ptr, kv_scale_ptr, out_ptr, ws_m, ws_
                  o.to(out_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit(do_not_specialize=["work0", "work1", "work2"])
+def _mla_split_kernel(q_ptr, kv_ptr, slots_ptr, kv_scale_ptr, out_ptr, ws_m, ws_l, ws_o,
+                      stride_qt, stride_qh, stride_qd, stride_kvn, stride_kvd, stride_st,
+                      stride_sk, stride_ot, stride_oh, stride_od, heads, topk, chunk, num_splits,
+                      qk_scale, work0, work1, work2, PERSISTENT: tl.constexpr, D_V: tl.constexpr,
+                      D_QK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_V: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr,
+                      PREFETCH: tl.constexpr, INTERPRET: tl.constexpr):
+    each_work_item(_mla_split,
+                   (q_ptr, kv_ptr, slots_ptr, kv_scale_ptr, out_ptr, ws_m, ws_l, ws_o, stride_qt,
+                    stride_qh, stride_qd, stride_kvn, stride_kvd, stride_st, stride_sk, stride_ot,
+                    stride_oh, stride_od, heads, topk, chunk, num_splits, qk_scale, D_V, D_QK,
+                    BLOCK_H, BLOCK_N, BLOCK_V, BLOCK_R, SPLIT, PREFETCH, INTERPRET),
+                   work0, work1, work2, PERSISTENT)
+
+
 @triton.jit
-def _mla_combine_kernel(ws_m, ws_l, ws_o, out_ptr, stride_ot, stride_oh, stride_od, heads,
-                        num_splits, D_V: tl.constexpr, BLOCK_S: tl.constexpr,
-                        BLOCK_D: tl.constexpr):
+def _mla_combine(pid, grid, ws_m, ws_l, ws_o, out_ptr, stride_ot, stride_oh, stride_od, heads,
+                 num_splits, D_V: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     """One (token, head, block of value dims): rescale the split partials to their common max,
     weight them by their sums and add them in split order. A token with no valid slot at all
     gets zeros."""
-    t = tl.program_id(0)
-    h = tl.program_id(1)
-    d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    t = pid[0]
+    h = pid[1]
+    d = pid[2] * BLOCK_D + tl.arange(0, BLOCK_D)
     s = tl.arange(0, BLOCK_S)
     s_ok = s < num_splits
     part = (t * num_splits + s) * heads + h
@@ -176,6 +193,15 @@ def _mla_combine_kernel(ws_m, ws_l, ws_o, out_ptr, stride_ot, stride_oh, stride_
              res.to(out_ptr.dtype.element_ty), mask=d < D_V)
 
 
+@triton.jit(do_not_specialize=["work0", "work1", "work2"])
+def _mla_combine_kernel(ws_m, ws_l, ws_o, out_ptr, stride_ot, stride_oh, stride_od, heads,
+                        num_splits, work0, work1, work2, PERSISTENT: tl.constexpr,
+                        D_V: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    each_work_item(_mla_combine, (ws_m, ws_l, ws_o, out_ptr, stride_ot, stride_oh, stride_od,
+                                  heads, num_splits, D_V, BLOCK_S, BLOCK_D),
+                   work0, work1, work2, PERSISTENT)
+
+
 def num_splits(tokens: int, topk: int, device: torch.device, *, block_n: int = BLOCK_N,
                programs_per_sm: float = PROGRAMS_PER_SM, max_splits: int = MAX_SPLITS) -> tuple:
     """(splits, slots per split) of each token: at most `programs_per_sm` programs per SM in all
@@ -190,7 +216,8 @@ def num_splits(tokens: int, topk: int, device: torch.device, *, block_n: int = B
 
 def _mla_launch(q, kv_cache, topk_slots, kv_scale, out, softmax_scale, *, block_n=BLOCK_N,
                 num_warps=NUM_WARPS, num_stages=None, programs_per_sm=PROGRAMS_PER_SM,
-                max_splits=MAX_SPLITS, prefetch=None, combine_d=COMBINE_D):
+                max_splits=MAX_SPLITS, prefetch=None, combine_d=COMBINE_D,
+                max_programs: int | None = None):
     tokens, heads, d_qk = q.shape
     d_v = out.shape[-1]
     topk = topk_slots.shape[1]
@@ -214,22 +241,25 @@ def _mla_launch(q, kv_cache, topk_slots, kv_scale, out, softmax_scale, *, block_
     # tl.dot needs every tile dim >= 16: heads and rope dims are padded up with masks
     block_h = max(16, triton.next_power_of_2(heads))
     block_r = max(16, triton.next_power_of_2(d_qk - d_v))
-    _mla_split_kernel[(tokens, splits)](
+    plan = plan_grid((tokens, splits), max_programs)
+    _mla_split_kernel[plan.grid](
         q, kv_cache, topk_slots, kv_scale, out, m_ws, l_ws, o_ws,
         *q.stride(), *kv_cache.stride(), *topk_slots.stride(), *out.stride(), heads, topk, chunk,
-        splits, softmax_scale * LOG2E, D_V=d_v, D_QK=d_qk, BLOCK_H=block_h, BLOCK_N=block_n,
+        splits, softmax_scale * LOG2E, **plan.args, D_V=d_v, D_QK=d_qk, BLOCK_H=block_h, BLOCK_N=block_n,
         BLOCK_V=block_v, BLOCK_R=block_r, SPLIT=splits > 1, PREFETCH=prefetch,
         INTERPRET=INTERPRET, num_warps=num_warps, num_stages=num_stages)
     if splits > 1:
         block_d = min(block_v, combine_d)
-        _mla_combine_kernel[(tokens, heads, triton.cdiv(d_v, block_d))](
-            m_ws, l_ws, o_ws, out, *out.stride(), heads, splits, D_V=d_v,
+        plan = plan_grid((tokens, heads, triton.cdiv(d_v, block_d)), max_programs)
+        _mla_combine_kernel[plan.grid](
+            m_ws, l_ws, o_ws, out, *out.stride(), heads, splits, **plan.args, D_V=d_v,
             BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=4)
 
 
-def sparse_mla_decode(*, q, kv_cache, topk_slots, kv_scale, out, softmax_scale):
+def sparse_mla_decode(*, q, kv_cache, topk_slots, kv_scale, out, softmax_scale,
+                      max_programs: int | None = None):
     """q [T, h, 576] over kv_cache rows topk_slots [T, K] (-1 = none) -> out [T, h, 512]."""
-    _mla_launch(q, kv_cache, topk_slots, kv_scale, out, softmax_scale)
+    _mla_launch(q, kv_cache, topk_slots, kv_scale, out, softmax_scale, max_programs=max_programs)
 
 
 OPS = {"sparse_mla_decode": sparse_mla_decode}

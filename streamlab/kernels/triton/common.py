@@ -9,20 +9,37 @@ the native conversions. Kernels take `INTERPRET` as a constexpr argument and pas
 
 Also shared by the GEMM and MoE kernels: decode tiles computed either way round (`tile_dot`,
 `by_row`, `by_col`), split reductions finished by the last program to arrive instead of a second
-launch (`last_to_arrive`, `sum_partials`) and persistent workspaces (`workspace`); and by all
-that size grids to the device, its SM (CU) count (`sm_count`, which `planning_for` sets off a GPU).
+launch (`last_to_arrive`, `sum_partials`) and persistent workspaces (`workspace`); by all that
+size grids to the device, its SM (CU) count (`sm_count`, which `planning_for` sets off a GPU);
+and by every kernel, SM (CU) budgets (`plan_grid`, `each_work_item`; the per-kernel table is in
+the package docstring).
+
+An SM budget (`max_programs`) lets a node occupy at most that many SMs (CUs) at once, so that a
+kernel on another stream keeps the rest (SGLang gives DeepGEMM about half the SMs for wq_b in its
+dual-stream indexer). A kernel cuts its work exactly as without a budget, into the work items of
+its usual grid; under a budget smaller than that grid it launches `max_programs` programs, and
+program p does work items p, p + max_programs, ... in turn (a persistent-style loop), each
+computing exactly what the program of that id computes unbudgeted. Split reductions keep their
+fixed order (the last work item of a tile to arrive sums the partials, whichever program runs
+it), so outputs are bitwise the same under any budget. Nothing waits on another program, so any
+budget >= 1 makes progress. A budget counts programs: at most that many SMs are busy, fewer if
+the hardware places two programs on one SM. Without a budget, or one at least the grid, the
+launch is the usual one with the usual parameters, and compiles to the same instructions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.kernels.quant import FP8_MAX
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -194,3 +211,67 @@ def workspace(key: tuple, shape: tuple[int, ...], dtype: torch.dtype, device: to
         make = torch.zeros if zeroed else torch.empty
         buf = _WORKSPACES[full] = make(shape, dtype=dtype, device=device)
     return buf
+
+
+# -- SM (CU) budgets ------------------------------------------------------------------------
+
+class GridPlan(NamedTuple):
+    """How one kernel launches: `grid` is what the hardware gets, `work` the grid its work is cut
+    into (padded to three axes), `persistent` whether each program loops over work items."""
+
+    grid: tuple[int, ...]
+    work: tuple[int, int, int]
+    persistent: bool
+
+    @property
+    def args(self) -> dict:
+        """The kernel arguments `each_work_item` reads. Unbudgeted the work sizes are None, which
+        Triton takes as constants: the kernel then has exactly its usual parameters."""
+        work = self.work if self.persistent else (None, None, None)
+        return {"work0": work[0], "work1": work[1], "work2": work[2], "PERSISTENT": self.persistent}
+
+
+def check_budget(max_programs: int | None) -> None:
+    """A budget is None (the whole GPU) or a whole number of programs >= 1."""
+    if max_programs is not None and (type(max_programs) is not int or max_programs < 1):
+        raise Failure(f"max_programs (an SM / CU budget) must be a whole number >= 1 or unset, "
+                      f"got {max_programs!r}", EXIT_BAD_INPUT)
+
+
+def plan_grid(grid: tuple[int, ...], max_programs: int | None) -> GridPlan:
+    """The launch of a kernel whose work is `grid` (one program per work item) under a budget of
+    `max_programs` programs: the grid itself when it fits (or there is no budget), else
+    `max_programs` programs that loop over the work items."""
+    check_budget(max_programs)
+    work = (tuple(grid) + (1, 1))[:3]
+    if len(grid) > 3 or min(work) < 1:
+        raise ValueError(f"a grid has one to three axes of at least one program, got {grid}")
+    if max_programs is None or math.prod(work) <= max_programs:
+        return GridPlan(tuple(grid), work, False)
+    return GridPlan((max_programs,), work, True)
+
+
+@triton.jit
+def each_work_item(body, args, work0, work1, work2, PERSISTENT: tl.constexpr):
+    """body(pid, grid, *args) for this program's work: pid is a program id (axes 0, 1, 2) of the
+    work grid, grid that grid's size for `grid_size`. Unbudgeted, the program's own id; with
+    PERSISTENT (`plan_grid`), each work item whose flat index (axis 0 fastest) is this program's
+    id modulo the programs launched, in increasing order."""
+    if PERSISTENT:
+        for item in range(tl.program_id(0), work0 * work1 * work2, tl.num_programs(0)):
+            body((item % work0, (item // work0) % work1, item // (work0 * work1)),
+                 (work0, work1, work2), *args)
+    else:
+        body((tl.program_id(0), tl.program_id(1), tl.program_id(2)), (None, None, None), *args)
+
+
+@triton.jit
+def grid_size(grid, axis: tl.constexpr):
+    """Work items along `axis` of the work grid: unbudgeted (grid of Nones) the launch's own
+    size, read where it is used, as the kernels did before budgets (read at the start and kept
+    live, AMD's compiler spilled more registers in the split GEMMs)."""
+    if grid[axis] is None:
+        n = tl.num_programs(axis)
+    else:
+        n = grid[axis]
+    return n

@@ -35,9 +35,10 @@ import triton
 import triton.language as tl
 
 from streamlab.kernels.quant import FP8_MAX, GROUP
-from streamlab.kernels.triton.common import (INTERPRET, by_col, by_row, exact_cast,
-                                             last_to_arrive, sm_count, sum_partials, sum_unroll,
-                                             tile_dot, workspace)
+from streamlab.kernels.triton.common import (INTERPRET, by_col, by_row, each_work_item,
+                                             exact_cast, grid_size, last_to_arrive, plan_grid,
+                                             sm_count, sum_partials, sum_unroll, tile_dot,
+                                             workspace)
 
 _INTERPRET = tl.constexpr(INTERPRET)
 _FP8_MAX = tl.constexpr(FP8_MAX)
@@ -60,27 +61,27 @@ def _quant_group(a):
     return exact_cast(tl.math.div_rn(a, scale[:, None]), tl.float8e4nv, _INTERPRET), scale
 
 
-@triton.jit(do_not_specialize=["M", "iters_per_split"])
-def _gemm_kernel(x, w, w_scale, out, part, counters, M, N, K, iters_per_split,
-                 sxb, sxm, sxk, swb, swn, swk, ssb, ssn, ssk, sob, som, son,
-                 QUANT_X: tl.constexpr, W_SCALE: tl.constexpr, SPLIT: tl.constexpr,
-                 EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, SWAP: tl.constexpr, SUM_UNROLL: tl.constexpr):
+@triton.jit
+def _gemm_tile(pid, grid, x, w, w_scale, out, part, counters, M, N, K, iters_per_split,
+               sxb, sxm, sxk, swb, swn, swk, ssb, ssn, ssk, sob, som, son,
+               QUANT_X: tl.constexpr, W_SCALE: tl.constexpr, SPLIT: tl.constexpr,
+               EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, SWAP: tl.constexpr, SUM_UNROLL: tl.constexpr):
     """out[b, m, n] = sum over k of x[b, m, k] * w[b, n, k] (times the scales).
 
-    Grid: (M tiles * N tiles, K splits, batch). Split s covers main-loop iterations
+    Work grid: (M tiles * N tiles, K splits, batch). Split s covers main-loop iterations
     [s * iters_per_split, (s + 1) * iters_per_split) of BLOCK_K along K. The weight scale of
     K block kb (BLOCK_K = 128) is w_scale[b*ssb + (n // 128)*ssn + kb*ssk] (W_SCALE=1), or one
     per batch entry, applied at the end (W_SCALE=2). The next iteration's activations and
     scales load before this one's product (Triton's pipeliner keeps num_stages weight tiles in
     flight). SWAP computes the tile transposed (common.tile_dot). With SPLIT, partials go to
-    `part` [splits, batch, M, N] and the tile's last program to arrive at its counter writes out.
+    `part` [splits, batch, M, N] and the tile's last split to arrive at its counter writes out.
     """
     n_tiles = tl.cdiv(N, BLOCK_N)
-    pid_m = tl.program_id(0) // n_tiles
-    pid_n = tl.program_id(0) % n_tiles
-    split = tl.program_id(1)
-    bat = tl.program_id(2)
+    pid_m = pid[0] // n_tiles
+    pid_n = pid[0] % n_tiles
+    split = pid[1]
+    bat = pid[2]
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -137,11 +138,11 @@ def _gemm_kernel(x, w, w_scale, out, part, counters, M, N, K, iters_per_split,
     mask = by_row(m_ok, SWAP) & by_col(n_ok, SWAP)
     o_ptrs = out + bat * sob + by_row(rm * som, SWAP) + by_col(rn * son, SWAP)
     if SPLIT:
-        splits = tl.num_programs(1)
+        splits = grid_size(grid, 1)
         p_tile = part + by_row((bat * M + rm) * N, SWAP) + by_col(rn, SWAP)
-        p_step = tl.num_programs(2) * M * N
+        p_step = grid_size(grid, 2) * M * N
         tl.store(p_tile + split * p_step, acc, mask=mask)
-        tile = bat * tl.num_programs(0) + tl.program_id(0)
+        tile = bat * grid_size(grid, 0) + pid[0]
         if last_to_arrive(counters + tile, splits):
             # fixed order: bitwise the same whichever program arrives last
             if SWAP:
@@ -151,6 +152,20 @@ def _gemm_kernel(x, w, w_scale, out, part, counters, M, N, K, iters_per_split,
             tl.store(o_ptrs, total.to(out.dtype.element_ty), mask=mask)
     else:
         tl.store(o_ptrs, acc.to(out.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["M", "iters_per_split", "work0", "work1", "work2"])
+def _gemm_kernel(x, w, w_scale, out, part, counters, M, N, K, iters_per_split,
+                 sxb, sxm, sxk, swb, swn, swk, ssb, ssn, ssk, sob, som, son, work0, work1, work2,
+                 PERSISTENT: tl.constexpr, QUANT_X: tl.constexpr, W_SCALE: tl.constexpr,
+                 SPLIT: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWAP: tl.constexpr,
+                 SUM_UNROLL: tl.constexpr):
+    each_work_item(_gemm_tile, (x, w, w_scale, out, part, counters, M, N, K, iters_per_split,
+                                sxb, sxm, sxk, swb, swn, swk, ssb, ssn, ssk, sob, som, son,
+                                QUANT_X, W_SCALE, SPLIT, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K, SWAP,
+                                SUM_UNROLL),
+                   work0, work1, work2, PERSISTENT)
 
 
 class GemmConfig(NamedTuple):
@@ -229,8 +244,9 @@ def gemm_config(op: str, m: int, n: int, k: int, batch: int, device: torch.devic
 
 
 def _gemm(x, w, out, w_scale=None, scale_strides=(0, 0, 0), quant_x=False, batch_scale=False,
-          op="bf16", config: GemmConfig | None = None) -> None:
-    """out[b] = x[b] @ w[b]^T for x [B, M, K], w [B, >=N, K], out [B, M, N] (any strides)."""
+          op="bf16", config: GemmConfig | None = None, max_programs: int | None = None) -> None:
+    """out[b] = x[b] @ w[b]^T for x [B, M, K], w [B, >=N, K], out [B, M, N] (any strides), on
+    at most `max_programs` programs at once."""
     batch, m, k = x.shape
     n = out.shape[-1]
     cfg = config or gemm_config(op, m, n, k, batch, x.device)
@@ -248,45 +264,49 @@ def _gemm(x, w, out, w_scale=None, scale_strides=(0, 0, 0), quant_x=False, batch
     else:
         part = counters = out
     mode = _NO_SCALE if w_scale is None else _BATCH_SCALE if batch_scale else _BLOCK_SCALE
-    _gemm_kernel[(tiles, splits, batch)](
+    plan = plan_grid((tiles, splits, batch), max_programs)
+    _gemm_kernel[plan.grid](
         x, w, w if w_scale is None else w_scale, out, part, counters, m, n, k, per_split,
-        *x.stride(), *w.stride(), *scale_strides, *out.stride(),
+        *x.stride(), *w.stride(), *scale_strides, *out.stride(), **plan.args,
         QUANT_X=quant_x, W_SCALE=mode, SPLIT=splits > 1, EVEN_K=k % block_k == 0,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWAP=cfg.swap,
         SUM_UNROLL=sum_unroll(splits, block_m * block_n, cfg.warps), num_warps=cfg.warps,
         num_stages=cfg.stages)
 
 
-def run_gemm(op: str, x, weight, out, weight_scale=None, config: GemmConfig | None = None):
+def run_gemm(op: str, x, weight, out, weight_scale=None, config: GemmConfig | None = None,
+             max_programs: int | None = None):
     """The op ("fp8": fp8_linear, "bf16": linear, "bmm": bmm_fp8), with `config` in place of the
-    table's (bench/tune_gemm_moe.py sweeps them through this)."""
+    table's (bench/tune_gemm_moe.py sweeps them through this), on at most `max_programs`
+    programs at once."""
+    budget = {"op": op, "config": config, "max_programs": max_programs}
     if op == "fp8":
         if x.shape[-1] % GROUP:
             raise ValueError(f"fp8_linear: K={x.shape[-1]} is not a multiple of the group {GROUP}")
         _gemm(x.unsqueeze(0), weight.unsqueeze(0), out.unsqueeze(0), weight_scale,
-              (0, *weight_scale.stride()), quant_x=True, op=op, config=config)
+              (0, *weight_scale.stride()), quant_x=True, **budget)
     elif op == "bf16":
-        _gemm(x.unsqueeze(0), weight.unsqueeze(0), out.unsqueeze(0), op=op, config=config)
+        _gemm(x.unsqueeze(0), weight.unsqueeze(0), out.unsqueeze(0), **budget)
     elif op == "bmm":
         _gemm(x.transpose(0, 1), weight, out.transpose(0, 1), weight_scale,
-              (weight_scale.stride(0), 0, 0), batch_scale=True, op=op, config=config)
+              (weight_scale.stride(0), 0, 0), batch_scale=True, **budget)
     else:
         raise ValueError(f"unknown GEMM op {op!r}")
 
 
-def fp8_linear(*, x, weight, weight_scale, out):
+def fp8_linear(*, x, weight, weight_scale, out, max_programs: int | None = None):
     """x bf16 [M,K] quantised per 1x128 group; weight fp8 [N,K] with 128x128 block scales; out
     [M, <=N] gets the first out.shape[-1] columns."""
-    run_gemm("fp8", x, weight, out, weight_scale)
+    run_gemm("fp8", x, weight, out, weight_scale, max_programs=max_programs)
 
 
-def linear(*, x, weight, out):
-    run_gemm("bf16", x, weight, out)
+def linear(*, x, weight, out, max_programs: int | None = None):
+    run_gemm("bf16", x, weight, out, max_programs=max_programs)
 
 
-def bmm_fp8(*, x, weight, weight_scale, out):
+def bmm_fp8(*, x, weight, weight_scale, out, max_programs: int | None = None):
     """x bf16 [T, h, K] times fp8 weight [h, N, K] (one scale per head) -> out [T, h, N]."""
-    run_gemm("bmm", x, weight, out, weight_scale)
+    run_gemm("bmm", x, weight, out, weight_scale, max_programs=max_programs)
 
 
 # -- standalone activation quantisation ------------------------------------------------------

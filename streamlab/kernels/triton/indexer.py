@@ -14,7 +14,8 @@ import triton
 import triton.language as tl
 
 from streamlab.kernels.quant import FP8, GROUP, SHUFFLE_TILE
-from streamlab.kernels.triton.common import INTERPRET, dot_operand, exact_cast, sm_count
+from streamlab.kernels.triton.common import (INTERPRET, dot_operand, each_work_item, exact_cast,
+                                             plan_grid, sm_count)
 
 INTERPRETER_SMS = 4  # stands in for the SM count on the CPU: small grids, several chunks a row
 
@@ -61,10 +62,10 @@ def _k_offsets(s, d, HEAD_DIM: tl.constexpr, PRESHUFFLE: tl.constexpr):
 # -- hadamard -----------------------------------------------------------------------------------
 
 @triton.jit
-def _hadamard_kernel(x, out, n_rows, x_heads, x_st, x_sh, x_sd, o_heads, o_st, o_sh, o_sd,
-                     D: tl.constexpr, LOG_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                     INTERPRET: tl.constexpr):
-    r = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+def _hadamard_rows(pid, grid, x, out, n_rows, x_heads, x_st, x_sh, x_sd, o_heads, o_st, o_sh,
+                   o_sd, D: tl.constexpr, LOG_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                   INTERPRET: tl.constexpr):
+    r = pid[0] * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, D)
     m = (r < n_rows)[:, None]
     v = tl.load(x + _row_offsets(r, x_heads, x_st, x_sh)[:, None] + d[None, :] * x_sd, mask=m,
@@ -80,7 +81,16 @@ def _hadamard_kernel(x, out, n_rows, x_heads, x_st, x_sh, x_sd, o_heads, o_st, o
              exact_cast(y, out.dtype.element_ty, INTERPRET), mask=m)
 
 
-def hadamard(*, x, out):
+@triton.jit(do_not_specialize=["work0", "work1", "work2"])
+def _hadamard_kernel(x, out, n_rows, x_heads, x_st, x_sh, x_sd, o_heads, o_st, o_sh, o_sd,
+                     work0, work1, work2, PERSISTENT: tl.constexpr, D: tl.constexpr,
+                     LOG_D: tl.constexpr, BLOCK_M: tl.constexpr, INTERPRET: tl.constexpr):
+    each_work_item(_hadamard_rows, (x, out, n_rows, x_heads, x_st, x_sh, x_sd, o_heads, o_st,
+                                    o_sh, o_sd, D, LOG_D, BLOCK_M, INTERPRET),
+                   work0, work1, work2, PERSISTENT)
+
+
+def hadamard(*, x, out, max_programs: int | None = None):
     """Hadamard rotation of each head (tensor-core dot with the +-1 matrix), scaled dim^-0.5."""
     d = x.shape[-1]
     if d & (d - 1) or d < 16:
@@ -88,17 +98,18 @@ def hadamard(*, x, out):
     n, xh, xt, xs = _rows(x, d)
     _, oh, ot, os_ = _rows(out, d)
     block = 32
-    _hadamard_kernel[(triton.cdiv(n, block),)](
-        x, out, n, xh, xt, xs, x.stride(-1), oh, ot, os_, out.stride(-1),
+    plan = plan_grid((triton.cdiv(n, block),), max_programs)
+    _hadamard_kernel[plan.grid](
+        x, out, n, xh, xt, xs, x.stride(-1), oh, ot, os_, out.stride(-1), **plan.args,
         D=d, LOG_D=d.bit_length() - 1, BLOCK_M=block, INTERPRET=INTERPRET)
 
 
 # -- act_quant ----------------------------------------------------------------------------------
 
 @triton.jit
-def _act_quant_kernel(x, out, scale, n_groups, groups_per_row, x_heads, x_st, x_sh,
+def _act_quant_groups(pid, grid, x, out, scale, n_groups, groups_per_row, x_heads, x_st, x_sh,
                       o_heads, o_st, o_sh, BLOCK_M: tl.constexpr, INTERPRET: tl.constexpr):
-    g = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # flat group index
+    g = pid[0] * BLOCK_M + tl.arange(0, BLOCK_M)  # flat group index
     row, col = g // groups_per_row, (g % groups_per_row) * 128
     d = tl.arange(0, 128)[None, :]
     m = (g < n_groups)[:, None]
@@ -109,7 +120,16 @@ def _act_quant_kernel(x, out, scale, n_groups, groups_per_row, x_heads, x_st, x_
     tl.store(scale + g, s, mask=g < n_groups)
 
 
-def act_quant(*, x, out, scale):
+@triton.jit(do_not_specialize=["work0", "work1", "work2"])
+def _act_quant_kernel(x, out, scale, n_groups, groups_per_row, x_heads, x_st, x_sh,
+                      o_heads, o_st, o_sh, work0, work1, work2, PERSISTENT: tl.constexpr,
+                      BLOCK_M: tl.constexpr, INTERPRET: tl.constexpr):
+    each_work_item(_act_quant_groups, (x, out, scale, n_groups, groups_per_row, x_heads, x_st,
+                                       x_sh, o_heads, o_st, o_sh, BLOCK_M, INTERPRET),
+                   work0, work1, work2, PERSISTENT)
+
+
+def act_quant(*, x, out, scale, max_programs: int | None = None):
     """Per-128 group fp8 quantisation with ue8m0 scales; scale is read in row-major group order."""
     k = x.shape[-1]
     if k % GROUP or x.stride(-1) != 1 or out.stride(-1) != 1:
@@ -118,18 +138,19 @@ def act_quant(*, x, out, scale):
     _, oh, ot, os_ = _rows(out, k)
     groups = n * (k // GROUP)
     block = 16
-    _act_quant_kernel[(triton.cdiv(groups, block),)](
-        x, out, scale.view(-1), groups, k // GROUP, xh, xt, xs, oh, ot, os_,
+    plan = plan_grid((triton.cdiv(groups, block),), max_programs)
+    _act_quant_kernel[plan.grid](
+        x, out, scale.view(-1), groups, k // GROUP, xh, xt, xs, oh, ot, os_, **plan.args,
         BLOCK_M=block, INTERPRET=INTERPRET)
 
 
 # -- index K cache store ------------------------------------------------------------------------
 
 @triton.jit
-def _index_k_store_kernel(k, slot_mapping, cache_k, cache_s, s_k, s_page,
-                          PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, PRESHUFFLE: tl.constexpr,
-                          INTERPRET: tl.constexpr):
-    t = tl.program_id(0)
+def _index_k_store_token(pid, grid, k, slot_mapping, cache_k, cache_s, s_k, s_page,
+                         PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, PRESHUFFLE: tl.constexpr,
+                         INTERPRET: tl.constexpr):
+    t = pid[0]
     slot = tl.load(slot_mapping + t).to(tl.int64)
     if slot >= 0:
         v = tl.load(k + t * s_k + tl.arange(0, HEAD_DIM)[None, :]).to(tl.float32)
@@ -141,7 +162,16 @@ def _index_k_store_kernel(k, slot_mapping, cache_k, cache_s, s_k, s_page,
         tl.store(cache_s + (base + PAGE * HEAD_DIM) // 4 + i + tl.arange(0, 1), s)
 
 
-def index_k_cache_store(*, k, slot_mapping, cache, preshuffle):
+@triton.jit(do_not_specialize=["work0", "work1", "work2"])
+def _index_k_store_kernel(k, slot_mapping, cache_k, cache_s, s_k, s_page, work0, work1, work2,
+                          PERSISTENT: tl.constexpr, PAGE: tl.constexpr, HEAD_DIM: tl.constexpr,
+                          PRESHUFFLE: tl.constexpr, INTERPRET: tl.constexpr):
+    each_work_item(_index_k_store_token, (k, slot_mapping, cache_k, cache_s, s_k, s_page, PAGE,
+                                          HEAD_DIM, PRESHUFFLE, INTERPRET),
+                   work0, work1, work2, PERSISTENT)
+
+
+def index_k_cache_store(*, k, slot_mapping, cache, preshuffle, max_programs: int | None = None):
     """Quantise K rows [T, 128] (ue8m0) into the paged index cache; negative slots are skipped."""
     pages, page, row = cache.shape
     head_dim = row - 4
@@ -151,16 +181,18 @@ def index_k_cache_store(*, k, slot_mapping, cache, preshuffle):
                          "[pages, page, 132] cache")
     if preshuffle and page % SHUFFLE_TILE:
         raise ValueError(f"preshuffled index cache needs a page size multiple of 16, got {page}")
-    _index_k_store_kernel[(k.shape[0],)](
+    plan = plan_grid((k.shape[0],), max_programs)
+    _index_k_store_kernel[plan.grid](
         k, slot_mapping, cache.view(FP8), cache.view(torch.float32), k.stride(0), page * row,
-        PAGE=page, HEAD_DIM=head_dim, PRESHUFFLE=bool(preshuffle), INTERPRET=INTERPRET)
+        **plan.args, PAGE=page, HEAD_DIM=head_dim, PRESHUFFLE=bool(preshuffle), INTERPRET=INTERPRET)
 
 
 # -- index weights ------------------------------------------------------------------------------
 
 @triton.jit
-def _weights_scale_kernel(w, q_scale, out, n_heads, s_w, s_q, s_o, factor, BLOCK_H: tl.constexpr):
-    t = tl.program_id(0)
+def _weights_scale_token(pid, grid, w, q_scale, out, n_heads, s_w, s_q, s_o, factor,
+                         BLOCK_H: tl.constexpr):
+    t = pid[0]
     h = tl.arange(0, BLOCK_H)
     m = h < n_heads
     a = tl.load(w + t * s_w + h, mask=m).to(tl.float32)
@@ -168,24 +200,33 @@ def _weights_scale_kernel(w, q_scale, out, n_heads, s_w, s_q, s_o, factor, BLOCK
     tl.store(out + t * s_o + h, a * b * factor, mask=m)
 
 
-def index_weights_scale(*, w, q_scale, out, factor):
+@triton.jit(do_not_specialize=["work0", "work1", "work2"])
+def _weights_scale_kernel(w, q_scale, out, n_heads, s_w, s_q, s_o, factor, work0, work1, work2,
+                          PERSISTENT: tl.constexpr, BLOCK_H: tl.constexpr):
+    each_work_item(_weights_scale_token, (w, q_scale, out, n_heads, s_w, s_q, s_o, factor,
+                                          BLOCK_H), work0, work1, work2, PERSISTENT)
+
+
+def index_weights_scale(*, w, q_scale, out, factor, max_programs: int | None = None):
     """out = w * q_scale * factor: folds q's fp8 scale and the softmax factors into the weights."""
     t, h = out.shape
     if w.stride(-1) != 1 or q_scale.stride(-1) != 1 or out.stride(-1) != 1:
         raise ValueError("index_weights_scale needs unit-stride heads")
-    _weights_scale_kernel[(t,)](w, q_scale, out, h, w.stride(0), q_scale.stride(0), out.stride(0),
-                                float(factor), BLOCK_H=triton.next_power_of_2(h))
+    plan = plan_grid((t,), max_programs)
+    _weights_scale_kernel[plan.grid](w, q_scale, out, h, w.stride(0), q_scale.stride(0),
+                                     out.stride(0), float(factor), **plan.args,
+                                     BLOCK_H=triton.next_power_of_2(h))
 
 
 # -- paged MQA logits ---------------------------------------------------------------------------
 
 @triton.jit
-def _paged_mqa_logits_kernel(q, weights, cache_k, cache_s, block_table, seq_lens, out,
-                             n_heads, pages_per_seq, pages_per_prog,
-                             s_qt, s_qh, s_wt, s_bt, s_ot, s_page,
-                             PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
-                             PRESHUFFLE: tl.constexpr, INTERPRET: tl.constexpr):
-    b = tl.program_id(0)
+def _paged_mqa_logits_chunk(pid, grid, q, weights, cache_k, cache_s, block_table, seq_lens, out,
+                            n_heads, pages_per_seq, pages_per_prog,
+                            s_qt, s_qh, s_wt, s_bt, s_ot, s_page,
+                            PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+                            PRESHUFFLE: tl.constexpr, INTERPRET: tl.constexpr):
+    b = pid[0]
     h = tl.arange(0, BLOCK_H)
     d = tl.arange(0, HEAD_DIM)
     s = tl.arange(0, PAGE)
@@ -195,7 +236,7 @@ def _paged_mqa_logits_kernel(q, weights, cache_k, cache_s, block_table, seq_lens
     w = tl.load(weights + b * s_wt + h, mask=hm, other=0.0)
     n = tl.load(seq_lens + b)
     k_offs = _k_offsets(s[:, None], d[None, :], HEAD_DIM, PRESHUFFLE)
-    first = tl.program_id(1) * pages_per_prog
+    first = pid[1] * pages_per_prog
     for p in range(first, tl.minimum(first + pages_per_prog, pages_per_seq)):
         t = p * PAGE + s
         valid = t < n  # pages and rows past the context are not read at all
@@ -209,7 +250,22 @@ def _paged_mqa_logits_kernel(q, weights, cache_k, cache_s, block_table, seq_lens
         tl.store(out + b * s_ot + t, tl.where(valid, logit, float("-inf")))
 
 
-def paged_mqa_logits(*, q, weights, cache, block_table, seq_lens, out, preshuffle):
+@triton.jit(do_not_specialize=["work0", "work1", "work2"])
+def _paged_mqa_logits_kernel(q, weights, cache_k, cache_s, block_table, seq_lens, out,
+                             n_heads, pages_per_seq, pages_per_prog,
+                             s_qt, s_qh, s_wt, s_bt, s_ot, s_page, work0, work1, work2,
+                             PERSISTENT: tl.constexpr, PAGE: tl.constexpr,
+                             HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+                             PRESHUFFLE: tl.constexpr, INTERPRET: tl.constexpr):
+    each_work_item(_paged_mqa_logits_chunk,
+                   (q, weights, cache_k, cache_s, block_table, seq_lens, out, n_heads,
+                    pages_per_seq, pages_per_prog, s_qt, s_qh, s_wt, s_bt, s_ot, s_page, PAGE,
+                    HEAD_DIM, BLOCK_H, PRESHUFFLE, INTERPRET),
+                   work0, work1, work2, PERSISTENT)
+
+
+def paged_mqa_logits(*, q, weights, cache, block_table, seq_lens, out, preshuffle,
+                     max_programs: int | None = None):
     """Indexer logits of every context position, -inf past each row's length.
 
     Grid (token, chunk of pages): chunks are sized from the shape alone so that about four
@@ -224,11 +280,11 @@ def paged_mqa_logits(*, q, weights, cache, block_table, seq_lens, out, preshuffl
     if out.shape[1] != pages_per_seq * page or q.stride(-1) != 1 or out.stride(-1) != 1:
         raise ValueError("logits must be [T, pages_per_seq * page] with unit-stride rows")
     per_prog = triton.cdiv(t * pages_per_seq, 4 * sm_count(q.device, off_gpu=INTERPRETER_SMS))
-    grid = (t, triton.cdiv(pages_per_seq, per_prog))
-    _paged_mqa_logits_kernel[grid](
+    plan = plan_grid((t, triton.cdiv(pages_per_seq, per_prog)), max_programs)
+    _paged_mqa_logits_kernel[plan.grid](
         q, weights, cache.view(FP8), cache.view(torch.float32), block_table, seq_lens, out,
         heads, pages_per_seq, per_prog, q.stride(0), q.stride(1), weights.stride(0),
-        block_table.stride(0), out.stride(0), page * row,
+        block_table.stride(0), out.stride(0), page * row, **plan.args,
         PAGE=page, HEAD_DIM=head_dim, BLOCK_H=max(16, triton.next_power_of_2(heads)),
         PRESHUFFLE=bool(preshuffle), INTERPRET=INTERPRET, num_warps=4)
 

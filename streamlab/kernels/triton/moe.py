@@ -28,20 +28,22 @@ import triton
 import triton.language as tl
 
 from streamlab.kernels.quant import FP8_MAX, GROUP
-from streamlab.kernels.triton.common import (INTERPRET, by_col, by_row, exact_cast,
-                                             last_to_arrive, sm_count, sum_partials, sum_unroll,
-                                             tile_dot, workspace)
+from streamlab.kernels.triton.common import (INTERPRET, by_col, by_row, each_work_item,
+                                             exact_cast, grid_size, last_to_arrive, plan_grid,
+                                             sm_count, sum_partials, sum_unroll, tile_dot,
+                                             workspace)
 
 BLOCK_M = 16  # pairs per block: the smallest tl.dot tile; decode gives few tokens per expert
 
 
 # -- routing -------------------------------------------------------------------------------
 @triton.jit
-def _biased_topk_kernel(logits_ptr, bias_ptr, ids_ptr, weights_ptr, stride_lt, stride_le,
-                        stride_it, stride_is, stride_wt, stride_ws, experts, scale, shared_id,
-                        TOPK: tl.constexpr, HAS_SHARED: tl.constexpr, BLOCK_E: tl.constexpr):
+def _biased_topk_token(pid, grid, logits_ptr, bias_ptr, ids_ptr, weights_ptr, stride_lt,
+                       stride_le, stride_it, stride_is, stride_wt, stride_ws, experts, scale,
+                       shared_id, TOPK: tl.constexpr, HAS_SHARED: tl.constexpr,
+                       BLOCK_E: tl.constexpr):
     """One token: TOPK rounds of argmax over score + bias, in descending order like torch.topk."""
-    t = tl.program_id(0)
+    t = pid[0]
     e = tl.arange(0, BLOCK_E)
     e_ok = e < experts
     score = tl.sigmoid(tl.load(logits_ptr + t * stride_lt + e * stride_le, mask=e_ok,
@@ -61,12 +63,25 @@ def _biased_topk_kernel(logits_ptr, bias_ptr, ids_ptr, weights_ptr, stride_lt, s
         tl.store(weights_ptr + t * stride_wt + TOPK * stride_ws, 1.0)
 
 
-def biased_topk(*, logits, bias, ids, weights, topk, scale, shared_expert_id):
+@triton.jit(do_not_specialize=["work0", "work1", "work2"])
+def _biased_topk_kernel(logits_ptr, bias_ptr, ids_ptr, weights_ptr, stride_lt, stride_le,
+                        stride_it, stride_is, stride_wt, stride_ws, experts, scale, shared_id,
+                        work0, work1, work2, PERSISTENT: tl.constexpr, TOPK: tl.constexpr,
+                        HAS_SHARED: tl.constexpr, BLOCK_E: tl.constexpr):
+    each_work_item(_biased_topk_token,
+                   (logits_ptr, bias_ptr, ids_ptr, weights_ptr, stride_lt, stride_le, stride_it,
+                    stride_is, stride_wt, stride_ws, experts, scale, shared_id, TOPK, HAS_SHARED,
+                    BLOCK_E), work0, work1, work2, PERSISTENT)
+
+
+def biased_topk(*, logits, bias, ids, weights, topk, scale, shared_expert_id,
+                max_programs: int | None = None):
     """Sigmoid scores, top-k of score + bias, renormalised * scale, shared expert last."""
     tokens, experts = logits.shape
-    _biased_topk_kernel[(tokens,)](
+    plan = plan_grid((tokens,), max_programs)
+    _biased_topk_kernel[plan.grid](
         logits, bias, ids, weights, *logits.stride(), *ids.stride(), *weights.stride(), experts,
-        scale, shared_expert_id, TOPK=topk, HAS_SHARED=shared_expert_id >= 0,
+        scale, shared_expert_id, **plan.args, TOPK=topk, HAS_SHARED=shared_expert_id >= 0,
         BLOCK_E=triton.next_power_of_2(experts), num_warps=4)
 
 
@@ -111,9 +126,8 @@ def _moe_align_kernel(ids_ptr, stride_it, stride_is, sorted_ptr, block_expert_pt
 
 
 @triton.jit
-def _block_pairs(sorted_ptr, block_rows_ptr, BLOCK_M: tl.constexpr):
-    """(row offsets, row mask, pair per row) of this program's (non-empty) block."""
-    b = tl.program_id(0)
+def _block_pairs(b, sorted_ptr, block_rows_ptr, BLOCK_M: tl.constexpr):
+    """(row offsets, row mask, pair per row) of (non-empty) block b."""
     rows = b * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = tl.arange(0, BLOCK_M) < tl.load(block_rows_ptr + b)
     pair = tl.load(sorted_ptr + rows, mask=row_ok, other=0)
@@ -135,103 +149,118 @@ def _load_w(w_rows, kb, stride_wk, n_ok, GROUP: tl.constexpr):
     return tl.load(w_rows + k[None, :] * stride_wk, mask=n_ok[:, None], other=0.0)
 
 
-@triton.jit(do_not_specialize=["iters_per_split"])
-def _gate_up_kernel(x_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, ws_ptr, act_ptr,
-                    part_ptr, count_ptr, stride_xt, stride_xh, stride_we, stride_wn, stride_wk,
-                    stride_se, stride_sn, stride_sk, hidden, inter, iters_per_split,
-                    SLOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    SPLIT: tl.constexpr, SWAP: tl.constexpr, SUM_UNROLL: tl.constexpr,
-                    GROUP: tl.constexpr, FP8_MAX: tl.constexpr, INTERPRET: tl.constexpr):
+@triton.jit
+def _gate_up_tile(pid, grid, x_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, ws_ptr,
+                  act_ptr, part_ptr, count_ptr, stride_xt, stride_xh, stride_we, stride_wn,
+                  stride_wk, stride_se, stride_sn, stride_sk, hidden, inter, iters_per_split,
+                  SLOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  SPLIT: tl.constexpr, SWAP: tl.constexpr, SUM_UNROLL: tl.constexpr,
+                  GROUP: tl.constexpr, FP8_MAX: tl.constexpr, INTERPRET: tl.constexpr):
     """act[row, n] = silu(gate) * up in fp32 with [gate | up] = quant(x[token]) @ w13[e]^T, for
     BLOCK_N gate columns and the matching up columns (so the activation fuses in).
 
-    Grid (block, column tile, K split); split s covers K groups [s, s + 1) * iters_per_split.
-    Each group's product is scaled in fp32 (as DeepGEMM promotes), so the fp8 MMA only ever
-    accumulates one group. The next group's activations and scales load before this one's
-    product (Triton's pipeliner keeps num_stages weight tiles in flight). SWAP computes the
-    tiles transposed (common.tile_dot). With SPLIT, gate and up partials go to `part`
-    [splits, rows, 2 * inter] and the last split of a (block, column tile) to arrive sums them
-    in split order and applies the activation."""
-    expert = tl.load(block_expert_ptr + tl.program_id(0)).to(tl.int64)
-    if expert < 0:
-        return
-    rows, row_ok, pair = _block_pairs(sorted_ptr, block_rows_ptr, BLOCK_M)
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < inter
-    k = tl.arange(0, GROUP)
-    x_rows = x_ptr + (pair // SLOTS)[:, None] * stride_xt
-    w_gate = w_ptr + expert * stride_we + n[:, None] * stride_wn
-    w_up = w_gate + inter * stride_wn
-    s_gate = ws_ptr + expert * stride_se + (n // GROUP) * stride_sn
-    s_up = ws_ptr + expert * stride_se + ((inter + n) // GROUP) * stride_sn
-    kb_start = tl.program_id(2) * iters_per_split
-    kb_end = tl.minimum(kb_start + iters_per_split, hidden // GROUP)
-    kb_last = kb_end - 1
-    # padding rows load 1.0, not 0.0: an exact division of 0 takes the slow path (each row's
-    # products depend on that row alone, and padding rows are never stored)
-    x_next = tl.load(x_rows + (kb_start * GROUP + k)[None, :] * stride_xh, mask=row_ok[:, None],
-                     other=1.0)
-    sg_next = tl.load(s_gate + kb_start * stride_sk, mask=n_ok, other=0.0)
-    su_next = tl.load(s_up + kb_start * stride_sk, mask=n_ok, other=0.0)
-    if SWAP:
-        gate = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-        up = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-    else:
-        gate = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for kb in range(kb_start, kb_end):
-        nxt = tl.minimum(kb + 1, kb_last)  # the last one loads itself again
-        xv, sg, su = x_next, sg_next, su_next
-        x_next = tl.load(x_rows + (nxt * GROUP + k)[None, :] * stride_xh, mask=row_ok[:, None],
+    Work grid (block, column tile, K split); split s covers K groups [s, s + 1) * iters_per_split
+    and an empty block (expert -1) does nothing. Each group's product is scaled in fp32 (as
+    DeepGEMM promotes), so the fp8 MMA only ever accumulates one group. The next group's
+    activations and scales load before this one's product (Triton's pipeliner keeps num_stages
+    weight tiles in flight). SWAP computes the tiles transposed (common.tile_dot). With SPLIT,
+    gate and up partials go to `part` [splits, rows, 2 * inter] and the last split of a (block,
+    column tile) to arrive sums them in split order and applies the activation."""
+    expert = tl.load(block_expert_ptr + pid[0]).to(tl.int64)
+    if expert >= 0:
+        rows, row_ok, pair = _block_pairs(pid[0], sorted_ptr, block_rows_ptr, BLOCK_M)
+        n = pid[1] * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < inter
+        k = tl.arange(0, GROUP)
+        x_rows = x_ptr + (pair // SLOTS)[:, None] * stride_xt
+        w_gate = w_ptr + expert * stride_we + n[:, None] * stride_wn
+        w_up = w_gate + inter * stride_wn
+        s_gate = ws_ptr + expert * stride_se + (n // GROUP) * stride_sn
+        s_up = ws_ptr + expert * stride_se + ((inter + n) // GROUP) * stride_sn
+        kb_start = pid[2] * iters_per_split
+        kb_end = tl.minimum(kb_start + iters_per_split, hidden // GROUP)
+        kb_last = kb_end - 1
+        # padding rows load 1.0, not 0.0: an exact division of 0 takes the slow path (each row's
+        # products depend on that row alone, and padding rows are never stored)
+        x_next = tl.load(x_rows + (kb_start * GROUP + k)[None, :] * stride_xh, mask=row_ok[:, None],
                          other=1.0)
-        sg_next = tl.load(s_gate + nxt * stride_sk, mask=n_ok, other=0.0)
-        su_next = tl.load(s_up + nxt * stride_sk, mask=n_ok, other=0.0)
-        wg = _load_w(w_gate, kb, stride_wk, n_ok, GROUP)
-        wu = _load_w(w_up, kb, stride_wk, n_ok, GROUP)
-        a, xs = _quant_fp8(xv, FP8_MAX, INTERPRET)
-        gate += tile_dot(a, wg, SWAP, INTERPRET) * by_row(xs, SWAP) * by_col(sg, SWAP)
-        up += tile_dot(a, wu, SWAP, INTERPRET) * by_row(xs, SWAP) * by_col(su, SWAP)
-    mask = by_row(row_ok, SWAP) & by_col(n_ok, SWAP)
-    act_ptrs = act_ptr + by_row(rows.to(tl.int64) * inter, SWAP) + by_col(n, SWAP)
-    if SPLIT:
-        splits = tl.num_programs(2)
-        p_gate = part_ptr + by_row(rows.to(tl.int64) * (2 * inter), SWAP) + by_col(n, SWAP)
-        p_step = tl.num_programs(0).to(tl.int64) * BLOCK_M * (2 * inter)
-        tl.store(p_gate + tl.program_id(2) * p_step, gate, mask=mask)
-        tl.store(p_gate + tl.program_id(2) * p_step + inter, up, mask=mask)
-        tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-        if last_to_arrive(count_ptr + tile, splits):
-            # fixed order: bitwise the same whichever split arrives last
-            if SWAP:
-                gate = sum_partials(p_gate, p_step, splits, mask, BLOCK_N, BLOCK_M, SUM_UNROLL)
-                up = sum_partials(p_gate + inter, p_step, splits, mask, BLOCK_N, BLOCK_M,
-                                  SUM_UNROLL)
-            else:
-                gate = sum_partials(p_gate, p_step, splits, mask, BLOCK_M, BLOCK_N, SUM_UNROLL)
-                up = sum_partials(p_gate + inter, p_step, splits, mask, BLOCK_M, BLOCK_N,
-                                  SUM_UNROLL)
+        sg_next = tl.load(s_gate + kb_start * stride_sk, mask=n_ok, other=0.0)
+        su_next = tl.load(s_up + kb_start * stride_sk, mask=n_ok, other=0.0)
+        if SWAP:
+            gate = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+            up = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+        else:
+            gate = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for kb in range(kb_start, kb_end):
+            nxt = tl.minimum(kb + 1, kb_last)  # the last one loads itself again
+            xv, sg, su = x_next, sg_next, su_next
+            x_next = tl.load(x_rows + (nxt * GROUP + k)[None, :] * stride_xh, mask=row_ok[:, None],
+                             other=1.0)
+            sg_next = tl.load(s_gate + nxt * stride_sk, mask=n_ok, other=0.0)
+            su_next = tl.load(s_up + nxt * stride_sk, mask=n_ok, other=0.0)
+            wg = _load_w(w_gate, kb, stride_wk, n_ok, GROUP)
+            wu = _load_w(w_up, kb, stride_wk, n_ok, GROUP)
+            a, xs = _quant_fp8(xv, FP8_MAX, INTERPRET)
+            gate += tile_dot(a, wg, SWAP, INTERPRET) * by_row(xs, SWAP) * by_col(sg, SWAP)
+            up += tile_dot(a, wu, SWAP, INTERPRET) * by_row(xs, SWAP) * by_col(su, SWAP)
+        mask = by_row(row_ok, SWAP) & by_col(n_ok, SWAP)
+        act_ptrs = act_ptr + by_row(rows.to(tl.int64) * inter, SWAP) + by_col(n, SWAP)
+        if SPLIT:
+            splits = grid_size(grid, 2)
+            p_gate = part_ptr + by_row(rows.to(tl.int64) * (2 * inter), SWAP) + by_col(n, SWAP)
+            p_step = grid_size(grid, 0).to(tl.int64) * BLOCK_M * (2 * inter)
+            tl.store(p_gate + pid[2] * p_step, gate, mask=mask)
+            tl.store(p_gate + pid[2] * p_step + inter, up, mask=mask)
+            tile = pid[0] * grid_size(grid, 1) + pid[1]
+            if last_to_arrive(count_ptr + tile, splits):
+                # fixed order: bitwise the same whichever split arrives last
+                if SWAP:
+                    gate = sum_partials(p_gate, p_step, splits, mask, BLOCK_N, BLOCK_M, SUM_UNROLL)
+                    up = sum_partials(p_gate + inter, p_step, splits, mask, BLOCK_N, BLOCK_M,
+                                      SUM_UNROLL)
+                else:
+                    gate = sum_partials(p_gate, p_step, splits, mask, BLOCK_M, BLOCK_N, SUM_UNROLL)
+                    up = sum_partials(p_gate + inter, p_step, splits, mask, BLOCK_M, BLOCK_N,
+                                      SUM_UNROLL)
+                tl.store(act_ptrs, gate * tl.sigmoid(gate) * up, mask=mask)
+        else:
             tl.store(act_ptrs, gate * tl.sigmoid(gate) * up, mask=mask)
-    else:
-        tl.store(act_ptrs, gate * tl.sigmoid(gate) * up, mask=mask)
 
 
-@triton.jit(do_not_specialize=["tokens"])
-def _down_kernel(act_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, ws_ptr,
-                 weights_ptr, y_ptr, ids_ptr, out_ptr, count_ptr, stride_we, stride_wn,
-                 stride_wk, stride_se, stride_sn, stride_sk, stride_rt, stride_rs, stride_it,
-                 stride_is, stride_ot, stride_oh, tokens, experts, hidden, inter,
-                 SLOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 SWAP: tl.constexpr, BLOCK_T: tl.constexpr, GROUP: tl.constexpr,
-                 FP8_MAX: tl.constexpr, INTERPRET: tl.constexpr):
+@triton.jit(do_not_specialize=["iters_per_split", "work0", "work1", "work2"])
+def _gate_up_kernel(x_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, ws_ptr, act_ptr,
+                    part_ptr, count_ptr, stride_xt, stride_xh, stride_we, stride_wn, stride_wk,
+                    stride_se, stride_sn, stride_sk, hidden, inter, iters_per_split, work0, work1,
+                    work2, PERSISTENT: tl.constexpr, SLOTS: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, SWAP: tl.constexpr,
+                    SUM_UNROLL: tl.constexpr, GROUP: tl.constexpr, FP8_MAX: tl.constexpr,
+                    INTERPRET: tl.constexpr):
+    each_work_item(_gate_up_tile,
+                   (x_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, ws_ptr, act_ptr,
+                    part_ptr, count_ptr, stride_xt, stride_xh, stride_we, stride_wn, stride_wk,
+                    stride_se, stride_sn, stride_sk, hidden, inter, iters_per_split, SLOTS,
+                    BLOCK_M, BLOCK_N, SPLIT, SWAP, SUM_UNROLL, GROUP, FP8_MAX, INTERPRET),
+                   work0, work1, work2, PERSISTENT)
+
+
+@triton.jit
+def _down_tile(pid, grid, act_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, ws_ptr,
+               weights_ptr, y_ptr, ids_ptr, out_ptr, count_ptr, stride_we, stride_wn, stride_wk,
+               stride_se, stride_sn, stride_sk, stride_rt, stride_rs, stride_it, stride_is,
+               stride_ot, stride_oh, tokens, experts, hidden, inter, SLOTS: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAP: tl.constexpr,
+               BLOCK_T: tl.constexpr, GROUP: tl.constexpr, FP8_MAX: tl.constexpr,
+               INTERPRET: tl.constexpr):
     """y[pair, n] = routing weight * (quant(act[row]) @ w2[e]^T)[n] for BLOCK_N columns, then
-    the slot sum: every program (empty blocks too) arrives at its column tile's counter, and the
+    the slot sum: every work item (empty blocks too) arrives at its column tile's counter, and the
     last one writes out[t, tile] = sum over t's slots, in slot order, of the rows of real
     experts (deterministic)."""
-    expert = tl.load(block_expert_ptr + tl.program_id(0)).to(tl.int64)
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    expert = tl.load(block_expert_ptr + pid[0]).to(tl.int64)
+    n = pid[1] * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < hidden
     if expert >= 0:
-        rows, row_ok, pair = _block_pairs(sorted_ptr, block_rows_ptr, BLOCK_M)
+        rows, row_ok, pair = _block_pairs(pid[0], sorted_ptr, block_rows_ptr, BLOCK_M)
         k = tl.arange(0, GROUP)
         a_rows = act_ptr + rows[:, None].to(tl.int64) * inter
         w_rows = w_ptr + expert * stride_we + n[:, None] * stride_wn
@@ -256,7 +285,7 @@ def _down_kernel(act_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, w
                         mask=row_ok, other=0.0)
         tl.store(y_ptr + by_row(pair.to(tl.int64) * hidden, SWAP) + by_col(n, SWAP),
                  acc * by_row(route, SWAP), mask=by_row(row_ok, SWAP) & by_col(n_ok, SWAP))
-    if last_to_arrive(count_ptr + tl.program_id(1), tl.num_programs(0)):
+    if last_to_arrive(count_ptr + pid[1], grid_size(grid, 0)):
         for t0 in range(0, tokens, BLOCK_T):
             t = t0 + tl.arange(0, BLOCK_T)
             t_ok = t < tokens
@@ -269,6 +298,23 @@ def _down_kernel(act_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, w
                                  cache_modifier=".cg")
             tl.store(out_ptr + t[:, None] * stride_ot + n[None, :] * stride_oh,
                      total.to(out_ptr.dtype.element_ty), mask=t_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit(do_not_specialize=["tokens", "work0", "work1", "work2"])
+def _down_kernel(act_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, ws_ptr,
+                 weights_ptr, y_ptr, ids_ptr, out_ptr, count_ptr, stride_we, stride_wn,
+                 stride_wk, stride_se, stride_sn, stride_sk, stride_rt, stride_rs, stride_it,
+                 stride_is, stride_ot, stride_oh, tokens, experts, hidden, inter, work0, work1,
+                 work2, PERSISTENT: tl.constexpr, SLOTS: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, SWAP: tl.constexpr, BLOCK_T: tl.constexpr,
+                 GROUP: tl.constexpr, FP8_MAX: tl.constexpr, INTERPRET: tl.constexpr):
+    each_work_item(_down_tile,
+                   (act_ptr, sorted_ptr, block_expert_ptr, block_rows_ptr, w_ptr, ws_ptr,
+                    weights_ptr, y_ptr, ids_ptr, out_ptr, count_ptr, stride_we, stride_wn,
+                    stride_wk, stride_se, stride_sn, stride_sk, stride_rt, stride_rs, stride_it,
+                    stride_is, stride_ot, stride_oh, tokens, experts, hidden, inter, SLOTS, BLOCK_M,
+                    BLOCK_N, SWAP, BLOCK_T, GROUP, FP8_MAX, INTERPRET),
+                   work0, work1, work2, PERSISTENT)
 
 
 class MoeConfig(NamedTuple):
@@ -332,14 +378,16 @@ def _workspace(device: torch.device, key: tuple, pairs: int, max_blocks: int, in
             workspace(key + ("down_count",), (down_tiles,), i32, device, zeroed=True))
 
 
-def fused_moe(*, x, ids, weights, w13, w13_scale, w2, w2_scale, out):
+def fused_moe(*, x, ids, weights, w13, w13_scale, w2, w2_scale, out,
+              max_programs: int | None = None):
     """out [T, H] = sum over slots of weight * down(silu(gate) * up), FP8 1x128 activations."""
-    run_fused_moe(x, ids, weights, w13, w13_scale, w2, w2_scale, out)
+    run_fused_moe(x, ids, weights, w13, w13_scale, w2, w2_scale, out, max_programs=max_programs)
 
 
 def run_fused_moe(x, ids, weights, w13, w13_scale, w2, w2_scale, out,
-                  config: MoeConfig | None = None):
-    """fused_moe with `config` in place of the table's (bench/tune_gemm_moe.py sweeps them)."""
+                  config: MoeConfig | None = None, max_programs: int | None = None):
+    """fused_moe with `config` in place of the table's (bench/tune_gemm_moe.py sweeps them), on
+    at most `max_programs` programs at once (align is a single program anyway)."""
     tokens, hidden = x.shape
     slots = ids.shape[1]
     experts, hidden_w, inter = w2.shape
@@ -363,17 +411,19 @@ def run_fused_moe(x, ids, weights, w13, w13_scale, w2, w2_scale, out,
         SLOTS=slots, BLOCK_M=BLOCK_M, BLOCK_P=triton.next_power_of_2(pairs),
         BLOCK_E=triton.next_power_of_2(experts + 1), num_warps=8)
     quant = dict(SLOTS=slots, BLOCK_M=BLOCK_M, GROUP=GROUP, FP8_MAX=FP8_MAX, INTERPRET=INTERPRET)
-    _gate_up_kernel[(max_blocks, n_tiles, splits)](
+    plan = plan_grid((max_blocks, n_tiles, splits), max_programs)
+    _gate_up_kernel[plan.grid](
         x, sorted_pairs, block_expert, block_rows, w13, w13_scale, act,
         act if part is None else part, gu_count, *x.stride(), *w13.stride(),
-        *w13_scale.stride(), hidden, inter, per_split, BLOCK_N=cfg.gu_block_n,
+        *w13_scale.stride(), hidden, inter, per_split, **plan.args, BLOCK_N=cfg.gu_block_n,
         SPLIT=splits > 1, SWAP=cfg.gu_swap,
         SUM_UNROLL=sum_unroll(splits, BLOCK_M * cfg.gu_block_n, cfg.gu_warps), **quant,
         num_warps=cfg.gu_warps, num_stages=cfg.gu_stages)
-    _down_kernel[(max_blocks, down_tiles)](
+    plan = plan_grid((max_blocks, down_tiles), max_programs)
+    _down_kernel[plan.grid](
         act, sorted_pairs, block_expert, block_rows, w2, w2_scale, weights, y, ids, out,
         down_count, *w2.stride(), *w2_scale.stride(), *weights.stride(), *ids.stride(),
-        *out.stride(), tokens, experts, hidden, inter, BLOCK_N=cfg.down_block_n,
+        *out.stride(), tokens, experts, hidden, inter, **plan.args, BLOCK_N=cfg.down_block_n,
         SWAP=cfg.down_swap, BLOCK_T=min(16, triton.next_power_of_2(tokens)),
         **quant, num_warps=cfg.down_warps, num_stages=cfg.down_stages)
 

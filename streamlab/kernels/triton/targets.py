@@ -2,19 +2,23 @@
 
 Every node's Triton implementation runs once at the layer's real shapes on meta tensors (no
 memory, no data) with Triton's launcher replaced by a recorder and the grids planned for the
-target's SM (CU) count, so the launches are those the layer would make there. Each distinct
-launch (kernel, argument types, constexprs, warps, stages) is then compiled by Triton's own
-compiler for the target's architecture. A pass shows that the kernels compile for that
-architecture at those configs. Nothing runs, so it says nothing about results or speed.
+target's SM (CU) count, so the launches are those the layer would make there; nodes given an
+SM / CU budget launch as they would under it (the persistent variant of their kernels, grids of
+at most that many programs). Each distinct launch (kernel, argument types, constexprs, warps,
+stages) is then compiled by Triton's own compiler for the target's architecture. A pass shows
+that the kernels compile for that architecture at those configs. Nothing runs, so it says
+nothing about results or speed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import os
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 import torch
 import triton
@@ -23,9 +27,9 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction, mangle_type
 
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
-from streamlab.kernels import bind_layer
+from streamlab.kernels import Bound, bind_layer
 from streamlab.kernels.tensors import TORCH_DTYPES, with_views
-from streamlab.kernels.triton.common import planning_for
+from streamlab.kernels.triton.common import check_budget, planning_for
 from streamlab.layer import Layer
 from streamlab.models.hardware import HARDWARE
 
@@ -58,7 +62,8 @@ TARGETS = {t.hardware: t for t in (Target("h100", "cuda", 90, 32), Target("h200"
 
 @dataclass
 class KernelLaunch:
-    """One distinct launch: what Triton compiles. `nodes` and `batches` say where it came from."""
+    """One distinct launch: what Triton compiles. `nodes` and `batches` say where it came from,
+    `programs` the most programs one launch of it had, per node."""
 
     kernel: JITFunction
     signature: dict[str, str]
@@ -66,6 +71,7 @@ class KernelLaunch:
     options: dict[str, object]
     nodes: set[str] = field(default_factory=set)
     batches: set[int] = field(default_factory=set)
+    programs: dict[str, int] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -97,12 +103,21 @@ def target(name: str) -> Target:
     return tgt
 
 
-def record_launches(layers: Iterable[Layer], tgt: Target) -> tuple[list[KernelLaunch], dict[str, str]]:
+def record_launches(layers: Iterable[Layer], tgt: Target,
+                    budgets: Mapping[str, int] | None = None) -> tuple[list[KernelLaunch], dict[str, str]]:
     """The distinct launches of every node of `layers` as planned for `tgt`, and the nodes whose
-    implementation failed before launching (node -> message)."""
+    implementation failed before launching (node -> message). `budgets` (node -> max_programs)
+    plans those nodes under their SM / CU budget."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise Failure("compiling for a target needs Triton's compiler, not its interpreter: "
                       "unset TRITON_INTERPRET", EXIT_BAD_INPUT)
+    layers, budgets = list(layers), dict(budgets or {})
+    for max_programs in budgets.values():
+        check_budget(max_programs)
+    unknown = sorted(set(budgets) - {n.name for layer in layers for n in layer.nodes})
+    if unknown:
+        raise Failure(f"SM budgets name nodes the layer does not have: {', '.join(unknown)}",
+                      EXIT_BAD_INPUT)
     launches: dict[tuple, KernelLaunch] = {}
     failed: dict[str, str] = {}
     where: dict[str, object] = {}
@@ -110,8 +125,10 @@ def record_launches(layers: Iterable[Layer], tgt: Target) -> tuple[list[KernelLa
     def record(kernel: JITFunction, *args, grid, warmup, **kwargs):
         launch = launch_of(kernel, args, kwargs)
         launch = launches.setdefault(launch.key, launch)
-        launch.nodes.add(where["node"])
+        node = where["node"]
+        launch.nodes.add(node)
         launch.batches.add(where["batch"])
+        launch.programs[node] = max(launch.programs.get(node, 0), math.prod(grid))
 
     with _launcher(record), planning_for(tgt.units):
         for layer in layers:
@@ -119,11 +136,21 @@ def record_launches(layers: Iterable[Layer], tgt: Target) -> tuple[list[KernelLa
                                          for n, s in layer.tensors.items() if s.view is None})
             for name, bound in bind_layer(layer, "triton").items():
                 where.update(node=name, batch=layer.dims.tokens)
+                if name in budgets:
+                    bound = _budgeted(bound, budgets[name])
                 try:
                     bound(tensors)
                 except Exception as e:  # noqa: BLE001 - reported per node, the others still compile
                     failed.setdefault(name, f"{type(e).__name__}: {e}".splitlines()[0])
     return list(launches.values()), failed
+
+
+def _budgeted(bound: Bound, max_programs: int) -> Bound:
+    """`bound` run on at most `max_programs` programs at once: Triton nodes only."""
+    if bound.backend != "triton":
+        raise Failure(f"node {bound.node.name} runs on {bound.backend}, which takes no SM budget "
+                      "(budgets apply to Triton kernels)", EXIT_BAD_INPUT)
+    return replace(bound, fn=functools.partial(bound.fn, max_programs=max_programs))
 
 
 def launch_of(kernel: JITFunction, args: tuple, kwargs: dict) -> KernelLaunch:

@@ -38,7 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-from streamlab.kernels.triton.common import last_to_arrive, workspace
+from streamlab.kernels.triton.common import (each_work_item, grid_size, last_to_arrive, plan_grid,
+                                             workspace)
 
 
 @triton.jit
@@ -367,16 +368,28 @@ def _select_row(b, logits, block_table, seq_lens, out, work, k, row_len, s_l, s_
 
 
 @triton.jit
-def _topk_slots_kernel(logits, block_table, seq_lens, out, scratch, k, row_len, s_l, s_bt, s_o,
-                       PAGE: tl.constexpr, BLOCK: tl.constexpr, BINS: tl.constexpr,
-                       LOG_BINS: tl.constexpr, CAP: tl.constexpr, PAIR: tl.constexpr,
-                       FLOAT_ROUNDS: tl.constexpr, PICK_ROUNDS: tl.constexpr,
-                       RESIDENT: tl.constexpr, NPAGES: tl.constexpr, PAGES_IN_REGS: tl.constexpr,
-                       PHASES: tl.constexpr):
-    b = tl.program_id(0)
+def _topk_row(pid, grid, logits, block_table, seq_lens, out, scratch, k, row_len, s_l, s_bt, s_o,
+              PAGE: tl.constexpr, BLOCK: tl.constexpr, BINS: tl.constexpr,
+              LOG_BINS: tl.constexpr, CAP: tl.constexpr, PAIR: tl.constexpr,
+              FLOAT_ROUNDS: tl.constexpr, PICK_ROUNDS: tl.constexpr, RESIDENT: tl.constexpr,
+              NPAGES: tl.constexpr, PAGES_IN_REGS: tl.constexpr, PHASES: tl.constexpr):
+    b = pid[0]
     _select_row(b, logits, block_table, seq_lens, out, scratch + b.to(tl.int64) * CAP, k,
                 row_len, s_l, s_bt, s_o, PAGE, BLOCK, BINS, LOG_BINS, CAP, PAIR, FLOAT_ROUNDS,
                 PICK_ROUNDS, RESIDENT, NPAGES, PAGES_IN_REGS, PHASES)
+
+
+@triton.jit(do_not_specialize=["work0", "work1", "work2"])
+def _topk_slots_kernel(logits, block_table, seq_lens, out, scratch, k, row_len, s_l, s_bt, s_o,
+                       work0, work1, work2, PERSISTENT: tl.constexpr, PAGE: tl.constexpr,
+                       BLOCK: tl.constexpr, BINS: tl.constexpr, LOG_BINS: tl.constexpr,
+                       CAP: tl.constexpr, PAIR: tl.constexpr, FLOAT_ROUNDS: tl.constexpr,
+                       PICK_ROUNDS: tl.constexpr, RESIDENT: tl.constexpr, NPAGES: tl.constexpr,
+                       PAGES_IN_REGS: tl.constexpr, PHASES: tl.constexpr):
+    each_work_item(_topk_row, (logits, block_table, seq_lens, out, scratch, k, row_len, s_l, s_bt,
+                               s_o, PAGE, BLOCK, BINS, LOG_BINS, CAP, PAIR, FLOAT_ROUNDS,
+                               PICK_ROUNDS, RESIDENT, NPAGES, PAGES_IN_REGS, PHASES),
+                   work0, work1, work2, PERSISTENT)
 
 
 # -- chunked rows: three launches, a program per chunk -------------------------------------------
@@ -385,15 +398,16 @@ def _topk_slots_kernel(logits, block_table, seq_lens, out, scratch, k, row_len, 
 # partial results to the next launch.
 
 @triton.jit
-def _chunk_of_row(seq_lens):
-    """(row, chunk, chunks a row, the row's length) of this program (grid: rows x chunks)."""
-    b = tl.program_id(0)
-    return b, tl.program_id(1), tl.num_programs(1), tl.load(seq_lens + b)
+def _chunk_of_row(pid, grid, seq_lens):
+    """(row, chunk, chunks a row, the row's length) of work item pid (work grid: rows x
+    chunks)."""
+    b = pid[0]
+    return b, pid[1], grid_size(grid, 1), tl.load(seq_lens + b)
 
 
 @triton.jit
-def _chunk_bounds_kernel(logits, seq_lens, bounds, row_len, s_l, CHUNK: tl.constexpr):
-    b, c, chunks, n = _chunk_of_row(seq_lens)
+def _chunk_bounds(pid, grid, logits, seq_lens, bounds, row_len, s_l, CHUNK: tl.constexpr):
+    b, c, chunks, n = _chunk_of_row(pid, grid, seq_lens)
     row = logits + b.to(tl.int64) * s_l
     _, key, _, valid = _tile(row, c * CHUNK, n, row_len, CHUNK)
     lo_one, lo_pair, lo_quad, hi = _tile_bounds(key, valid, c * CHUNK, n, CHUNK)
@@ -402,6 +416,13 @@ def _chunk_bounds_kernel(logits, seq_lens, bounds, row_len, s_l, CHUNK: tl.const
     tl.store(out + chunks, lo_pair.to(tl.int32, bitcast=True))
     tl.store(out + 2 * chunks, lo_quad.to(tl.int32, bitcast=True))
     tl.store(out + 3 * chunks, hi.to(tl.int32, bitcast=True))
+
+
+@triton.jit(do_not_specialize=["work0", "work1", "work2"])
+def _chunk_bounds_kernel(logits, seq_lens, bounds, row_len, s_l, work0, work1, work2,
+                         PERSISTENT: tl.constexpr, CHUNK: tl.constexpr):
+    each_work_item(_chunk_bounds, (logits, seq_lens, bounds, row_len, s_l, CHUNK),
+                   work0, work1, work2, PERSISTENT)
 
 
 @triton.jit
@@ -423,10 +444,10 @@ def _row_round(bounds, b, chunks, n, k, BINS: tl.constexpr, LOG_BINS: tl.constex
 
 
 @triton.jit
-def _chunk_hist_kernel(logits, seq_lens, bounds, hist, k, row_len, s_l, CHUNK: tl.constexpr,
-                       BINS: tl.constexpr, LOG_BINS: tl.constexpr, FLOAT_ROUNDS: tl.constexpr,
-                       CHUNKS_POW2: tl.constexpr):
-    b, c, chunks, n = _chunk_of_row(seq_lens)
+def _chunk_hist(pid, grid, logits, seq_lens, bounds, hist, k, row_len, s_l, CHUNK: tl.constexpr,
+                BINS: tl.constexpr, LOG_BINS: tl.constexpr, FLOAT_ROUNDS: tl.constexpr,
+                CHUNKS_POW2: tl.constexpr):
+    b, c, chunks, n = _chunk_of_row(pid, grid, seq_lens)
     klo, khi, lo_f, scale, shift, use_float = _row_round(bounds, b, chunks, n, k, BINS, LOG_BINS,
                                                          FLOAT_ROUNDS, CHUNKS_POW2)
     _, key, v, valid = _tile(logits + b.to(tl.int64) * s_l, c * CHUNK, n, row_len, CHUNK)
@@ -435,14 +456,24 @@ def _chunk_hist_kernel(logits, seq_lens, bounds, hist, k, row_len, s_l, CHUNK: t
     tl.store(hist + (b * chunks + c) * BINS + tl.arange(0, BINS), h)
 
 
+@triton.jit(do_not_specialize=["work0", "work1", "work2"])
+def _chunk_hist_kernel(logits, seq_lens, bounds, hist, k, row_len, s_l, work0, work1, work2,
+                       PERSISTENT: tl.constexpr, CHUNK: tl.constexpr, BINS: tl.constexpr,
+                       LOG_BINS: tl.constexpr, FLOAT_ROUNDS: tl.constexpr,
+                       CHUNKS_POW2: tl.constexpr):
+    each_work_item(_chunk_hist, (logits, seq_lens, bounds, hist, k, row_len, s_l, CHUNK, BINS,
+                                 LOG_BINS, FLOAT_ROUNDS, CHUNKS_POW2),
+                   work0, work1, work2, PERSISTENT)
+
+
 @triton.jit
-def _chunk_select_kernel(logits, block_table, seq_lens, out, bounds, hist, cand_keys, cand_pos,
-                         counters, k, row_len, s_l, s_bt, s_o, PAGE: tl.constexpr,
-                         CHUNK: tl.constexpr, BINS: tl.constexpr, LOG_BINS: tl.constexpr,
-                         CAP: tl.constexpr, PAIR: tl.constexpr, PICK_BINS: tl.constexpr,
-                         LOG_PICK_BINS: tl.constexpr, FLOAT_ROUNDS: tl.constexpr,
-                         PICK_ROUNDS: tl.constexpr, CHUNKS_POW2: tl.constexpr):
-    b, c, chunks, n = _chunk_of_row(seq_lens)
+def _chunk_select(pid, grid, logits, block_table, seq_lens, out, bounds, hist, cand_keys,
+                  cand_pos, counters, k, row_len, s_l, s_bt, s_o, PAGE: tl.constexpr,
+                  CHUNK: tl.constexpr, BINS: tl.constexpr, LOG_BINS: tl.constexpr,
+                  CAP: tl.constexpr, PAIR: tl.constexpr, PICK_BINS: tl.constexpr,
+                  LOG_PICK_BINS: tl.constexpr, FLOAT_ROUNDS: tl.constexpr,
+                  PICK_ROUNDS: tl.constexpr, CHUNKS_POW2: tl.constexpr):
+    b, c, chunks, n = _chunk_of_row(pid, grid, seq_lens)
     klo, khi, lo_f, scale, shift, use_float = _row_round(bounds, b, chunks, n, k, BINS, LOG_BINS,
                                                          FLOAT_ROUNDS, CHUNKS_POW2)
     # the row's histogram, and the part of it in the chunks before this one
@@ -494,6 +525,21 @@ def _chunk_select_kernel(logits, block_table, seq_lens, out, bounds, hist, cand_
                         PICK_ROUNDS, False, 1, False, 4)
 
 
+@triton.jit(do_not_specialize=["work0", "work1", "work2"])
+def _chunk_select_kernel(logits, block_table, seq_lens, out, bounds, hist, cand_keys, cand_pos,
+                         counters, k, row_len, s_l, s_bt, s_o, work0, work1, work2,
+                         PERSISTENT: tl.constexpr, PAGE: tl.constexpr, CHUNK: tl.constexpr,
+                         BINS: tl.constexpr, LOG_BINS: tl.constexpr, CAP: tl.constexpr,
+                         PAIR: tl.constexpr, PICK_BINS: tl.constexpr,
+                         LOG_PICK_BINS: tl.constexpr, FLOAT_ROUNDS: tl.constexpr,
+                         PICK_ROUNDS: tl.constexpr, CHUNKS_POW2: tl.constexpr):
+    each_work_item(_chunk_select,
+                   (logits, block_table, seq_lens, out, bounds, hist, cand_keys, cand_pos,
+                    counters, k, row_len, s_l, s_bt, s_o, PAGE, CHUNK, BINS, LOG_BINS, CAP, PAIR,
+                    PICK_BINS, LOG_PICK_BINS, FLOAT_ROUNDS, PICK_ROUNDS, CHUNKS_POW2),
+                   work0, work1, work2, PERSISTENT)
+
+
 # TOPK_WARPS_NOTE: alone, 8 and 16 warps take the same 18 us on an 8192-key row (H100), but
 # inside the layer's graph 8 warps take 38 us and 16 take 21: the resident kernel is straight-line
 # code (128 KB of SASS at 8 warps, 84 KB at 16, as 32 or 16 keys a thread are unrolled) fetched
@@ -514,13 +560,13 @@ def _topk_launch(logits, block_table, seq_lens, out, *, chunk=TOPK_CHUNK,
                  chunk_bins=TOPK_CHUNK_BINS, chunk_warps=TOPK_CHUNK_WARPS,
                  resident_max=RESIDENT_MAX, tile=TILE, bins=TOPK_BINS, cap=TOPK_CAP,
                  pair=TOPK_PAIR, float_rounds=2, pick_rounds=TOPK_PICK_ROUNDS,
-                 pages_in_regs=True, num_warps=None, phases=4):
+                 pages_in_regs=True, num_warps=None, phases=4, max_programs: int | None = None):
     """`topk_slots` with its tuning exposed (tests and bench/tune_indexer_attention.py): keys a
     chunk (0: one program a row), first-round bins and warps of the chunk kernels; for one
     program a row: bins per round, candidate capacity (0: rounds over the row until one key is
     left; also turns chunks off), pairwise block, value-linear rounds before key digits, how
     candidates are resolved, block table in registers, warps; `phases` < 4 stops a one-program
-    row early (diagnostic timing only: wrong output)."""
+    row early (diagnostic timing only: wrong output); at most `max_programs` programs at once."""
     page = logits.shape[1] // block_table.shape[1]
     if logits.stride(-1) != 1 or out.stride(-1) != 1 or out.dtype != torch.int32:
         raise ValueError("topk_slots needs unit-stride rows and int32 slots")
@@ -545,14 +591,16 @@ def _topk_launch(logits, block_table, seq_lens, out, *, chunk=TOPK_CHUNK,
         counters = workspace(key + ("count",), (rows,), torch.int32, logits.device, zeroed=True)
         round_bins = dict(BINS=chunk_bins, LOG_BINS=chunk_bins.bit_length() - 1,
                           FLOAT_ROUNDS=float_rounds, CHUNKS_POW2=triton.next_power_of_2(chunks))
-        _chunk_bounds_kernel[(rows, chunks)](logits, seq_lens, bounds, row_len, logits.stride(0),
-                                             CHUNK=chunk, num_warps=chunk_warps)
-        _chunk_hist_kernel[(rows, chunks)](logits, seq_lens, bounds, hist, out.shape[1], row_len,
-                                           logits.stride(0), CHUNK=chunk, **round_bins,
-                                           num_warps=chunk_warps)
-        _chunk_select_kernel[(rows, chunks)](
+        plan = plan_grid((rows, chunks), max_programs)  # the three launches share it
+        _chunk_bounds_kernel[plan.grid](logits, seq_lens, bounds, row_len, logits.stride(0),
+                                        **plan.args, CHUNK=chunk, num_warps=chunk_warps)
+        _chunk_hist_kernel[plan.grid](logits, seq_lens, bounds, hist, out.shape[1], row_len,
+                                      logits.stride(0), **plan.args, CHUNK=chunk, **round_bins,
+                                      num_warps=chunk_warps)
+        _chunk_select_kernel[plan.grid](
             *common, bounds, hist, scratch, positions, counters, out.shape[1], row_len,
-            logits.stride(0), block_table.stride(0), out.stride(0), PAGE=page, CHUNK=chunk,
+            logits.stride(0), block_table.stride(0), out.stride(0), **plan.args, PAGE=page,
+            CHUNK=chunk,
             CAP=cap, PAIR=pair, PICK_BINS=bins, LOG_PICK_BINS=bins.bit_length() - 1,
             PICK_ROUNDS=pick_rounds, **round_bins, num_warps=chunk_warps)
         return
@@ -560,19 +608,20 @@ def _topk_launch(logits, block_table, seq_lens, out, *, chunk=TOPK_CHUNK,
     block = max(16, triton.next_power_of_2(row_len)) if resident else tile
     if num_warps is None:  # 16 at 8192: see TOPK_WARPS_NOTE
         num_warps = max(1, min(16, block // 512))
-    _topk_slots_kernel[(rows,)](
+    plan = plan_grid((rows,), max_programs)
+    _topk_slots_kernel[plan.grid](
         *common, scratch, out.shape[1], row_len, logits.stride(0), block_table.stride(0),
-        out.stride(0), PAGE=page, BLOCK=block, BINS=bins, LOG_BINS=bins.bit_length() - 1,
+        out.stride(0), **plan.args, PAGE=page, BLOCK=block, BINS=bins, LOG_BINS=bins.bit_length() - 1,
         CAP=cap, PAIR=pair, FLOAT_ROUNDS=float_rounds, PICK_ROUNDS=pick_rounds,
         RESIDENT=resident, NPAGES=triton.next_power_of_2(triton.cdiv(block, page)),
         PAGES_IN_REGS=bool(pages_in_regs and resident), PHASES=phases, num_warps=num_warps)
 
 
-def topk_slots(*, logits, block_table, seq_lens, out):
+def topk_slots(*, logits, block_table, seq_lens, out, max_programs: int | None = None):
     """Top-k positions of each row mapped to KV slots, -1 past the row's length, in an order of
     the kernel's own (see the module docstring). Only rows' valid prefixes count; rows of any
     length work."""
-    _topk_launch(logits, block_table, seq_lens, out)
+    _topk_launch(logits, block_table, seq_lens, out, max_programs=max_programs)
 
 
 OPS = {"topk_slots": topk_slots}
