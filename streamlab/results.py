@@ -52,16 +52,74 @@ from streamlab.scenario import Measure
 from streamlab.timeline import Source
 
 __all__ = [
-    "DO_NOT_ENABLE", "ENABLE", "INCONCLUSIVE", "KINDS", "SCHEMA", "AllReduceCalls", "AllReduceOnRank",
-    "AllReduceSweep", "Anatomy", "Arrival", "Attribution", "BatchVerdict", "Budget", "CheckVerdict",
-    "CollectiveRow", "CompareResult", "CriticalPath", "Difference", "DiffRow", "ExposedCommunication",
-    "GraphAndEager", "HardwareQueue", "IntervalPart", "KernelChange", "LayerFigures", "Latency",
-    "MovedNode", "NearCritical", "NodeRate", "NodeResult", "NodeTime", "NotAStep", "OutsideLayers",
-    "PathKernel", "PredictedLatency", "PredictedOverlap", "PredictedStep", "ProfileParameter",
-    "Protocol", "RankFigures", "RankSkew", "RankWait", "Ranks", "Roofline", "RunFailure", "RunResult",
-    "Shift", "StepPart", "StepSplit", "SweepRow", "TraceDependencies", "TraceDiff", "TraceGpu",
-    "TraceKernel", "TraceLayers", "TraceLoader", "TraceSource", "TraceStream", "TraceSummary", "WhatIf",
-    "WhatIfMatch", "dump", "from_json", "json_schema", "load", "load_any", "load_runs", "to_json"
+    "DO_NOT_ENABLE",
+    "ENABLE",
+    "INCONCLUSIVE",
+    "KINDS",
+    "SCHEMA",
+    "AllReduceCalls",
+    "AllReduceOnRank",
+    "AllReduceSweep",
+    "Anatomy",
+    "Arrival",
+    "Attribution",
+    "BatchVerdict",
+    "Budget",
+    "CheckVerdict",
+    "CollectiveRow",
+    "CompareResult",
+    "CriticalPath",
+    "DiffRow",
+    "Difference",
+    "ExposedCommunication",
+    "GraphAndEager",
+    "HardwareQueue",
+    "IntervalPart",
+    "KernelChange",
+    "Latency",
+    "LayerFigures",
+    "MovedNode",
+    "NearCritical",
+    "NodeRate",
+    "NodeResult",
+    "NodeTime",
+    "NotAStep",
+    "OutsideLayers",
+    "PathKernel",
+    "PredictedLatency",
+    "PredictedOverlap",
+    "PredictedStep",
+    "ProfileParameter",
+    "Protocol",
+    "RankFigures",
+    "RankSkew",
+    "RankWait",
+    "Ranks",
+    "Roofline",
+    "RunFailure",
+    "RunResult",
+    "Shift",
+    "StepPart",
+    "StepSplit",
+    "SweepRow",
+    "TraceDependencies",
+    "TraceDiff",
+    "TraceGpu",
+    "TraceKernel",
+    "TraceLayers",
+    "TraceLoader",
+    "TraceSource",
+    "TraceStream",
+    "TraceSummary",
+    "WhatIf",
+    "WhatIfMatch",
+    "dump",
+    "from_json",
+    "json_schema",
+    "load",
+    "load_any",
+    "load_runs",
+    "to_json"
 ]
 
 SCHEMA = 2
@@ -1078,6 +1136,10 @@ def _convert(doc: Any, schema: int, kind: type[R], path: str) -> R:
         return _decode({k: v for k, v in doc.items() if k != "kind"}, kind, "")  # a sweep: same fields
     except _Bad as e:
         raise Failure(f"{path} (schema {schema}): {e}", EXIT_BAD_INPUT) from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:  # untyped files of before:
+        # a value of another type or a part missing somewhere the readers above do not name
+        raise Failure(f"{path} (schema {schema}): not a result this streamlab can read: "
+                      f"{type(e).__name__}: {e}", EXIT_BAD_INPUT) from None
 
 
 # --- the codec: dataclass fields and their type hints --------------------------------------------
@@ -1220,7 +1282,7 @@ def _legacy_run(d: dict, where: str) -> RunResult:
                             for c, s in _need(prof, "bubble_by_class_us", pat).items()},
         stalls_per_layer=_stat(_need(prof, "stalls_per_layer", pat), f"{pat}.stalls_per_layer"),
         allreduce_per_call_us=_stat(ar, f"{pat}.allreduce_per_call_us") if ar else None,
-        allreduce=str(prof.get("allreduce", "")), physical_streams=int(_need(prof, "physical_streams", pat)),
+        allreduce=str(prof.get("allreduce", "")), physical_streams=_decode(_need(prof, "physical_streams", pat), int, f"{pat}.physical_streams"),
         stall_sites=sites)
     nodes = {}
     for name, n in _need(part, "nodes", at).items():
@@ -1228,13 +1290,13 @@ def _legacy_run(d: dict, where: str) -> RunResult:
         g = n.get("in_graph_us")
         nodes[name] = NodeResult(
             in_graph_us=NodeTime(**vars(_stat(g, f"{nat}.in_graph_us")), mean=g.get("mean")) if g else None,
-            isolated_us=float(_need(n, "isolated_us", nat)), slowdown=float(_need(n, "slowdown", nat)),
-            floor_us=float(_need(n, "floor_us", nat)), kernels=int(_need(n, "kernels", nat)),
+            isolated_us=_decode(_need(n, "isolated_us", nat), float, f"{nat}.isolated_us"), slowdown=_decode(_need(n, "slowdown", nat), float, f"{nat}.slowdown"),
+            floor_us=_decode(_need(n, "floor_us", nat), float, f"{nat}.floor_us"), kernels=_decode(_need(n, "kernels", nat), int, f"{nat}.kernels"),
             flops=float(n.get("flops", 0.0)), bytes=float(n.get("bytes", 0.0)),
             backend=str(n.get("backend", "")))
-    kernels = int(_need(part, "kernels_per_layer", at))
-    budget_us = float(_need(part, "budget_us", at))
-    floor_sum = float(_need(part, "floor_sum_us", at))
+    kernels = _decode(_need(part, "kernels_per_layer", at), int, f"{at}.kernels_per_layer")
+    budget_us = _decode(_need(part, "budget_us", at), float, f"{at}.budget_us")
+    floor_sum = _decode(_need(part, "floor_sum_us", at), float, f"{at}.floor_sum_us")
     ceil = part.get("ceilings")
     return RunResult(
         scenario=str(_need(d, "scenario", where)), path=str(d.get("path", "")),

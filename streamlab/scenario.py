@@ -23,7 +23,15 @@ from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.io import NAME, is_name
 from streamlab.layer import Layer, Variant, build_layer
 from streamlab.models import MODELS, ModelConfig, RankDims, Shape
-from streamlab.schedule.program import MAIN, Launch, Op, Program, Record, WaitEvent, WaitStream
+from streamlab.schedule.program import (
+    MAIN,
+    Launch,
+    Op,
+    Program,
+    Record,
+    WaitEvent,
+    WaitStream,
+)
 from streamlab.schedule.validate import check
 
 COLLECTIVES = ("auto", "emulated", "nccl", "symm_mem", "aiter")
@@ -238,11 +246,11 @@ class Scenario:
     def layer(self) -> Layer:
         return build_layer(self.dims, self.variant)
 
-    def override(self, model: str | None = None, **shape: int | str | None) -> "Scenario":
+    def override(self, model: str | None = None, **shape: int | str | None) -> Scenario:
         """A copy with another model or shape (the schedule is shape-independent), re-validated."""
         if model is not None and model not in MODELS:
-            raise ScenarioError(self.path, [(0, f"unknown model {model!r}{_suggest(model, MODELS)}; "
-                                                f"known: {', '.join(MODELS)}")])
+            raise ScenarioError(self.path, [(0, (f"unknown model {model!r}{_suggest(model, MODELS)}; "
+                                                f"known: {', '.join(MODELS)}"))])
         problems = [(0, f"{p} (overriding the scenario's shape)") for k, v in shape.items() if v is not None
                     for p in [_shape_problem(k, v)] if p]
         if problems:
