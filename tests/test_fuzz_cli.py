@@ -134,6 +134,10 @@ def test_graph_options_drawn_by_hypothesis(option, value):
     """`graph` validates the whole scenario at the shape asked for and runs in milliseconds, so
     hypothesis may draw valid values too: those must exit 0, the others 64."""
     text = str(value)
+    try:  # what typer reads from the text: " 7", "+7", "7_0" are integers too; "٣" is not
+        value = int(text) if text.isascii() else value
+    except ValueError:
+        pass
     valid = isinstance(value, int) and {
         "--batch": _valid_int("shape.batch", value), "--context": _valid_int("shape.context", value),
         "--page-size": _valid_int("shape.page_size", value), "--layers": 1 <= value <= 256,

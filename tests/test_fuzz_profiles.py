@@ -75,7 +75,9 @@ def test_the_issue_s_profiles_are_refused_naming_the_key():
              "fence_us": {k: v for k, v in base.items() if k != "fence_us"},
              "launch_gap_us": {**base, "launch_gap_us": {"value": float("nan"), "source": "s"}},
              "graph_entry_us": {**base, "graph_entry_us": {"value": -1.0, "source": "s"}},
-             "name": {**base, "name": "../../escape"}}
+             "name": {**base, "name": "../../escape"},
+             "provenance.shape": {**base, "provenance": {**base["provenance"],  # tp 3 does not divide 64 heads
+                                                         "shape": {**base["provenance"]["shape"], "tp": 3}}}}
     for key, doc in cases.items():
         got = check(Case("device profiles (value mutations)", ("sim", str(SCENARIOS / "a_v4.yaml"), "--profile",
                                                                "p.yaml", "--out", "out"), BAD,

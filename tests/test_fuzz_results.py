@@ -106,3 +106,22 @@ def test_a_compare_report_of_several_layouts_is_not_a_side_of_check():
                      ("check", "--baseline", "r.json", "--candidate", str(SCENARIOS / "a_v4.yaml"), "--out", "out"),
                      BAD, files={"r.json": json.dumps(report).encode()}))
     assert "holds serial and a_v4 at batch 4" in " ".join(got.output.split())
+
+
+def test_calibrate_refuses_a_run_without_in_graph_latencies():
+    doc = json.loads(json.dumps(MATRIX[:6]))
+    serial = next(r for r in doc if r["scenario"] == "serial")
+    serial["measured"]["nodes"]["input_norm"]["in_graph_us"] = None
+    got = check(Case("measured runs given to calibrate (value mutations)",
+                     ("calibrate", "m.json", "--name", "x", "--out", "out/x.yaml"), BAD,
+                     files={"m.json": json.dumps(doc).encode()}))
+    assert "node input_norm has no in-graph latency" in " ".join(got.output.split())
+
+
+def test_calibrate_refuses_an_old_run_whose_mean_is_not_a_number():
+    doc = json.loads(json.dumps(MATRIX[:6]))
+    next(r for r in doc if r["scenario"] == "serial")["measured"]["nodes"]["input_norm"]["in_graph_us"]["mean"] = ""
+    got = check(Case("measured runs given to calibrate (value mutations)",
+                     ("calibrate", "m.json", "--name", "x", "--out", "out/x.yaml"), BAD,
+                     files={"m.json": json.dumps(doc).encode()}))
+    assert "input_norm.in_graph_us.mean" in " ".join(got.output.split())

@@ -76,3 +76,23 @@ def test_a_trace_with_events_damaged(kind, data, as_json):
 def test_a_file_that_is_no_trace(doc, raw, use_raw):
     data = raw if use_raw else json.dumps(doc).encode()
     _summary(data, "traces (not a trace: other JSON, random bytes)", as_json=True)
+
+
+def test_a_layer_marker_that_is_not_a_time_is_refused():
+    """A streamlab trace whose layer marker starts at NaN once gave a per-layer wall of NaN, and
+    under --json a crash (no bare NaN in JSON)."""
+    doc = json.loads(json.dumps(DOCS["streamlab"]))
+    marker = next(ev for ev in doc["traceEvents"] if ev.get("cat") == "layer")
+    marker["ts"] = float("nan")
+    got = _summary(gzip.compress(json.dumps(doc).encode(), mtime=0), "traces (events damaged: NaN, negative, wrong type)",
+                   as_json=True)
+    assert got.code == 64 and "marker spans nan" in json.loads(got.stdout)["error"]
+
+
+def test_a_kernel_whose_time_is_not_a_number_is_refused():
+    doc = json.loads(json.dumps(DOCS["streamlab"]))
+    kernel = next(ev for ev in doc["traceEvents"] if ev.get("cat") == "kernel")
+    kernel["ts"] = float("nan")
+    got = _summary(gzip.compress(json.dumps(doc).encode(), mtime=0), "traces (events damaged: NaN, negative, wrong type)",
+                   as_json=True)
+    assert got.code == 64 and "spans nan" in json.loads(got.stdout)["error"]

@@ -268,6 +268,10 @@ class _Reader:
             tp=self.count("provenance.shape.tp", s.get("tp")),
             page_size=self.count("provenance.shape.page_size", s.get("page_size")),
             kv_cache=self.choice("provenance.shape.kv_cache", s.get("kv_cache"), ("fp8", "bf16")))
+        try:  # the simulator builds the layer at this shape to scale node times from it
+            RankDims(MODELS[shape.model], Shape(1, shape.context, shape.tp, shape.page_size, shape.kv_cache))
+        except ValueError as e:
+            self.fail("provenance.shape", str(e), f"a shape {shape.model} runs at (a tp that divides its heads)")
         batches = d["batches"]
         if not isinstance(batches, list) or not batches:
             self.fail("provenance.batches", f"{batches!r}", "a list of the batch sizes measured")
