@@ -96,3 +96,9 @@ def test_a_kernel_whose_time_is_not_a_number_is_refused():
     got = _summary(gzip.compress(json.dumps(doc).encode(), mtime=0), "traces (events damaged: NaN, negative, wrong type)",
                    as_json=True)
     assert got.code == 64 and "spans nan" in json.loads(got.stdout)["error"]
+
+
+def test_a_runtime_event_whose_name_is_not_text_is_read_past():
+    doc = json.loads(json.dumps(DOCS["kineto"]))
+    doc["traceEvents"][2027]["name"] = float("nan")  # a runtime call (hypothesis found it)
+    _summary(gzip.compress(json.dumps(doc).encode(), mtime=0), "traces (events damaged: NaN, negative, wrong type)")
