@@ -11,6 +11,12 @@
 #   for        streamlab calibrate --measure --for bench/heldout/*.yaml --profile $PROFILE   -> $NAME-heldout.yaml
 #   heldout    streamlab compare $HELDOUT_LAYOUTS --batch $BATCHES                    -> heldout.json (compare report)
 #   accuracy   bench/sim_accuracy.py heldout.json: the profile after --for, and before -> sim_accuracy.md
+#   search     streamlab search --profile $PROFILE --batch $BATCHES --top $SEARCH_TOP --measure --rounds $SEARCH_ROUNDS
+#              (the top K's missing pairs measured, searched again, the top K measured beside serial and the
+#              best shipped layout; winners, report and work folder in runs.tgz)  -> search.json (kind search-measure)
+#   budgets    streamlab compare a_v4 and a_v4 with idx_wq_b / q_b_proj on half the SMs (bench/budgets/) -> budgets.json
+#   whatif     bench/whatif_bench.py --measure ($WHATIF_SCENARIOS at $WHATIF_BATCHES, default $BATCHES): fresh runs,
+#              then every node at its time at the other batch, against that batch's run  -> whatif.md, whatif.json
 # Always: versions.txt, log.txt (every stage's output and seconds), runs.tgz (the calibration work
 # folders with their manifests, every run's result and trace, the compare reports with plots).
 #
@@ -20,12 +26,15 @@
 # --for; default $OUT/$NAME-heldout.yaml, written by `for`); BUDGET_S (575): a stage whose estimate no longer
 # fits is skipped and the log says so (the device call ends at 600 s); the held-out compare is cut
 # (SIGINT) where it would overrun, keeping the runs it finished; RESUME=1 continues the calibrations
-# in $WORK (default /tmp/streamlab-gpu-check) instead of starting afresh.
+# in $WORK (default /tmp/streamlab-gpu-check) instead of starting afresh. SEARCH_TOP (3) and SEARCH_ROUNDS
+# (1): the search stage's --top and --rounds (each round ~17 s per layout and batch).
 set -uo pipefail
 OUT=${OUT:-/tmp/streamlab-out}
 WORK=${WORK:-/tmp/streamlab-gpu-check}
 BATCHES=${BATCHES:-4,64}
 BUDGET_S=${BUDGET_S:-575}
+SEARCH_TOP=${SEARCH_TOP:-3}
+SEARCH_ROUNDS=${SEARCH_ROUNDS:-1}
 HELDOUT_LAYOUTS=${HELDOUT_LAYOUTS:-"scenarios/serial.yaml scenarios/pr23562.yaml scenarios/pr23562_cuda.yaml \
 scenarios/a_v4.yaml scenarios/a_v4_moe_dual.yaml $(ls bench/heldout/*.yaml | tr '\n' ' ')"}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} COLUMNS=${COLUMNS:-160}
@@ -74,6 +83,9 @@ estimate() {
     for) echo $((15 + 15 * nb)) ;;
     heldout) echo $((nl * nb * 17)) ;;
     accuracy) echo 20 ;;
+    search) echo $((40 + 2 * (15 + 15 * nb) + SEARCH_ROUNDS * nb * (SEARCH_TOP + 2) * 17 + 20 * nb)) ;;
+    budgets) echo $((3 * nb * 17 + 20)) ;;
+    whatif) echo $(($(tr ',' '\n' <<<"${WHATIF_SCENARIOS:-a,b,c}" | grep -c .) * 2 * 17 + 20)) ;;
     *) echo 0 ;;
   esac
 }
@@ -130,7 +142,23 @@ for stage in "${stages[@]}"; do
       else
         run_stage accuracy python3 bench/sim_accuracy.py "$OUT/heldout.json" --profile "$PROFILE" --out "$OUT/sim_accuracy.md"
       fi ;;
-    *) log "unknown stage $stage: tests bench calibrate for heldout accuracy all"; status=2 ;;
+    search)
+      if [[ ! -f $PROFILE ]]; then log "=== search: SKIPPED, no profile $PROFILE (run calibrate first)"; continue; fi
+      run_stage search python3 -m streamlab search --profile "$PROFILE" --batch "$BATCHES" --top "$SEARCH_TOP" \
+        --measure --rounds "$SEARCH_ROUNDS" --out "$WORK/search" --work "$WORK/search.work" \
+        $([[ ${RESUME:-0} == 1 ]] && echo --resume)
+      found=$(ls "$WORK"/search/search-measure-*.json 2>/dev/null | head -1)
+      [[ -n $found ]] && cp "$found" "$OUT/search.json" ;;
+    budgets)
+      run_stage budgets timeout -s INT -k 30 $((BUDGET_S - (SECONDS - start))) python3 -m streamlab compare \
+        scenarios/a_v4.yaml bench/budgets/a_v4_wq_b_half.yaml bench/budgets/a_v4_q_b_proj_half.yaml --batch "$BATCHES" \
+        --device cuda --keep-going --out "$WORK/budgets/runs" --report "$WORK/budgets"
+      [[ -f $WORK/budgets/report.json ]] && cp "$WORK/budgets/report.json" "$OUT/budgets.json" ;;
+    whatif)
+      run_stage whatif python3 bench/whatif_bench.py --measure --batches "${WHATIF_BATCHES:-$BATCHES}" \
+        --scenarios "${WHATIF_SCENARIOS:-serial,a_v4,a_v4_moe_dual}" --out "$WORK/whatif"
+      for f in whatif.md whatif.json; do [[ -f $WORK/whatif/$f ]] && cp "$WORK/whatif/$f" "$OUT/$f"; done ;;
+    *) log "unknown stage $stage: tests bench calibrate for heldout accuracy search budgets whatif all"; status=2 ;;
   esac
 done
 pack

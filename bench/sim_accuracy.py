@@ -162,12 +162,23 @@ class Scores:
     half_widths: list[float]  # half the interval / measured
     unmeasured: int  # overlaps extrapolated, over all held-out predictions
     overlaps: int
+    sign_errors: list[str]  # "layout bN": predicted faster than serial, measured slower beyond the noise, or the reverse
 
     def line(self, label: str) -> str:
         n = len(self.errors)
         return (f"| {label} | {100 * sum(map(abs, self.errors)) / n:.2f}% | {100 * max(map(abs, self.errors)):.2f}% | "
                 f"{sum(self.inside)} of {n} ({100 * sum(self.inside) / n:.0f}%) | "
-                f"{100 * sum(self.half_widths) / n:.2f}% | {self.overlaps - self.unmeasured} of {self.overlaps} |")
+                f"{100 * sum(self.half_widths) / n:.2f}% | {self.overlaps - self.unmeasured} of {self.overlaps} | "
+                f"{len(self.sign_errors)}{': ' + ', '.join(self.sign_errors) if self.sign_errors else ''} |")
+
+
+def sign_error(runs: dict[tuple[str, int], Measured], pred: dict[tuple[str, int], Prediction],
+               name: str, batch: int) -> bool:
+    """The simulation puts the layout on the other side of serial than a measurement beyond the
+    noise does (TIE_RULE); a measured tie is never a sign error."""
+    meas, base = runs[(name, batch)], runs[(CALIBRATION, batch)]
+    predicted = pred[(name, batch)].per_layer_us - pred[(CALIBRATION, batch)].per_layer_us
+    return not tie(meas, base) and predicted * (meas.us - base.us) <= 0
 
 
 def score(runs: dict[tuple[str, int], Measured], pred: dict[tuple[str, int], Prediction]) -> Scores:
@@ -176,11 +187,12 @@ def score(runs: dict[tuple[str, int], Measured], pred: dict[tuple[str, int], Pre
     return Scores([(pred[k].per_layer_us - meas[k]) / meas[k] for k in held],
                   [pred[k].low_us <= meas[k] <= pred[k].high_us for k in held],
                   [pred[k].half_width_us / meas[k] for k in held],
-                  sum(len(pred[k].unmeasured) for k in held), sum(len(pred[k].overlaps) for k in held))
+                  sum(len(pred[k].unmeasured) for k in held), sum(len(pred[k].overlaps) for k in held),
+                  [f"{n} b{b}" for n, b in held if sign_error(runs, pred, n, b)])
 
 
-SCORE_HEADER = ["| profile | mean abs error | worst | measured inside the interval | mean half-width | overlaps measured |",
-                "|---|---|---|---|---|---|"]
+SCORE_HEADER = [("| profile | mean abs error | worst | measured inside the interval | mean half-width | overlaps measured "
+                 "| sign errors vs serial |"), "|---|---|---|---|---|---|---|"]
 
 
 def report(matrix: Path, profile: DeviceProfile, origin: str, traces: Path | None = None) -> str:
@@ -206,7 +218,9 @@ def report(matrix: Path, profile: DeviceProfile, origin: str, traces: Path | Non
     n = len(scores.errors)
     lines += ["", (f"mean absolute percentage error over held-out layouts: "
               f"{100 * sum(map(abs, scores.errors)) / n:.2f}%; measured inside the predicted interval: "
-              f"{sum(scores.inside)} of {n}; mean half-width {100 * sum(scores.half_widths) / n:.2f}%"),
+              f"{sum(scores.inside)} of {n}; mean half-width {100 * sum(scores.half_widths) / n:.2f}%; "
+              f"sign errors vs serial (beyond the noise): {len(scores.sign_errors)}"
+              f"{' (' + ', '.join(scores.sign_errors) + ')' if scores.sign_errors else ''}"),
               "", "Interval parts of each held-out prediction (+- us per layer):", "",
               "| batch | layout | " + " | ".join(BANDS) + " | overlaps |", "|---|---|" + "---|" * (len(BANDS) + 1)]
     for (name, batch), p in sorted(pred.items(), key=lambda kv: (kv[0][1], layouts.index(kv[0][0]))):

@@ -132,13 +132,24 @@ def classify(duration: float) -> str:
     return "fence" if duration < STALL_US else "stall"
 
 
+ALLREDUCE_KERNEL = re.compile(r"all_?reduce|cross_device_reduce", re.IGNORECASE)  # NCCL / RCCL,
+# torch symmetric memory, vLLM / SGLang custom all-reduce (cross_device_reduce_1stage)
+
+
 def is_allreduce_node(name: str | None) -> bool:
-    """The layer's all-reduce nodes are named allreduce_*: the one all-reduce classifier of
-    nodes (trace/ classifies kernel names of foreign traces its own way)."""
+    """The layer's all-reduce nodes are named allreduce_*."""
     return (name or "").startswith("allreduce")
 
 
+def is_allreduce_kernel(name: str) -> bool:
+    """A kernel name that says all-reduce (the trace readers give such kernels the `allreduce`
+    kind)."""
+    return ALLREDUCE_KERNEL.search(name) is not None
+
+
 def is_allreduce(iv: Interval) -> bool:
+    """The one all-reduce classifier: an interval of the `allreduce` kind (a run's collective
+    node, or a kernel a trace reader found by `is_allreduce_kernel`), or of an allreduce_* node."""
     return iv.kind == "allreduce" or is_allreduce_node(iv.node)
 
 

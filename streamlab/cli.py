@@ -17,7 +17,7 @@ from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INCONCLUSIV
 from streamlab.models.hardware import HARDWARE
 from streamlab.options import Backend, Device, KvCache, Model
 from streamlab.report.console import output_console
-from streamlab.scenario import MAX_LAYERS, Scenario, load
+from streamlab.scenario import MAX_LAYERS, Scenario, check_budgets, load
 
 app = typer.Typer(cls=commands_class(), add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False, epilog=exit_codes_help(),
@@ -63,6 +63,7 @@ def graph(scenario: Path = SCENARIO, model: Optional[Model] = MODEL, batch: Opti
     if dot is not None:
         claim(dot, force=force, what="DOT graph")
     scen = _scenario(scenario, model, batch, context, tp, page_size, kv_cache)
+    check_budgets(scen, HARDWARE[hardware].units, hardware)
     console.print(schedule_view(_title(scen), scen.layer, scen.program, HARDWARE[hardware], queues))
     if dot is not None:
         write_atomic(dot, to_dot(scen.name, scen.program, layers, queues))

@@ -28,8 +28,8 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): files written before are intact
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "done; `check`: enable"),
-    (EXIT_CHECK_FAILED, ("`check`: do not enable; `run`: the layout's outputs differ from serial's; "
-                        "`compare --keep-going`, `compile`: some runs or launches failed")),
+    (EXIT_CHECK_FAILED, ("`check`: do not enable; `run`, `search --measure`: a layout's outputs differ from "
+                        "serial's; `compare --keep-going`, `compile`: some runs or launches failed")),
     (EXIT_INCONCLUSIVE, "`check`: inconclusive (inside the noise, or the sides are not comparable)"),
     (EXIT_ENVIRONMENT, ("the run itself failed: no GPU, aiter missing, out of memory, a rank died, "
                        "a file could not be written")),

@@ -4,8 +4,8 @@ and writes them.
 Kinds (the `kind` of a file, its dataclass): "run" `RunResult` (one scenario at one shape, measured
 or simulated), "compare" `CompareResult` (compare's report.json, the GPU matrix), "check"
 `CheckVerdict` (`check --json`), "trace-summary" `TraceSummary` (`trace summary --json`),
-"trace-diff" `TraceDiff` (`trace diff --json`) and "allreduce-sweep" `AllReduceSweep`
-(`allreduce`). Every file is `{"schema": SCHEMA, "kind": KIND, ...fields}`. `dump(obj, path)`
+"trace-diff" `TraceDiff` (`trace diff --json`), "allreduce-sweep" `AllReduceSweep`
+(`allreduce`) and "search-measure" `SearchMeasurement` (`search --measure`). Every file is `{"schema": SCHEMA, "kind": KIND, ...fields}`. `dump(obj, path)`
 writes one atomically; `load(path, RunResult)` reads one, and `load_runs(path)` the run results
 of a run or compare file, `load_any(path)` whatever it holds.
 A file of another kind or version is refused with one `Failure(EXIT_BAD_INPUT)` that names the
@@ -63,6 +63,7 @@ __all__ = [
     "Anatomy",
     "Arrival",
     "Attribution",
+    "BatchMeasurement",
     "BatchVerdict",
     "Budget",
     "CheckVerdict",
@@ -78,6 +79,7 @@ __all__ = [
     "KernelChange",
     "Latency",
     "LayerFigures",
+    "MeasuredLayout",
     "MovedNode",
     "NearCritical",
     "NodeRate",
@@ -98,6 +100,7 @@ __all__ = [
     "Roofline",
     "RunFailure",
     "RunResult",
+    "SearchMeasurement",
     "Shift",
     "StepPart",
     "StepSplit",
@@ -111,6 +114,7 @@ __all__ = [
     "TraceSource",
     "TraceStream",
     "TraceSummary",
+    "Versus",
     "WhatIf",
     "WhatIfMatch",
     "dump",
@@ -568,7 +572,8 @@ class TraceLoader:
     shared_correlations: int  # correlation ids carried by more than one device operation
     syncs: dict[str, int]  # cuda_sync events by kind
     stream_waits: dict[str, int]  # "waiting <- waited on" stream pairs
-    event_waits: int  # stream waits on a recorded event whose streams and correlations were read
+    event_waits: int  # stream waits on recorded events matched to the operations they order
+    event_waits_unmatched: int  # waits that named work outside the trace
     flows: int
     markers: dict[str, int]  # capture / warm-up marks by name
     same_stream_overlaps: int  # device operations clipped at the next one's start
@@ -1012,10 +1017,90 @@ class TraceDiff:
     summary_b: TraceSummary
 
 
+# --- a search proved on the GPU -----------------------------------------------------------------
+
+FASTER, SLOWER, WITHIN_NOISE = "faster", "slower", "within the noise"
+
+
+@dataclass(frozen=True)
+class Versus:
+    """A measured layout against another measured in the same rounds (this - other, us per layer)."""
+
+    other: str  # its scenario name
+    other_us: float  # its median over the rounds
+    delta_us: float  # the median of the per-round differences
+    band_us: float  # the widest per-round noise band (check.band_us)
+    round_deltas_us: tuple[float, ...]
+    beyond_noise: bool  # |delta| above the band, and every round on the same side
+
+    @property
+    def verdict(self) -> str:
+        return WITHIN_NOISE if not self.beyond_noise else FASTER if self.delta_us < 0 else SLOWER
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.delta_us / self.other_us
+
+
+@dataclass(frozen=True)
+class MeasuredLayout:
+    """One layout of a `search --measure` batch: what the simulator said, what the GPU measured
+    over the rounds (each round a fresh process), and how it compares."""
+
+    scenario: str
+    path: str  # the scenario file measured
+    role: Literal["candidate", "best shipped", "serial"]
+    rank: int | None  # the simulator's rank at this batch (candidates, and a shipped one it simulated)
+    predicted_us: float
+    predicted_low_us: float | None
+    predicted_high_us: float | None
+    unmeasured_pairs: tuple[str, ...]  # overlaps the profile ranked on still lacks ("first|second")
+    median_us: float  # the median of the rounds' medians
+    p20_us: float  # the median of the rounds' p20
+    p80_us: float
+    noise: float  # the largest of the rounds' Latency.noise
+    round_medians_us: tuple[float, ...]
+    equal_to_serial: bool  # every round's outputs bitwise equal to the serial layout's
+    runs: tuple[str, ...]  # the run result files, one per round
+    vs_serial: Versus | None
+    vs_best_shipped: Versus | None
+
+
+@dataclass(frozen=True)
+class BatchMeasurement:
+    batch: int
+    layouts: tuple[MeasuredLayout, ...]  # the candidates in the simulator's order, the best shipped, serial
+    winner: str | None  # the measured fastest candidate whose outputs equal serial's
+    winner_file: str | None  # its scenario file, the comment block with the measured numbers
+    report: str | None  # the compare report folder (report.md, plots)
+
+
+@dataclass(frozen=True)
+class SearchMeasurement:
+    """`streamlab search --measure`: the top layouts of each batch measured on the GPU beside
+    serial and the best shipped layout, after measuring the overlaps they needed."""
+
+    KIND: ClassVar[str] = "search-measure"
+    model: str
+    shape: Shape  # the search's shape; each batch replaces its batch
+    device: str
+    backend: str
+    profile: str  # as given
+    ranked_on: str  # the profile file of the final ranking (with the pairs measured here)
+    pairs_added: tuple[str, ...]  # "b<batch>:<first>|<second>" measured and added
+    reranks: int  # searches after the first, on the profile with the pairs measured
+    top: int
+    rounds: int
+    gpus: int  # rounds measured side by side, one process per GPU
+    command: str
+    batches: tuple[BatchMeasurement, ...]
+
+
 KINDS: dict[str, type] = {cls.KIND: cls for cls in (RunResult, CompareResult, CheckVerdict, TraceSummary,
-                                                    TraceDiff, AllReduceSweep)}
+                                                    TraceDiff, AllReduceSweep, SearchMeasurement)}
 _WHAT = {RunResult: "a run result", CompareResult: "a compare report", CheckVerdict: "a check verdict",
-         TraceSummary: "a trace summary", TraceDiff: "a trace diff", AllReduceSweep: "an all-reduce sweep"}
+         TraceSummary: "a trace summary", TraceDiff: "a trace diff", AllReduceSweep: "an all-reduce sweep",
+         SearchMeasurement: "a search measurement"}
 
 R = TypeVar("R")
 
@@ -1113,6 +1198,10 @@ def _identify(path: str | os.PathLike) -> tuple[Any, int, type]:
         return doc, schema, KINDS[kind]
     if schema == 1 and isinstance(doc.get("runs"), list):
         return doc, 1, CompareResult
+    if isinstance(doc.get("request"), dict) and isinstance(doc.get("batches"), list):
+        raise Failure(f"{path}: not a streamlab result but a `streamlab search --json` record (the search's "
+                      f"own format, schema {schema!r}): its winners are scenario files to `run` or `compare`",
+                      EXIT_BAD_INPUT)
     if schema == 0:
         if doc.get("kind") == AllReduceSweep.KIND:
             return doc, 0, AllReduceSweep

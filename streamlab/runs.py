@@ -83,6 +83,7 @@ def _result(scen: Scenario, setup: RunSetup, *, measured: bool, source: str, pro
     roofline = {n.name: ceilings.floor_us(n) for n in scen.layer.nodes}
     floors = {n: max(f, held_us.get(n, 0.0)) for n, f in roofline.items()}
     nodes = {}
+    budgets = scen.program.budgets
     for node in scen.layer.nodes:
         ns = summary.nodes.get(node.name)
         iso = isolated_us[node.name]
@@ -90,7 +91,8 @@ def _result(scen: Scenario, setup: RunSetup, *, measured: bool, source: str, pro
             in_graph_us=NodeTime(ns.median, ns.p20, ns.p80, ns.occurrences, mean=ns.mean) if ns else None,
             isolated_us=iso, slowdown=ns.median / iso if ns and iso > 0 else float("nan"),
             floor_us=floors[node.name], kernels=kernels[node.name], flops=node.flops, bytes=node.bytes,
-            backend=node_backends[node.name])
+            backend=node_backends[node.name] + (f" [at most {budgets[node.name]} SMs/CUs]"
+                                                 if node.name in budgets else ""))
     n_kernels = sum(kernels.values())
     floor_sum = sum(floors.values())
     return RunResult(

@@ -269,18 +269,25 @@ def _shape_problem(key: str, value) -> str | None:
 
 
 STEP_KINDS = ("run", "fork", "join", "record", "wait")
-STEP_KEYS = {"run": {"on"}, "fork": {"from"}, "join": {"into"}, "record": {"on"}, "wait": {"on"}}
+STEP_KEYS = {"run": {"on", "sms"}, "fork": {"from"}, "join": {"into"}, "record": {"on"}, "wait": {"on"}}
 
 
 @dataclass(frozen=True)
 class Step:
-    """One schedule step as written: `names` for run, `stream`/`other` for the rest."""
+    """One schedule step as written: `names` for run, `stream`/`other` for the rest.
+
+    `sms` (run steps): an SM / CU budget for each node the step runs, `sms: 66` beside `run:`:
+    each of their kernels runs on at most that many SMs (CUs) at once, so that a kernel on another
+    stream keeps the rest (the Triton kernels honour it through their grid, kernels/triton/common.py;
+    the simulator models it, sim/costs.py). Parsing takes a whole number >= 1; the device's own
+    count bounds it where the scenario runs or is simulated (`check_budgets`)."""
 
     kind: str
     line: int
     stream: str = MAIN  # run/record/wait: the stream; fork/join: the forked / joined stream
     other: str = MAIN  # fork: from; join: into; record/wait: the event
     names: tuple[str, ...] = ()
+    sms: int | None = None
 
 
 def _parse_steps(raw: Any, line: int) -> tuple[Step, ...]:
@@ -300,14 +307,18 @@ def _parse_steps(raw: Any, line: int) -> tuple[Step, ...]:
                 raise _Bad(step.lines.get(k, sline), f"unknown key {k!r} in a {kind} step"
                            f"{_suggest(k, STEP_KEYS[kind])}; allowed: {', '.join(sorted(STEP_KEYS[kind]))}")
         for k, v in step.items():
-            if k != "run" and not (isinstance(v, str) and v):
+            if k == "sms":
+                if type(v) is not int or v < 1:
+                    raise _Bad(step.lines.get(k, sline), f"sms takes the SMs / CUs the step's nodes may use "
+                               f"at once, a whole number from 1 to the device's count, got {_short(v)}")
+            elif k != "run" and not (isinstance(v, str) and v):
                 raise _Bad(step.lines.get(k, sline), f"{k} takes a stream or event name, got {_short(v)}")
         if kind == "run":
             names = step["run"]
             names = [names] if isinstance(names, str) else names
             if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
                 raise _Bad(sline, "run takes a node or group name or a list of them")
-            steps.append(Step("run", sline, step.get("on", MAIN), names=tuple(names)))
+            steps.append(Step("run", sline, step.get("on", MAIN), names=tuple(names), sms=step.get("sms")))
         elif kind == "fork":
             src = step.get("from", MAIN)
             if step["fork"] == src:
@@ -332,7 +343,12 @@ def compile_steps(steps: tuple[Step, ...], layer: Layer) -> Program:
                 nodes = layer.expand(name)
                 if nodes is None:
                     raise _Bad(st.line, _unknown(name, layer))
-                ops += [Launch(n, st.stream, st.line) for n in nodes]
+                if st.sms is not None:
+                    shared = [n for n in nodes if layer.node(n).is_collective]
+                    if shared:
+                        raise _Bad(st.line, f"sms: {shared[0]} is a collective (the all-reduce), which takes "
+                                            "no SM budget; give sms to a step of compute nodes")
+                ops += [Launch(n, st.stream, st.line, sms=st.sms) for n in nodes]
         elif st.kind == "fork":
             ops.append(WaitStream(st.stream, st.other, st.line, "fork"))
         elif st.kind == "join":
@@ -438,6 +454,18 @@ def _validated(scen: Scenario) -> Scenario:
     if problems:
         raise ScenarioError(scen.path, [(p.line, p.message) for p in problems])
     return scen
+
+
+def check_budgets(scen: Scenario, units: int, device: str) -> None:
+    """Every `sms:` of the scenario within the `units` SMs (CUs) of `device`: one ScenarioError
+    naming each step over it."""
+    over = sorted({(op.line, op.sms) for op in scen.program.launches if op.sms is not None and op.sms > units})
+    if over:
+        raise ScenarioError(scen.path, [(line, _over_budget(sms, units, device)) for line, sms in over])
+
+
+def _over_budget(sms: int, units: int, device: str) -> str:
+    return f"sms: {sms} is more than the {units} SMs / CUs of {device}; give 1 to {units}"
 
 
 def load(path: str | Path) -> Scenario:

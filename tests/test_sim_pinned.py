@@ -18,6 +18,9 @@ Moves so far:
   theoretical saving, no launch gap: the single-stream trace idles ~0 us; the routed experts of the
   unfused variant less the shared expert's bytes) and the HIP queue rule followed clr's walk exactly:
   serial 269.975 -> 271.075, a_v4_moe_dual 306.1 -> 316.6, a_v4 293.9 -> 307.0 us at batch 4.
+- h200, recalibrated on an H200 by `streamlab calibrate --measure --batch 4,64` and `--for
+  bench/heldout/*.yaml` (bench/results/h200-2026-12-03; the old profile predated the kernel
+  tuning): serial 263.6 -> 185.9 and 687.5 -> 524.9 us at batches 4 and 64 (measured 185.7, 525.4).
 """
 
 from __future__ import annotations
@@ -42,12 +45,12 @@ PINNED = {  # profile -> scenario -> per-layer us at BATCHES
         "serial_moe_unfused": (169.6695, 207.661, 334.0532, 599.3326),
     },
     "h200": {
-        "a_v4": (204.257525, 250.314725, 351.920625, 666.143325),
-        "a_v4_moe_dual": (207.384535, 253.729365, 355.463365, 671.263565),
-        "pr23562": (210.116485, 256.232185, 358.471685, 674.493485),
-        "pr23562_cuda": (199.054625, 244.836025, 346.991055, 655.929755),
-        "serial": (217.812825, 263.591825, 365.892825, 687.509825),
-        "serial_moe_unfused": (237.094025, 283.577025, 385.719025, 718.503025),
+        "a_v4": (159.773935, 191.105162, 360.224916, 528.285641),
+        "a_v4_moe_dual": (160.543878, 191.916605, 354.437663, 516.661263),
+        "pr23562": (165.325677, 196.722872, 365.943551, 534.944929),
+        "pr23562_cuda": (158.181732, 189.560683, 355.807138, 521.017995),
+        "serial": (154.544293, 185.943, 355.39775, 524.8525),
+        "serial_moe_unfused": (166.307375, 197.82, 363.83225, 529.8445),
     },
     "mi355x": {
         "a_v4": (275.75534, 307.0002, 407.478526, 592.802821),

@@ -185,8 +185,8 @@ def test_cli_sim_step_and_explain(tmp_path):
 
 
 def test_pairs_added_to_a_profile_without_any_name_their_variant():
-    """h200 has no pairs yet: `calibrate --for` adds some with the variant they ran in."""
-    h200 = load_profile("h200")
+    """A profile with no pairs yet: `calibrate --for` adds some with the variant they ran in."""
+    h200 = replace(load_profile("h200"), pair_measures=(), pair_variant={})
     unfused = {"fused_rope_cat_cache": True, "shared_expert_fused": False, "preshuffle_index_cache": True}
     pair = PairMeasure(4, "experts", "shared_down", 60.0, 5.0, 61.0)
     more = add_pairs(h200, [pair], "test", variant=unfused)

@@ -10,16 +10,10 @@ import pytest
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.scenario import load
+from streamlab.schedule.graph import capture_edges, with_capture_edges
 from streamlab.timeline import Edge, Interval, Source, Timeline
 from streamlab.trace.chrome import from_chrome, read_chrome, to_chrome, write_chrome
-from streamlab.trace.deps import (
-    STREAM,
-    capture_edges,
-    dependency_graph,
-    for_trace,
-    scenario_edges,
-    with_capture_edges,
-)
+from streamlab.trace.deps import STREAM, dependency_graph, for_trace, scenario_edges
 from streamlab.trace.formats import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,12 +143,31 @@ def test_stream_wait_events_become_edges(tmp_path):
     path = tmp_path / "waits.json"
     path.write_text(json.dumps({"traceEvents": events}))
     loaded = load_trace(path)
+    path.unlink()  # the waits were read in the loader's one pass
+    assert (loaded.info.event_edges, loaded.info.loader().event_waits) == ([(0, 2)], 1)
     graph = for_trace(loaded.timeline, loaded.info)
     names = [iv.name for iv in loaded.timeline.intervals]
     assert names == ["a", "b", "c", "d"]
     assert graph.origin == "events" and "1 observed event waits" in graph.note
     assert [[(names[d.before], d.kind) for d in graph.deps(i)] for i in range(4)] == [
         [], [("a", "stream")], [("a", "event")], [("c", "stream")]]
+
+
+def test_stream_waits_of_another_gpu_or_outside_the_trace(tmp_path):
+    """A wait whose recorded event precedes every operation on its stream names work outside
+    the trace; a wait of another GPU belongs to that GPU's summary."""
+    other = [dict(e, args=dict(e["args"], device=1)) for e in (_op("x", 7, 30, 1, 20),
+                                                             _wait(9, 7, 21, 22, 31), _op("y", 9, 32, 1, 23))]
+    events = [_wait(9, 7, 5, 13, 2), _op("a", 7, 0, 10, 10), _op("c", 9, 11, 4, 14)] + other
+    path = tmp_path / "waits.json.gz"
+    path.write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
+    loaded = load_trace(path, gpu="0")
+    assert loaded.info.event_edges == [] and loaded.info.event_waits_unmatched == 1
+    graph = for_trace(loaded.timeline, loaded.info)
+    assert graph.origin == "stream" and "1 event waits name work outside the trace" in graph.note
+    on_one = load_trace(path, gpu="1")
+    assert [(on_one.timeline.intervals[a].name, on_one.timeline.intervals[b].name)
+            for a, b in on_one.info.event_edges] == [("x", "y")]
 
 
 @pytest.mark.skipif(not EVENT_SYNC.exists(), reason="../shared/traces is not here")
@@ -183,8 +196,8 @@ def test_a_graph_replay_of_a_foreign_trace_says_its_edges_are_unknown(tmp_path):
 
 @pytest.mark.gpu
 def test_a_fresh_runs_trace_respects_its_captured_graph(tmp_path):
-    """On a GPU: run a_v4 at batch 4, read its trace back; every edge of the captured graph
-    (recorded by the run, or rebuilt from the scenario) held on the device."""
+    """On a GPU: run a_v4 at batch 4, read its trace back; the run recorded its captured graph's
+    edges (exec.measure), and every one of them held on the device."""
     from rich.console import Console
 
     from streamlab.session.run import run_scenario
@@ -193,7 +206,7 @@ def test_a_fresh_runs_trace_respects_its_captured_graph(tmp_path):
     run_scenario(scen, Console(), backend=None, device="cuda", layers=None, out=tmp_path)
     loaded = load_trace(tmp_path / "a_v4-b4.trace.json.gz")
     graph = for_trace(loaded.timeline, loaded.info)
-    assert graph.origin in ("recorded", "scenario")
+    assert graph.origin == "recorded", graph.note
     ivs = loaded.timeline.intervals
     waits = [(d.before, i) for i in range(len(ivs)) for d in graph.deps(i) if d.kind != STREAM]
     assert len(waits) > 100

@@ -188,3 +188,31 @@ def test_cli_bad_what_if_is_one_line_and_exit_2():
     res = runner.invoke(app, ["summary", str(H100 / "serial-b4.trace.json.gz"), "--what-if", "gemm"])
     assert res.exit_code == EXIT_BAD_INPUT
     assert "--what-if 'gemm'" in res.output and "Traceback" not in res.output
+
+
+def test_the_whatif_bench_runs_end_to_end_on_fresh_runs(tmp_path):
+    """bench/whatif_bench.py --measure on a machine without a GPU: `streamlab compare` simulates
+    serial and a_v4 at batches 4 and 16 and writes each run's trace with its captured graph's
+    edges. Replaying one batch's trace with every node at the other batch's time: serial (one
+    stream, no waits) lands on the other run exactly; a_v4 within 5%: the replay keeps the waits of
+    the source (the h200 profile's fence gaps at batch 4, hidden at 16), and without the graph's
+    edges the alt stream's kernels would start early (9% short on the 2026-12-03 profile)."""
+    import subprocess
+    import sys
+
+    env = {"PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "bench/whatif_bench.py", "--measure", "--device", "cpu", "--scenarios",
+                        "serial,a_v4", "--batches", "4,16", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads((tmp_path / "whatif.json").read_text())
+    assert doc["runs"] == ["simulated, profile h200"]
+    batch = {(r["source"], r["target"]): r for r in doc["rows"] if r["kind"] == "batch"}
+    assert set(batch) == {("serial-b4", "serial-b16"), ("serial-b16", "serial-b4"), ("a_v4-b4", "a_v4-b16"),
+                          ("a_v4-b16", "a_v4-b4")}
+    assert all(r["dependencies"] == "recorded" and r["runs"] == "simulated" and r["noise_us"] is None
+               for r in batch.values())
+    for (source, _), r in batch.items():
+        share = abs(r["trace_error_us"]) / r["target_trace_us"]
+        assert share < (1e-4 if source.startswith("serial") else 0.05), r
+    assert "What-if on simulated runs (a smoke test" in (tmp_path / "whatif.md").read_text()

@@ -56,7 +56,8 @@ from streamlab.sim.profile import DeviceProfile
 from streamlab.sim.profile_file import dump_profile, load_profile, profile_path
 from streamlab.sim.provenance import PairsAdded, kernel_hash
 
-__all__ = ["MAX_PAIR_ROUNDS", "OnDevice", "PairsFor", "Runner", "calibrate_on_device", "pairs_for"]
+__all__ = ["MAX_PAIR_ROUNDS", "OnDevice", "PairsFor", "Runner", "calibrate_on_device", "pairs_for", "resume_hint",
+           "run_stage"]
 
 MAX_PAIR_ROUNDS = 3
 PAIR_STATE = "clean"  # the process state pairs are fitted in (sim/pairwise.choose_state)
@@ -115,7 +116,7 @@ def calibrate_on_device(req: OnDevice, runner: Runner, console: Console) -> Devi
     work, notes = WorkFolder.open(req.work, key, req.command, resume=req.resume)
     serial = serial_stages(lay, req.batches)
     pairs_names: list[str] = []
-    hint = _resume_hint(req.command)
+    hint = resume_hint(req.command)
     with StageProgress(console) as progress:
         for line in notes:
             progress.print(line)
@@ -126,7 +127,7 @@ def calibrate_on_device(req: OnDevice, runner: Runner, console: Console) -> Devi
         guess = estimate_pairs_s(PAIRS_GUESS * nb, nb, req.protocol, cross_stream=True)
         progress.ahead([(s.name, s.estimate_s) for s in serial] + [("pairs 1", guess)])
         for st in serial:
-            _stage(work, progress, st.name, st.estimate_s, hint,
+            run_stage(work, progress, st.name, st.estimate_s, hint,
                    lambda st=st: runner.serial(st.path, st.batch, facts.backend, work.path / st.folder))
         prof = _fit(req.name, lay, facts, work, [s.name for s in serial], pairs_names, req.command)
         for k in range(1, MAX_PAIR_ROUNDS + 1):
@@ -140,7 +141,7 @@ def calibrate_on_device(req: OnDevice, runner: Runner, console: Console) -> Devi
                 progress.print(f"{name}: {_pairs_line(pairs)}")
                 job = _job(prof, pairs, lay.all, lay, facts, req.protocol, name, cross_stream=k == 1,
                            serial=lay.base.path, batches=req.batches)
-                _stage(work, progress, name, est, hint,
+                run_stage(work, progress, name, est, hint,
                        lambda job=job, out=work.path / f"pairs-{k}.json": [runner.pairs(job, out)])
             else:
                 progress.skip(name)
@@ -179,7 +180,7 @@ def pairs_for(req: PairsFor, runner: Runner, console: Console) -> DeviceProfile 
     key = WorkKey(facts.name, kernel_hash(), base.provenance.shape, batches, facts.backend, 1,
                   base_profile=_file_hash(profile_path(req.profile)))
     work, notes = WorkFolder.open(req.work, key, req.command, resume=req.resume)
-    hint = _resume_hint(req.command)
+    hint = resume_hint(req.command)
     prof, measured, names_done = base, [], []
     source = (f"measured: {TOOL} on {facts.name} ({PAIR_STATE} process state); the pairs `--for` added are "
               "listed in provenance.added")
@@ -197,7 +198,7 @@ def pairs_for(req: PairsFor, runner: Runner, console: Console) -> DeviceProfile 
                 progress.ahead([(name, est)])
                 progress.print(f"{name}: {_pairs_line(pairs)}")
                 job = _job(prof, pairs, (*req.scenarios, *req.layouts), None, facts, req.protocol, name)
-                _stage(work, progress, name, est, hint,
+                run_stage(work, progress, name, est, hint,
                        lambda job=job, out=work.path / f"pairs-for-{k}.json": [runner.pairs(job, out)])
             else:
                 progress.skip(name)
@@ -249,10 +250,11 @@ def _job(prof: DeviceProfile, pairs: tuple[PairAt, ...], scens, lay: Layouts | N
                     protocol=protocol, **cross)
 
 
-def _stage(work: WorkFolder, progress: StageProgress, name: str, estimate_s: float, hint: str,
-           run: Callable[[], list[Path]]) -> list[Path]:
+def run_stage(work: WorkFolder, progress: StageProgress, name: str, estimate_s: float, hint: str,
+              run: Callable[[], list[Path]], *, unwritten: str = "no profile written") -> list[Path]:
     """Run one stage unless the work folder has it; record it once its files are written. A
-    stage that fails or is interrupted leaves the finished ones and says how to go on."""
+    stage that fails or is interrupted leaves the finished ones and says how to go on
+    (`unwritten`: what the command has not written yet). `search --measure` runs its stages here too."""
     if work.done(name):
         progress.skip(name)
         return work.files(name)
@@ -261,24 +263,24 @@ def _stage(work: WorkFolder, progress: StageProgress, name: str, estimate_s: flo
         with progress.stage(name, estimate_s):
             files = run()
     except KeyboardInterrupt:
-        raise Failure(f"interrupted in stage {name}. {_kept(work, hint)}", EXIT_INTERRUPTED) from None
+        raise Failure(f"interrupted in stage {name}. {_kept(work, hint, unwritten)}", EXIT_INTERRUPTED) from None
     except Failure as e:
-        raise Failure(f"stage {name} failed: {e}\n{_kept(work, hint)}", e.code) from None
+        raise Failure(f"stage {name} failed: {e}\n{_kept(work, hint, unwritten)}", e.code) from None
     except Exception:
-        progress.print(f"stage {name} crashed (below). {_kept(work, hint)}")
+        progress.print(f"stage {name} crashed (below). {_kept(work, hint, unwritten)}")
         raise
     work.record(name, files, time.monotonic() - t0)
     return files
 
 
-def _kept(work: WorkFolder, hint: str) -> str:
+def _kept(work: WorkFolder, hint: str, unwritten: str) -> str:
     n = len(work.manifest.stages)
     listed = "manifest.json" if n else "none yet"
-    return (f"{n} finished stage{'s' if n != 1 else ''} kept in {work.path} ({listed}); no profile written. "
+    return (f"{n} finished stage{'s' if n != 1 else ''} kept in {work.path} ({listed}); {unwritten}. "
             f"Continue with: {hint}")
 
 
-def _resume_hint(command: str) -> str:
+def resume_hint(command: str) -> str:
     return command if " --resume" in command else command + " --resume"
 
 

@@ -41,6 +41,7 @@ class WorkKey:
     backend: str
     world: int = 1
     base_profile: str = ""  # --for: the hash of the profile the pairs are added to
+    layouts: str = ""  # search --measure: the hash of the profile ranked on and the layouts measured
 
     def differences(self, other: WorkKey) -> list[str]:
         """`field: theirs (here: ours)` for every field that differs."""

@@ -32,7 +32,7 @@ from streamlab.collective import watch
 from streamlab.collective.worker import DEFAULT_RANK_TIMEOUT, MODULE, parse
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
 
-__all__ = ["DEFAULT_RANK_TIMEOUT", "launch_run", "launch_sweep", "launch_worker", "run_args"]
+__all__ = ["DEFAULT_RANK_TIMEOUT", "launch_layouts", "launch_run", "launch_sweep", "launch_worker", "run_args"]
 
 MONITOR_INTERVAL_S = 0.2
 
@@ -122,6 +122,12 @@ def _option(args: Sequence[str], flag: str) -> str | None:
     """The value of `flag` in a worker command line (run_args' output)."""
     args = list(args)
     return args[args.index(flag) + 1] if flag in args[:-1] else None
+
+
+def launch_layouts(jobs: str | os.PathLike, world: int, *, rank_timeout: float = DEFAULT_RANK_TIMEOUT) -> None:
+    """`search --measure` on several GPUs: rank r measures run r of the jobs file
+    (collective.layout_runs) alone on its GPU, in a process of its own; `world` ranks, one per run."""
+    launch_worker(["layouts", str(jobs)], world, rank_timeout=rank_timeout)
 
 
 def launch_worker(worker_args: Sequence[str], world: int, *, launcher_args: Sequence[str] | None = None,

@@ -4,11 +4,14 @@ and `streamlab allreduce`, whose options the launcher checks with `parse` before
 
     python -m streamlab.collective.worker run SCENARIO [SCENARIO ...] [--batch 4,64] [--impl nccl,symm_mem] ...
     python -m streamlab.collective.worker sweep [--impl nccl,symm_mem] [--sizes 8K..64M] ...
+    python -m streamlab.collective.worker layouts JOBS.json
+
 
 Each rank starts its liveness monitor (stdlib only) before importing torch, takes GPU LOCAL_RANK,
 joins the process group (collective.rank), and runs its mode: `layer_runs` (scenarios with a real
 all-reduce bound to the layer's all-reduce nodes) or `sweep` (the all-reduce alone over message
-sizes). Rank 0 writes the results; the others write nothing that outlives the run. A rank that
+sizes), or `layouts` (search --measure: rank r measures run r of the jobs file on its GPU, in no
+process group: the runs are independent). Rank 0 writes the results; the others write nothing that outlives the run. A rank that
 fails writes a report to the run folder and exits; the launcher turns the reports into one
 message.
 """
@@ -60,6 +63,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     sw.add_argument("--warmup", type=int, default=10)
     sw.add_argument("--calls", type=int, default=20, help="all-reduce calls captured back to back in one graph")
     _common(sw)
+    lay = sub.add_parser("layouts", help="one layout run per rank, each alone on its GPU")
+    lay.add_argument("jobs", help="the jobs file (collective.layout_runs.write_jobs)")
+    _common(lay)
     return p.parse_args(argv)
 
 
@@ -84,14 +90,18 @@ def main(argv: list[str] | None = None) -> None:
         if rank != 0:
             import warnings
             warnings.filterwarnings("ignore")  # one copy of each warning (rank 0's) is enough
-        monitor.phase("init process group")
-        ctx = init(args.device, rank, world, local_rank, run_dir, args.rank_timeout)
-        if args.mode == "run":
-            from streamlab.collective.layer_runs import run_ranks
-            code = run_ranks(args, ctx, monitor)
+        if args.mode == "layouts":
+            from streamlab.collective.layout_runs import rank_layouts
+            code = rank_layouts(args, rank, local_rank, monitor)
         else:
-            from streamlab.collective.sweep import rank_sweep
-            code = rank_sweep(args, ctx, monitor)
+            monitor.phase("init process group")
+            ctx = init(args.device, rank, world, local_rank, run_dir, args.rank_timeout)
+            if args.mode == "run":
+                from streamlab.collective.layer_runs import run_ranks
+                code = run_ranks(args, ctx, monitor)
+            else:
+                from streamlab.collective.sweep import rank_sweep
+                code = rank_sweep(args, ctx, monitor)
     except BaseException as e:  # noqa: BLE001 - every way out of a rank is reported, then exits
         from streamlab.errors import Failure
         if isinstance(e, KeyboardInterrupt):

@@ -45,14 +45,15 @@ class StreamSet:
 
 def run_program(program: Program, bound: dict[str, Bound], buffers: Buffers,
                 streams: StreamSet, layer_index: int = 0) -> None:
-    """Dispatch one layer of `program`; on a GPU this may be inside a graph capture."""
+    """Dispatch one layer of `program`; on a GPU this may be inside a graph capture. A budgeted
+    launch (`Launch.sms`) reaches its kernels as `max_programs`."""
     tensors = buffers.tensors(layer_index)
     main = program.main
     for op in program.ops:
         if isinstance(op, Launch):
             s = streams.get(op.stream, main)
             with torch.cuda.stream(s) if s is not None else contextlib.nullcontext():
-                bound[op.node](tensors)
+                bound[op.node](tensors, op.sms)
         elif not streams.real:
             continue
         elif isinstance(op, WaitStream):

@@ -12,15 +12,15 @@ returned as one `Measurement`; `streamlab.runs` turns it into a result).
 from __future__ import annotations
 
 import contextlib
-from contextlib import AbstractContextManager
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
 
 from streamlab.analysis import chained_bounds, percentiles
-from streamlab.errors import Failure
+from streamlab.errors import EXIT_ENVIRONMENT, Failure
 from streamlab.exec.attribute import Signature, attribute
 from streamlab.exec.buffers import Buffers
 from streamlab.exec.eager import StreamSet, run_layers, run_program
@@ -29,7 +29,7 @@ from streamlab.kernels import Bound, backend_kind
 from streamlab.kernels.allreduce.impls import capture_hook
 from streamlab.models.hardware import Ceilings
 from streamlab.scenario import Measure, Scenario
-from streamlab.schedule.graph import capture
+from streamlab.schedule.graph import capture, with_capture_edges
 from streamlab.schedule.program import Launch, Program
 from streamlab.timeline import Source, Timeline
 
@@ -178,7 +178,8 @@ def _capture(work, device: torch.device, what: str,
 
 def isolated(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: StreamSet,
              replays: int) -> dict[str, NodeIsolated]:
-    """Each node alone in its own graph, L2 flushed before each replay, profiled."""
+    """Each node alone in its own graph, L2 flushed before each replay, profiled; a budgeted node
+    alone under its budget (what the simulator's budget model predicts)."""
     device = buffers.device
     l2 = torch.cuda.get_device_properties(device).L2_cache_size
     scratch = torch.empty(4 * l2, dtype=torch.uint8, device=device)
@@ -187,11 +188,11 @@ def isolated(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams:
     around = capture_hook(bound)
     out: dict[str, NodeIsolated] = {}
     for node in scen.layer.nodes:
-        program = Program([Launch(node.name, scen.program.main)])
-        graph = _capture(lambda: run_program(program, bound, buffers, streams), device,
+        program = Program([Launch(node.name, scen.program.main, sms=scen.program.budgets.get(node.name))])
+        graph = _capture(lambda program=program: run_program(program, bound, buffers, streams), device,
                          f"node {node.name}", around)
 
-        def work() -> None:
+        def work(graph=graph) -> None:  # this node's graph, bound now
             for _ in range(replays):
                 flush.replay()
                 graph.replay()
@@ -246,5 +247,12 @@ def measure(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: 
                               iv.layer, iv.kind) for iv in intervals]
     timeline = Timeline(intervals, Source("measured", torch.cuda.get_device_name(device), {
         "backend": ",".join(sorted({backend_kind(b.backend) for b in bound.values()})),
-        "torch": torch.__version__, "scenario": scen.name}), chained_bounds(intervals, layers))
+        "torch": torch.__version__, "scenario": scen.name,
+        **({"sm_budgets": ", ".join(f"{n} {b}" for n, b in scen.program.budgets.items())}
+           if scen.program.budgets else {})}), chained_bounds(intervals, layers))
+    try:  # the captured graph's edges: critical path and what-if walk the graph traces give
+        timeline = with_capture_edges(timeline, scen.program, layers)
+    except ValueError as e:  # attribution gave every kernel its (layer, node), as attribute does
+        raise Failure(f"kernel attribution: {scen.name}'s profiled kernels do not map onto its captured "
+                      f"graph: {e}", EXIT_ENVIRONMENT) from None
     return Measurement(timing, timeline, alone, ceil)

@@ -78,16 +78,17 @@ def device_name(device: torch.device) -> str:
 
 
 def versions() -> dict[str, str]:
-    """Python, torch, CUDA or HIP, and Triton versions of this process."""
+    """Python, torch, CUDA or HIP, and Triton versions of this process, as plain strings (torch's
+    is a TorchVersion, which YAML's safe dumper refuses)."""
     import platform
-    out = {"python": platform.python_version(), "torch": torch.__version__}
+    out = {"python": platform.python_version(), "torch": str(torch.__version__)}
     if torch.version.cuda:
         out["cuda"] = torch.version.cuda
     if torch.version.hip:
         out["hip"] = torch.version.hip
     try:
         import triton
-        out["triton"] = triton.__version__
+        out["triton"] = str(triton.__version__)
     except ImportError:
         pass
     return out

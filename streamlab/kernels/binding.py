@@ -25,10 +25,33 @@ class Bound:
     backend: str
     fn: Callable
 
-    def __call__(self, tensors: dict) -> None:
+    def __call__(self, tensors: dict, max_programs: int | None = None) -> None:
+        """Run the node; `max_programs`: its SM / CU budget (`budget_problem` says which
+        implementations take one)."""
         args = {role: tensors[t] for role, t in self.node.inputs.items()}
         args.update({role: tensors[t] for role, t in self.node.outputs.items()})
-        self.fn(**args, **self.node.attrs)
+        if max_programs is None:
+            self.fn(**args, **self.node.attrs)
+        else:
+            self.fn(**args, **self.node.attrs, max_programs=max_programs)
+
+    def budget_problem(self, gpu: bool) -> str | None:
+        """Why this binding cannot honour an SM / CU budget, or None. Triton kernels take it through
+        their grid; the reference ops accept it and, on the CPU, have no SMs to limit (so a CPU
+        run checks a budgeted layout's results); on a GPU they would ignore it. aiter's kernels
+        choose their own grid, and the ROCm alternative, a CU mask on the stream, does not survive
+        HIP graph capture (kernels/cu_mask.py), so a budgeted aiter node is refused rather than
+        run unbudgeted; so is the all-reduce."""
+        kind = backend_kind(self.backend)
+        if kind == "triton" or (kind == "reference" and not gpu):
+            return None
+        if kind == "aiter":
+            return ("it runs on aiter, whose kernels choose their own grid; on ROCm the budget would be a CU "
+                    "mask on its stream, which does not survive HIP graph capture (streamlab/kernels/"
+                    "cu_mask.py): run it with --backend triton")
+        if kind == "reference":
+            return "the reference backend's torch ops on a GPU cannot be held to a budget: use --backend triton"
+        return f"it runs on {self.backend}, which takes no SM / CU budget"
 
 
 FALLBACK = {"reference": (), "triton": ("reference",), "aiter": ("triton", "reference")}

@@ -75,7 +75,8 @@ def schedule_view(name: str, layer: Layer, program: Program, hw: Hardware,
     table.add_column(f"floor us ({hw.name})", justify="right", style="dim")
     for op in program.ops:
         if isinstance(op, Launch):
-            cells = [op.node if s == op.stream else "" for s in streams]
+            shown = op.node if op.sms is None else f"{op.node} [{op.sms} of {hw.units} SMs/CUs]"
+            cells = [shown if s == op.stream else "" for s in streams]
             table.add_row(str(op.line), *cells, str(hip[(0, op.node)]), f"{floors[op.node]:.1f}")
         else:
             table.add_row(str(op.line), _sync_text(op), *[""] * len(streams), "", style="yellow")

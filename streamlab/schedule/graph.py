@@ -21,9 +21,11 @@ run at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from streamlab.layer import Layer
 from streamlab.schedule.program import Launch, Program, Record, WaitEvent, WaitStream
+from streamlab.timeline import Edge, Timeline
 
 HIP_QUEUES = 4
 
@@ -154,3 +156,81 @@ def critical_path(layer: Layer, weight: dict[str, float]) -> tuple[list[str], fl
         path.append(cur)
         cur = best[cur][1]
     return path[::-1], best[end][0]
+
+
+# --- the captured graph on a run's kernels -------------------------------------------------
+
+def capture_edges(timeline: Timeline, program: Program, layers_per_replay: int) -> list[Edge]:
+    """The captured graph's edges between a run's intervals, kernel to kernel: intervals carry
+    (layer, node), layer = replay * layers_per_replay + layer in the graph. A parent node's
+    last kernel -> a child's first; the kernels of one node in order; replay r's last kernels
+    (the graph's sinks) -> replay r + 1's first (its roots). Raises ValueError when the
+    intervals are not the graph's nodes."""
+    graph = capture(program, layers_per_replay)
+    occ: dict[tuple[int, int, str], list[int]] = {}  # (replay, layer in graph, node) -> intervals
+    for i, iv in enumerate(timeline.intervals):
+        if iv.layer is None or iv.node is None:
+            raise ValueError(f"interval {iv.name} at {iv.start:.3f} us has no layer or node")
+        r, k = divmod(iv.layer, layers_per_replay)
+        occ.setdefault((r, k, iv.node), []).append(i)
+    replays = max((r for r, _, _ in occ), default=-1) + 1
+    known = set(graph.nodes)
+    strangers = sorted({(k, n) for _, k, n in occ} - known)
+    if strangers:
+        raise ValueError(f"{len(strangers)} (layer, node) pairs are not in the graph, e.g. "
+                         f"{strangers[0][1]} in layer {strangers[0][0]}")
+    ivs = timeline.intervals
+    edges: list[Edge] = []
+    prev_sinks: list[int] = []
+    for r in range(replays):
+        kernels = {key: occ.get((r, *key), []) for key in graph.nodes}
+        for key in graph.nodes:
+            chain = sorted(kernels[key], key=lambda i: (ivs[i].start, ivs[i].end))
+            edges += [Edge(a, b, "graph") for a, b in pairwise(chain)]
+            kernels[key] = chain
+        exits = _exits(graph, kernels, ivs)
+        for key in graph.nodes:
+            if not kernels[key]:
+                continue
+            first = kernels[key][0]
+            for p in graph.parents[key]:
+                edges += [Edge(x, first, "graph") for x in exits[p]]
+        roots = [kernels[k][0] for k in _entries(graph, kernels, graph.roots)]
+        edges += [Edge(s, t, "launch") for s in prev_sinks for t in roots]
+        prev_sinks = sorted({x for k in graph.nodes if not graph.children[k] for x in exits[k]})
+    return edges
+
+
+def with_capture_edges(timeline: Timeline, program: Program, layers_per_replay: int) -> Timeline:
+    """The timeline of a measured run with its captured graph's edges (`capture_edges`): what
+    critical path and what-if walk on our own runs, the same graph a trace of them gives, and
+    what the Chrome trace written from it carries (exec.measure builds its timeline so)."""
+    return Timeline(list(timeline.intervals), timeline.source, list(timeline.layers),
+                    capture_edges(timeline, program, layers_per_replay))
+
+
+def _exits(graph: CaptureGraph, kernels: dict, ivs) -> dict[tuple[int, str], list[int]]:
+    """Per graph node, the kernels its children wait for: its last one, or for a node with no
+    kernels, its parents' (dispatch order is a topological order)."""
+    out: dict[tuple[int, str], list[int]] = {}
+    for key in graph.nodes:
+        if kernels[key]:
+            out[key] = [max(kernels[key], key=lambda i: (ivs[i].end, i))]
+        else:
+            out[key] = sorted({x for p in graph.parents[key] for x in out[p]})
+    return out
+
+
+def _entries(graph: CaptureGraph, kernels: dict, keys) -> list[tuple[int, str]]:
+    """The nodes with kernels reached first from `keys` (through nodes without kernels)."""
+    out, stack, seen = [], list(keys), set()
+    while stack:
+        key = stack.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        if kernels[key]:
+            out.append(key)
+        else:
+            stack += graph.children[key]
+    return out

@@ -1,6 +1,7 @@
 """A schedule compiled to stream operations, with the semantics of torch's stream API.
 
-    Launch(node, stream)          the kernel is enqueued on `stream`
+    Launch(node, stream)          the kernel is enqueued on `stream` (`sms`: at most that many
+                                  SMs / CUs at once, the node's SM budget; None: the whole GPU)
     WaitStream(waiter, source)    waiter.wait_stream(source): waiter waits for everything
                                   enqueued on source so far (fork: waiter=alt, join: waiter=main)
     Record(event, stream)         event.record(stream): a snapshot of stream
@@ -24,6 +25,7 @@ class Launch:
     stream: str
     line: int = 0
     layer: int = 0
+    sms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,11 @@ class Program:
         return [op for op in self.ops if isinstance(op, Launch)]
 
     @property
+    def budgets(self) -> dict[str, int]:
+        """node -> its SM / CU budget, for the budgeted nodes (scenario `sms:`)."""
+        return {op.node: op.sms for op in self.ops if isinstance(op, Launch) and op.sms is not None}
+
+    @property
     def streams(self) -> list[str]:
         seen = [self.main]
         for op in self.ops:
@@ -86,7 +93,7 @@ class Program:
         ops: list[Op] = []
         for i in range(times):
             for op in self.ops:
-                ops.append(Launch(op.node, op.stream, op.line, i) if isinstance(op, Launch) else op)
+                ops.append(Launch(op.node, op.stream, op.line, i, op.sms) if isinstance(op, Launch) else op)
         return Program(ops, self.main)
 
 

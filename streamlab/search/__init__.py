@@ -32,6 +32,10 @@ files with the overlaps each needs measured: what the GPU step measures), `regio
 `place` / `lower_bound` (the space and its bound). The simulator is reached through
 `predict.rank_us` (ranking: `sim.run`) and `predict.predict` (reported layouts: `sim.predict`'s
 interval and overlaps), nowhere else.
+
+`measure.prove` (`search --measure`, imported apart: it needs torch and a GPU) measures the
+overlaps the top K lack, searches again, and measures the top K beside serial and the best
+shipped layout on the GPU.
 """
 
 from streamlab.search.bound import lower_bound

@@ -7,12 +7,13 @@ import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
 
 from streamlab import options as opt
-from streamlab.errors import EXIT_BAD_INPUT, Failure, guard
+from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, Failure, guard
 from streamlab.io import claim
 from streamlab.layer import Variant
 from streamlab.models import Shape
@@ -62,6 +63,9 @@ def search(model: Model = typer.Option("glm5", help="model config"),
                                                     "gap to the bound"),
            workers: int | None = typer.Option(None, min=1, max=256,
                                               help="processes simulating (default: the cores available, up to 8)"),
+           sm_budgets: str | None = typer.Option(None, "--sm-budgets",
+                                                 help="also try SM / CU budgets on the top layouts' overlapped "
+                                                      "pairs: half, thirds, quarters or fractions such as 0.33,0.5"),
            out: Path = typer.Option(FOUND, file_okay=False, help="folder for the winners' scenario files and the "
                                                                   "report"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object (candidates, layouts, "
@@ -70,15 +74,39 @@ def search(model: Model = typer.Option("glm5", help="model config"),
            shipped: Path | None = typer.Option(None, file_okay=False, exists=True,
                                                help="folder of scenarios to place in the space "
                                                     "(default: the shipped scenarios/)"),
+           measure: bool = typer.Option(False, "--measure", help="prove it on this GPU: measure the overlaps the "
+                                        "top K lack and search again, then measure the top K beside serial and the "
+                                        "best shipped layout in fresh processes, outputs checked against serial"),
+           rounds: int = typer.Option(2, min=1, max=1000, help="--measure: rounds, each measuring every layout once "
+                                                               "in a fresh process (interleaved; G GPUs run G rounds "
+                                                               "side by side)"),
+           gpus: int | None = typer.Option(None, min=1, max=64, help="--measure: GPUs to measure on, one process "
+                                                                     "each (default: every GPU torch sees)"),
+           backend: Literal["auto", "triton", "aiter"] | None = typer.Option(None, help="--measure: kernels "
+                                                                                  "(default: auto)"),
+           work: Path | None = typer.Option(None, file_okay=False, help="--measure: folder for what was measured "
+                                                                        "(default: OUT/measure.work)"),
+           resume: bool = typer.Option(False, help="--measure: continue the measurement in the work folder"),
            force: bool = opt.FORCE):
     """Find the fastest stream layout of the layer on a device profile (simulated, no GPU).
 
     Enumerates every layout the DAG allows on --streams streams (up to equivalence: the same
     captured graph), simulates them in order of a lower bound until nothing left can enter the
-    top K, and writes the winner of each batch as a scenario file. Bad input (errors.EXIT_CODES:
-    64) includes a search with no room for overlap (--streams 1, or a layer where no two nodes
-    can run at once) and a profile that lacks measured latencies for the model's nodes. Files
-    that exist (the winners, the report) are refused before the search, unless --force."""
+    top K, and writes the winner of each batch as a scenario file. With --sm-budgets, each of the
+    top K is tried again with the smaller node of each overlapped pair on a share of the SMs
+    (CUs), ranked with the rest (the budget effect is modelled: sim/costs.py). With --measure, proves the top
+    K on this GPU (streamlab.search.measure): the winner is then the measured fastest, its file
+    says by how much, and --json prints the measurement (kind search-measure). Files that exist
+    (the winners, the reports, the measurement) are refused before the search, unless --force; a
+    --measure work folder that holds a measurement is refused unless --resume.
+
+    Exit codes (errors.EXIT_CODES): 0 done; 1 (--measure) a layout's outputs differ from
+    serial's (everything else still written); 64 bad input, which includes a search with no room
+    for overlap (--streams 1, or a layer where no two nodes can run at once), a profile that
+    lacks measured latencies for the model's nodes, or one not calibrated on this GPU with these
+    kernels (--measure); 3 --measure without a GPU; 130 --measure interrupted (what was measured
+    is kept: add --resume)."""
+    from streamlab.search.budgets import parse_shares
     from streamlab.search.enumerate import Limits
     from streamlab.search.find import SHIPPED, Request, find
     from streamlab.search.predict import default_workers
@@ -94,16 +122,28 @@ def search(model: Model = typer.Option("glm5", help="model config"),
         raise Failure(f"--streams {streams}: {e}", EXIT_BAD_INPUT) from None
     req = Request(model=model, shape=shape, batches=batches, profile=profile, variant=_variant(variant),
                   limits=limits, layers=layers, top=top, budget_s=budget,
-                  workers=workers or default_workers(), shipped=shipped or SHIPPED)
-    console = output_console(stderr=as_json)
+                  workers=workers or default_workers(), shipped=shipped or SHIPPED, budgets=parse_shares(sm_budgets))
     profile_name = load_profile(profile).name
-    claim_winners(req, profile_name, out, force=force)
-    if report:
-        for b in batches:
-            claim(report_folder(req, profile_name, b, out) / "report.json", force=force, what="search report")
-    with _progress(console) as note:
-        result = find(req, note)
-    command = "streamlab search " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    runner = None
+    if measure:
+        from streamlab.search.measure import GpuRunner, claim_measured, claim_work
+        claim_work(work or out / "measure.work", resume=resume)
+        claim_measured(req, profile_name, out, force=force, resume=resume)
+        runner = GpuRunner(backend=backend, gpus=gpus)  # no GPU: one message before any work
+    elif resume or work is not None:
+        raise Failure("--resume and --work go with --measure", EXIT_BAD_INPUT)
+    else:
+        claim_winners(req, profile_name, out, force=force)
+        if report:
+            for b in batches:
+                claim(report_folder(req, profile_name, b, out) / "report.json", force=force, what="search report")
+    console = output_console(stderr=as_json)
+    result = _searched(req, console, find)
+    command = "streamlab search " + " ".join(shlex.quote(a) for a in sys.argv[2:] if a != "--resume")
+    if runner is not None:
+        _measured(req, result, runner, console, command, out=out, work=work, rounds=rounds, resume=resume,
+                  as_json=as_json)
+        return
     written = write_winners(result, out, command=command)
     if report:
         written += write_report(result, written, out, console, force=force)
@@ -113,6 +153,34 @@ def search(model: Model = typer.Option("glm5", help="model config"),
     if as_json:
         from streamlab.search.report import to_json
         print(json.dumps(to_json(result, written), indent=1))
+
+
+def _measured(req, result, runner, console: Console, command: str, *, out: Path, work: Path | None, rounds: int,
+              resume: bool, as_json: bool) -> None:
+    """--measure: prove the top K on the GPU, print and write what it measured."""
+    from streamlab.calibration.plan import load_layouts
+    from streamlab.report.search_measure import print_measurement
+    from streamlab.results import to_json
+    from streamlab.search.find import find
+    from streamlab.search.measure import Ask, prove
+    from streamlab.search.report import print_result
+
+    ask = Ask(req.top, rounds, out, work or out / "measure.work", command, resume, tuple(load_layouts(req.shipped)))
+    proof = prove(req, result, ask, runner, console, lambda r: _searched(r, console, find))
+    print_result(console, proof.result)
+    print_measurement(console, proof.measurement)
+    for path in proof.written:
+        console.print(f"wrote {path}", markup=False)
+    if as_json:
+        print(json.dumps(to_json(proof.measurement), indent=1))
+    if proof.differ:
+        raise Failure("outputs differ from serial's (a race in the layout, or a kernel that is not deterministic): "
+                      + ", ".join(proof.differ), EXIT_CHECK_FAILED)
+
+
+def _searched(req, console: Console, find):
+    with _progress(console) as note:
+        return find(req, note)
 
 
 class _progress:

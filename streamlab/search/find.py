@@ -22,6 +22,7 @@ from streamlab.models import MODELS, RankDims, Shape
 from streamlab.scenario import Scenario, ScenarioError, load
 from streamlab.schedule.graph import capture
 from streamlab.search.bound import Costs, captured_graph, lower_bound
+from streamlab.search.budgets import BudgetTally, budget_pass
 from streamlab.search.enumerate import Limits, assemble, place, region_layouts
 from streamlab.search.explain import Explanation, explain
 from streamlab.search.layout import Layout, build_program
@@ -35,6 +36,7 @@ from streamlab.search.predict import (
 from streamlab.search.rank import BatchSearch, Candidate, Tally, VariantSpace
 from streamlab.search.space import MAX_STREAMS, Space
 from streamlab.sim import DeviceProfile, kernel_warning, load_profile
+from streamlab.sim.costs import device_units
 from streamlab.sim.profile import variant_key
 from streamlab.sim.profile_file import check_profile_for
 
@@ -55,6 +57,7 @@ class Request:
     budget_s: float | None = None  # per batch
     workers: int = field(default_factory=default_workers)
     shipped: Path | None = SHIPPED  # folder of scenarios to place in the space
+    budgets: tuple[float, ...] = ()  # shares of the SMs to try on overlapped pairs (search/budgets.py)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class BatchOutcome:
     shipped: tuple[Placed, ...]
     tally: Tally
     programs: int  # every way to write the layer on <= streams streams (exact waits, no barriers)
+    budget: BudgetTally | None = None  # the budget pass, when --sm-budgets asked for one
 
     @property
     def best(self) -> Ranked:
@@ -181,6 +185,8 @@ def room_for_overlap(req: Request, spaces: dict[Variant, VariantSpace]) -> None:
 def find(req: Request, progress: Progress | None = None) -> SearchResult:
     check_request(req)
     profile = load_profile(req.profile)
+    if req.budgets:
+        device_units(profile)  # budgets need the device's SM count: fail before any work
     keep, skipped = variants(req, profile)
     note = progress or (lambda what, total, advance: None)
     t0 = time.perf_counter()
@@ -200,8 +206,13 @@ def find(req: Request, progress: Progress | None = None) -> SearchResult:
                                  deadline, sim, on_simulated=lambda n, b=batch: note(f"batch {b}", 0, n),
                                  on_total=lambda n, b=batch: note(f"batch {b}", n, 0))
             ranked = search.run()
+            budget = None
+            if req.budgets:
+                note(f"batch {batch}: SM budgets", 0, 0)
+                budget = budget_pass(search, ranked, req.budgets)
+                ranked = search.board.ranked()
             search.tally.enumerate_s = enumerate_s
-            outcomes.append(_outcome(req, profile, search, ranked, spaces))
+            outcomes.append(replace(_outcome(req, profile, search, ranked, spaces), budget=budget))
     finally:
         sim.close()
     return SearchResult(req, profile, tuple(keep), tuple(skipped), kernel_warning(profile.provenance, profile.name),

@@ -41,8 +41,8 @@ class Layout:
     order: the dispatch order, a permutation of the node indices.
     barriers: reference positions p: every node of p's region before p happens before every
     node of the region from p on.
-    options: per-node launch options, ((node, ((key, value), ...)), ...): reserved for SM / CU
-    budgets (issue 18, item 5); the scenario language does not take them yet.
+    options: per-node launch options, ((node, ((key, value), ...)), ...), sorted: `sms`, the
+    node's SM / CU budget (a scenario's `sms:`; search/budgets.py chooses them).
     """
 
     variant: Variant
@@ -60,6 +60,12 @@ class Layout:
 
     def describe(self, space: Space) -> str:
         """Which nodes leave the main stream, per stream: the short name of a layout."""
+        budgets = "; ".join(f"{space.names[v]} on {dict(kv)['sms']} SMs" for v, kv in self.options
+                            if "sms" in dict(kv))
+        plain = self._describe(space)
+        return f"{plain}; {budgets}" if budgets else plain
+
+    def _describe(self, space: Space) -> str:
         off: dict[int, list[str]] = {}
         for i, s in enumerate(self.streams):
             if s:
@@ -165,9 +171,10 @@ def build_program(space: Space, layout: Layout) -> Program:
         last_launch[w] = v
         left[(region, w)] -= 1
     ops_out: list[Op] = []
+    sms = {v: dict(kv)["sms"] for v, kv in layout.options if "sms" in dict(kv)}
     for v in layout.order:
         ops_out += pre[v]
-        ops_out.append(Launch(space.names[v], STREAM_NAMES[streams[v]]))
+        ops_out.append(Launch(space.names[v], STREAM_NAMES[streams[v]], sms=sms.get(v)))
         ops_out += post[v]
     for t in range(1, count):  # a layer that ends inside a region still ends joined
         if seen[0][t] < len(chain[t]):

@@ -1,7 +1,8 @@
 """The simulator behind the search: its two calls into the engine, and the worker processes
 that rank chunks of layouts (`Simulator`).
 
-- `rank_us`: the per-layer latency of one replay (`sim.run`), all a ranking needs;
+- `rank_us`: the per-layer latency of one replay (`sim.run`), all a ranking needs; `rank_overlaps`
+  with the pairs it ran side by side (the budget pass);
 - `predict`: the same replay with its prediction interval and the overlaps it rests on
   (`sim.predict.predict_layer`), for the layouts the search reports.
 
@@ -25,7 +26,7 @@ from streamlab.schedule.program import Program
 from streamlab.search.bound import Costs, LaneModel, captured_graph, lower_bound
 from streamlab.search.layout import Layout, build_program
 from streamlab.search.space import Space
-from streamlab.sim import DeviceProfile, load_profile, run
+from streamlab.sim import DeviceProfile, Overlap, load_profile, run
 from streamlab.sim.predict import predict_layer
 from streamlab.timeline import Timeline
 
@@ -45,6 +46,13 @@ class Predicted:
 def rank_us(layer: Layer, program: Program, profile: DeviceProfile, layers: int) -> float:
     """The search's call into the simulator while ranking."""
     return run(layer, program, profile, layers).per_layer_us
+
+
+def rank_overlaps(layer: Layer, program: Program, profile: DeviceProfile, layers: int
+                  ) -> tuple[float, tuple[Overlap, ...]]:
+    """`rank_us` with the kernels the replay ran side by side (what the budget pass budgets)."""
+    replay = run(layer, program, profile, layers)
+    return replay.per_layer_us, replay.overlaps
 
 
 def predict(name: str, layer: Layer, program: Program, profile: DeviceProfile, layers: int) -> tuple[Predicted, Timeline]:

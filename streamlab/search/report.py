@@ -51,6 +51,12 @@ def print_result(console: Console, result: SearchResult) -> None:
         gap = ("the top layouts are exact within the space" if not t.stopped and t.complete else
                f"gap to the bound: {o.gap_us:.1f} us (nothing unsimulated predicts below {t.floor:.1f} us)")
         console.print(f"{gap}; regions add up within {t.combine_error_us:.2f} us", markup=False)
+        if o.budget is not None:
+            b = o.budget
+            console.print(f"SM budgets: shares {', '.join(f'{f:.2g}' for f in b.shares)} of {b.units} SMs / CUs "
+                          f"on the overlapped pairs of the top {b.layouts} plain layouts: {b.tried} budgeted "
+                          "layouts simulated, ranked above (modelled from the Triton grids, not measured)",
+                          markup=False)
         rate = t.simulated / t.wall_s if t.wall_s else 0.0
         per = 1e3 * t.engine_s / t.simulated if t.simulated else 0.0
         console.print(f"time: enumeration {t.enumerate_s:.1f} s, bounds {t.bound_s:.1f} s, simulator {t.engine_s:.1f} s "
@@ -102,7 +108,8 @@ def layout_json(r: Ranked, names: tuple[str, ...]) -> dict:
     for i, s in enumerate(lay.streams):
         streams.setdefault(STREAM_NAMES[s], []).append(names[i])
     return {"variant": asdict(lay.variant), "streams": streams, "order": [names[i] for i in lay.order],
-            "barriers_before": [names[i] for i in lay.barriers]}
+            "barriers_before": [names[i] for i in lay.barriers],
+            "sms": {names[v]: dict(kv)["sms"] for v, kv in lay.options if "sms" in dict(kv)}}
 
 
 def ranked_json(r: Ranked, names: tuple[str, ...]) -> dict:
@@ -136,6 +143,7 @@ def to_json(result: SearchResult, written: list[Path]) -> dict:
                     "pairs_measured": len(p.pair_excess), "pair_source": p.pair_source},
         "request": {"model": req.model, "shape": asdict(req.shape), "batches": list(req.batches),
                     "limits": asdict(req.limits), "layers": req.layers, "top": req.top, "budget_s": req.budget_s,
+                    "sm_budgets": list(req.budgets),
                     "variant": None if req.variant is None else asdict(req.variant)},
         "variants": [asdict(v) for v in result.variants],
         "skipped": [{"variant": asdict(v), "why": why} for v, why in result.skipped],
@@ -144,7 +152,10 @@ def to_json(result: SearchResult, written: list[Path]) -> dict:
             "tally": {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in asdict(o.tally).items()},
             "top": [ranked_json(r, names[r.candidate.layout.variant]) for r in o.top],
             "serial": ranked_json(o.serial, names[o.serial.candidate.layout.variant]),
-            "shipped": [_placed_json(s) for s in o.shipped]} for o in result.batches],
+            "shipped": [_placed_json(s) for s in o.shipped],
+            "sm_budgets": None if o.budget is None else {
+                "source": "modelled from the Triton grids (sim/costs.py BudgetCosts), not measured",
+                **asdict(o.budget)}} for o in result.batches],
         "written": [str(w) for w in written],
     }
 

@@ -9,6 +9,7 @@ kernel it waits for, and runs of nodes that make up a whole group are written as
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -54,12 +55,16 @@ def schedule_lines(space: Space, program: Program) -> list[str]:
         op = ops[i]
         if isinstance(op, Launch):
             run = [op.node]
-            while i + 1 < len(ops) and isinstance(ops[i + 1], Launch) and ops[i + 1].stream == op.stream:
+            while (i + 1 < len(ops) and isinstance(ops[i + 1], Launch) and ops[i + 1].stream == op.stream
+                   and ops[i + 1].sms == op.sms):
                 i += 1
                 run.append(ops[i].node)
             seen[op.stream] = [run[-1]]
             names = ", ".join(_compact(run, groups))
             lines += [f"  - run: [{names}]"] if op.stream == "main" else [f"  - on: {op.stream}", f"    run: [{names}]"]
+            if op.sms is not None:
+                lines[-1] = f"{lines[-1]:<{PAD}}# at most {op.sms} SMs / CUs at once"
+                lines.append(f"    sms: {op.sms}")
         else:
             upcoming = _next_launch(ops, i)
             if isinstance(op, WaitStream):
@@ -111,25 +116,26 @@ def scenario_name(result: SearchResult, batch: int) -> str:
 
 
 def file_name(result: SearchResult, batch: int, rank: int | None = None) -> str:
-    return _file_name(result.request, result.profile.name, batch, rank)
+    return file_name_for(result.request, result.profile.name, batch, rank)
 
 
-def _file_name(req: Request, profile: str, batch: int, rank: int | None = None) -> str:
+def file_name_for(req: Request, profile: str, batch: int, rank: int | None = None) -> str:
+    """A found scenario's file name, from what is known before the search (the profile's name)."""
     tail = f"-top{rank}" if rank is not None else ""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{req.model}-b{batch}-s{req.limits.streams}-{profile}{tail}") + ".yaml"
 
 
-def scenario_text(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, command: str) -> str:
-    """A scenario file for one ranked layout of one batch."""
+def scenario_text(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, command: str,
+                  measured: Sequence[str] = ()) -> str:
+    """A scenario file for one ranked layout of one batch; `measured`: comment lines with what the
+    GPU measured (search --measure), which then replace "Predicted, not measured"."""
     req, c = result.request, entry.candidate
-    if c.layout.options:
-        raise Failure("per-node launch options (SM / CU budgets) are not part of the scenario language yet",
-                      EXIT_BAD_INPUT)
     shape = {**vars(req.shape), "batch": outcome.batch}
     space = Space.of(layer_at(req.model, req.shape.with_(batch=outcome.batch), c.layout.variant))
     program = build_program(space, c.layout)
     variant = ", ".join(f"{k}: {str(v).lower()}" for k, v in vars(c.layout.variant).items())
-    lines = [f"# {line}" if line else "#" for line in comment(result, outcome, entry, command=command)]
+    lines = [f"# {line}" if line else "#" for line in comment(result, outcome, entry, command=command,
+                                                              measured=measured)]
     lines += [
         f"name: {scenario_name(result, outcome.batch)}" + (f"_top{entry.rank}" if entry.rank != 1 else ""),
         f"description: \"found by streamlab search: {c.name}\"",
@@ -144,7 +150,8 @@ def scenario_text(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *,
     return "\n".join(lines) + "\n"
 
 
-def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, command: str) -> list[str]:
+def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, command: str,
+            measured: Sequence[str] = ()) -> list[str]:
     req, p, t = result.request, result.profile, outcome.tally
     c = entry.candidate
     us = c.predicted.us
@@ -168,7 +175,8 @@ def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, comma
              f"waits and <= {lim.max_barriers} barrier(s) per region")
     return [
         f"Found by `streamlab search` ({date.today().isoformat()}): rank {entry.rank} of the layouts it simulated",
-        f"for {req.model} at batch {outcome.batch} on {lim.streams} streams. Predicted, not measured.",
+        f"for {req.model} at batch {outcome.batch} on {lim.streams} streams. "
+        + ("Predicted, then measured on the GPU." if measured else "Predicted, not measured."),
         f"  command:   {command}",
         f"  profile:   {p.name} ({p.streams} lanes); " + "; ".join(sources),
         *([f"  warning:   {result.warning}"] if result.warning else []),
@@ -179,6 +187,8 @@ def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, comma
         f"  layout:    {c.name}",
         f"  overlaps:  {overlaps}",
         f"  space:     {rules}",
+        *_budget_lines(outcome, entry),
+        *measured,
         "",
     ]
 
@@ -186,7 +196,20 @@ def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, comma
 def claim_winners(req: Request, profile: str, out: Path, *, force: bool) -> list[Path]:
     """The files `write_winners` will write for `req` on the profile named `profile`, refused
     before the search when they exist (unless `force`)."""
-    return [claim(out / _file_name(req, profile, b), force=force, what="found scenario") for b in req.batches]
+    return [claim(out / file_name_for(req, profile, b), force=force, what="found scenario") for b in req.batches]
+
+
+def _budget_lines(outcome: BatchOutcome, entry: Ranked) -> list[str]:
+    """What the budget pass tried, and whether this layout's budgets rest on a measurement."""
+    b = outcome.budget
+    if b is None:
+        return []
+    shares = ", ".join(f"{f:.2g}" for f in b.shares)
+    mine = ("this layout has SM budgets (sms:), their effect modelled from the Triton grids (sim/costs.py "
+            "BudgetCosts), not measured" if entry.candidate.layout.options else "this layout has no SM budget")
+    tried = (f"  budgets:   shares {shares} of {b.units} SMs / CUs tried on the overlapped pairs of the top "
+             f"{b.layouts} plain layouts ({b.tried} budgeted layouts simulated);")
+    return [tried, f"             {mine}"]
 
 
 def write_winners(result: SearchResult, out: Path, *, command: str) -> list[Path]:

@@ -18,13 +18,19 @@ from rich.markup import escape
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, Failure
 from streamlab.exec.buffers import Buffers, bytes_needed, describe_bytes
 from streamlab.exec.eager import StreamSet
-from streamlab.exec.target import Target, collective_overrides, device_name, pick_target, versions
+from streamlab.exec.target import (
+    Target,
+    collective_overrides,
+    device_name,
+    pick_target,
+    versions,
+)
 from streamlab.exec.verify import compare_with_serial
 from streamlab.kernels import Bound, bind_layer, binding_summary
 from streamlab.report.result import print_result
 from streamlab.results import RunResult, dump
 from streamlab.runs import RunSetup, measured_result, simulated_result
-from streamlab.scenario import Scenario, out_of_range
+from streamlab.scenario import Scenario, ScenarioError, check_budgets, out_of_range
 from streamlab.session.files import RunFiles, measured_on, run_files, simulated_on
 from streamlab.sim.profile import DeviceProfile
 
@@ -175,10 +181,23 @@ def _prepare(scen: Scenario, target: Target, layers: int, console: Console, coll
     overrides = ({"allreduce": collective} if collective is not None
                  else collective_overrides(scen, target))
     bound = bind_layer(scen.layer, target.backend, overrides)
+    _check_budgets(scen, target, bound)
     if target.backend == "aiter":
         for line in binding_summary(bound):
             console.print(line, markup=False)
     return buffers, bound, StreamSet(target.device)
+
+
+def _check_budgets(scen: Scenario, target: Target, bound: dict[str, Bound]) -> None:
+    """Every `sms:` of the scenario within this GPU's SMs (CUs), on kernels that honour it
+    (`Bound.budget_problem`), before anything runs."""
+    if target.gpu:
+        check_budgets(scen, torch.cuda.get_device_properties(target.device).multi_processor_count,
+                      device_name(target.device))
+    for op in scen.program.launches:
+        why = op.sms is not None and bound[op.node].budget_problem(target.gpu)
+        if why:
+            raise ScenarioError(scen.path, [(op.line, f"sms: {op.sms} on {op.node}: {why}")])
 
 
 def _check_outputs(scen, buffers, bound, streams, console, reduced: bool) -> list:
@@ -203,11 +222,13 @@ def simulate_run(scen: Scenario, profile: DeviceProfile, layers: int, console: C
     written). `other_model`: scale a profile calibrated on another model to the scenario's (run,
     compare and check fall back to the profile for any model) instead of refusing it (`streamlab
     sim`)."""
+    from streamlab.schedule.graph import with_capture_edges
     from streamlab.sim.run import simulate_scenario
     from streamlab.trace import write_chrome
 
     sim = simulate_scenario(scen, profile, layers, other_model=other_model)
-    trace_path = write_chrome(sim.timeline, trace)
+    # with the captured graph's edges, as a measured run's: what-if and critical path on the trace
+    trace_path = write_chrome(with_capture_edges(sim.timeline, scen.program, layers), trace)
     result = simulated_result(scen, sim, replace(setup, trace=str(trace_path)))
     print_result(console, result)
     console.print(f"trace (Perfetto / chrome://tracing): {escape(str(trace_path))}")

@@ -35,6 +35,10 @@ stall at every layer's re-entry) and `multi_stream_graph_entry_us` once per repl
 graph with branches costs to launch), and each of its kernels but the FP8 GEMMs runs
 `queue_wait_kernel_us` longer (on ROCm a cross-queue wait polls a host-memory signal: the MI355X
 indexer's memory-bound kernels ran +0.5..2.4 us each with the alt stream on, its GEMMs ~+0).
+A node under an SM / CU budget (`sms:`) runs its work stretched by the waves its kernels take
+under the budget, claims at most its share of the SMs, and sheds overlap excess and concurrency
+slowdown in proportion to the contention its budget removes: a model, sim/costs.py
+`BudgetCosts`.
 
 Every pair of compute kernels that shares the device is recorded as an `Overlap` (which was
 dispatched first, whether a measured pair set their pace: never when three ran at once, how
@@ -54,7 +58,13 @@ from streamlab.analysis import chained_bounds
 from streamlab.layer import Layer
 from streamlab.schedule.graph import captured, hip_queue_ids
 from streamlab.schedule.program import Program
-from streamlab.sim.costs import LaneCosts, NodeCosts, node_costs
+from streamlab.sim.costs import (
+    BudgetCosts,
+    LaneCosts,
+    NodeCosts,
+    budget_costs,
+    node_costs,
+)
 from streamlab.sim.profile import DeviceProfile
 from streamlab.timeline import Interval, Source, Timeline
 
@@ -128,6 +138,7 @@ class Replay:
     records: list[tuple[int, float, float]]  # (graph node, start, end) in end order
     overlaps: tuple[Overlap, ...]
     end_us: float
+    budget: BudgetCosts | None = None  # the layout's SM / CU budgets, as modelled
 
     @property
     def per_layer_us(self) -> float:
@@ -142,8 +153,12 @@ class Replay:
             n = g.node[i]
             out.append(Interval(c.ops[n], g.lane_names[g.lane[i]], start, end, c.names[n], i // g.per_layer,
                                 "allreduce" if c.collective[n] else "kernel"))
-        return Timeline(out, Source("simulated", self.profile, {"profile": self.profile}),
-                        chained_bounds(out, g.layers))
+        meta = {"profile": self.profile}
+        if self.budget is not None:
+            meta["sm_budgets"] = (", ".join(f"{n} {b}" for n, b in zip(c.names, self.budget.budgets) if b is not None)
+                                  + f" of {self.budget.units}: modelled from the Triton grids (sim/costs.py), "
+                                  "not measured")
+        return Timeline(out, Source("simulated", self.profile, meta), chained_bounds(out, g.layers))
 
 
 class _Run:
@@ -174,7 +189,9 @@ class _Run:
 
 def run(layer: Layer, program: Program, profile: DeviceProfile, layers: int = 4) -> Replay:
     """Simulate `layers` consecutive layers of `program` in one graph replay."""
-    return run_graph(lane_graph(layer, program, profile, layers), node_costs(layer, profile), profile.name)
+    budgets = program.budgets
+    return run_graph(lane_graph(layer, program, profile, layers), node_costs(layer, profile), profile.name,
+                     budget_costs(layer, profile, budgets) if budgets else None)
 
 
 def simulate(layer: Layer, program: Program, profile: DeviceProfile, layers: int = 4) -> Timeline:
@@ -182,12 +199,15 @@ def simulate(layer: Layer, program: Program, profile: DeviceProfile, layers: int
     return run(layer, program, profile, layers).timeline
 
 
-def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Replay:
+def run_graph(g: LaneGraph, c: NodeCosts, profile: str, budget: BudgetCosts | None = None) -> Replay:
     """The event loop: start every lane whose next node is ready, advance to the next finish or
-    start, repeat. One kernel running alone (most of the time) takes a path without sharing."""
+    start, repeat. One kernel running alone (most of the time) takes a path without sharing.
+    `budget`: the layout's SM / CU budgets (None: none)."""
     multi = len(g.lanes) > 1
     lc = c.lane(multi)
     work, hbm, sm, solo, gap, fence = lc.work, lc.hbm, c.sm, lc.solo, lc.gap, c.fence
+    if budget is not None:
+        work, hbm, sm, solo = budget.lane(lc, sm, c.collective)
     collective, nodes, parents, children, lanes, per_layer = c.collective, g.node, g.parents, g.children, g.lanes, g.per_layer
     lane_of = g.lane
     lane_ids, n_lanes = range(len(lanes)), len(lanes)
@@ -288,7 +308,7 @@ def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Replay:
                     arm(ln)
                 running = []
             continue
-        rates, pairs = _rates(running, c, multi, fence)
+        rates, pairs = _rates(running, c, multi, fence, budget)
         step = float("inf")
         for r, rate in zip(running, rates):
             if rate > 0 and r.remaining / rate < step:
@@ -336,28 +356,29 @@ def run_graph(g: LaneGraph, c: NodeCosts, profile: str) -> Replay:
     per_layer = 1.0 / g.layers
     overlaps = tuple(Overlap(c.names[a], c.names[b], u[2] and (a, b) in c.measured_pairs, u[0] * per_layer,
                              u[1] * per_layer, u[3]) for (a, b), u in overlap.items())
-    return Replay(g, c, profile, records, overlaps, t)
+    return Replay(g, c, profile, records, overlaps, t, budget)
 
 
-def _rates(running: list[_Run], c: NodeCosts, multi_lane: bool, together_us: float
-           ) -> tuple[list[float], list[tuple[_Run, _Run, float, float, bool]]]:
+def _rates(running: list[_Run], c: NodeCosts, multi_lane: bool, together_us: float,
+           budget: BudgetCosts | None = None) -> tuple[list[float], list[tuple[_Run, _Run, float, float, bool]]]:
     """Progress per us of standalone work of each running kernel (see the module docstring), and
     every two compute kernels sharing the device: (first, second, their rates, whether a measured
     pair set them; three or more at once never are). Kernels released at most `together_us`
-    apart count as released together."""
+    apart count as released together. `budget`: SM budgets relieve the contention (`relief`)."""
     compute = [r for r in running if not r.collective]
+    relief = budget.relief([r.node for r in compute]) if budget is not None and len(compute) > 1 else 1.0
     if len(compute) == 2:
         first, second, together = _pair_order(compute[0], compute[1], together_us)
         e = c.pairs.get((first.node, second.node))
         if e is not None:
-            e = max(0.0, e)
+            e = max(0.0, e) * relief
             ra, rb = _first_keeps_pace(first.work, second.work, e) if together else (1.0 / (1.0 + e),) * 2
         else:
-            ra = rb = _shared(compute, c, len(running))
+            ra = rb = _shared(compute, c, len(running), relief)
         pairs = [(first, second, ra, rb, e is not None)]
         rate = {first.lane: ra, second.lane: rb}
     else:
-        share = _shared(compute, c, len(running))
+        share = _shared(compute, c, len(running), relief)
         rate = {r.lane: share for r in compute}
         crowd = sorted(compute, key=lambda r: (r.released, r.i))
         pairs = [(a, b, share, share, False) for k, a in enumerate(crowd) for b in crowd[k + 1:]]
@@ -366,10 +387,10 @@ def _rates(running: list[_Run], c: NodeCosts, multi_lane: bool, together_us: flo
     return [ar if r.collective else rate[r.lane] for r in running], pairs
 
 
-def _shared(compute: list[_Run], c: NodeCosts, running: int) -> float:
+def _shared(compute: list[_Run], c: NodeCosts, running: int, relief: float = 1.0) -> float:
     """The rate of each of several kernels sharing the device without a measured pair."""
     return min(1.0 / max(1.0, sum(r.hbm for r in compute), sum(r.sm for r in compute)),
-               1.0 / (1.0 + c.concurrency_slowdown * max(0, running - 1)))
+               1.0 / (1.0 + c.concurrency_slowdown * relief * max(0, running - 1)))
 
 
 def _pair_order(a: _Run, b: _Run, together_us: float) -> tuple[_Run, _Run, bool]:

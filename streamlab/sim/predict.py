@@ -12,7 +12,10 @@ bound stays a bound; the parts are listed, so nothing hides in the total):
   leave-one-out spread over the measured pairs (`overlap_model_spread`, in units of the shorter
   kernel) times the work the shorter one did beside the other;
 - shape: every node moved from its calibrated point to this shape (sim/shape.py), by the rule's
-  own miss rate on the measured batches times the move.
+  own miss rate on the measured batches times the move;
+- SM budgets: what budgets do is modelled (sim/costs.py `BudgetCosts`), never measured by a
+  profile; the interval takes their whole modelled effect (against the same layout without
+  them, or the budgeted nodes' slowdown alone, the larger) as its own uncertainty.
 
 Which overlaps a layout creates comes from its simulated replay, never from a list: the pairs
 the engine ran side by side, with which one it let keep its pace (`Overlap`). `missing_pairs`
@@ -24,24 +27,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from streamlab.layer import Layer
-from streamlab.results import IntervalPart, MovedNode, PredictedLatency, PredictedOverlap
-from streamlab.scenario import Scenario
+from streamlab.results import (
+    IntervalPart,
+    MovedNode,
+    PredictedLatency,
+    PredictedOverlap,
+)
+from streamlab.scenario import Scenario, check_budgets
 from streamlab.schedule.program import Program
-from streamlab.sim.costs import QUEUE_WAIT_EXEMPT, node_costs
-from streamlab.sim.engine import Overlap, Replay, run
+from streamlab.sim.costs import QUEUE_WAIT_EXEMPT, device_units, node_costs
+from streamlab.sim.engine import Overlap, Replay, run, run_graph
 from streamlab.sim.profile import DeviceProfile
 from streamlab.sim.profile_file import check_profile_for
 from streamlab.sim.shape import NodeLatency, shape_spread
 from streamlab.timeline import Timeline
-
-
-@dataclass(frozen=True)
-class Band:
-    """One part of the interval: +- `us` per layer, and how it was computed."""
-
-    name: str
-    us: float
-    source: str
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class Prediction:
     batch: int
     layers: int
     per_layer_us: float
-    bands: tuple[Band, ...]
+    bands: tuple[IntervalPart, ...]
     overlaps: tuple[Overlap, ...]
     moved: tuple[NodeLatency, ...]  # nodes scaled from a calibrated point to this shape
     replay: Replay = field(compare=False, repr=False)
@@ -105,7 +104,7 @@ class Prediction:
         """The prediction as a run result keeps it (results.PredictedLatency)."""
         return PredictedLatency(
             per_layer_us=self.per_layer_us, low_us=self.low_us, high_us=self.high_us,
-            parts=tuple(IntervalPart(b.name, b.us, b.source) for b in self.bands),
+            parts=self.bands,
             overlaps=tuple(PredictedOverlap(o.first, o.second, o.measured, o.first_us, o.second_us, o.crowded)
                            for o in self.overlaps),
             overlaps_line=self.overlaps_line(),
@@ -140,6 +139,8 @@ def predict(scen: Scenario, profile: DeviceProfile, *, layers: int | None = None
             other_model: bool = False) -> Prediction:
     """The scenario simulated on `profile`, with its interval (module docstring). `other_model`:
     the user asked for a model the profile was not calibrated on (`sim --model`)."""
+    if scen.program.budgets:
+        check_budgets(scen, device_units(profile), f"the {profile.name} profile's device")
     return predict_layer(scen.name, scen.layer, scen.program, profile, layers=layers or scen.measure.layers,
                          other_model=other_model)
 
@@ -157,46 +158,55 @@ def predict_layer(name: str, layer: Layer, program: Program, profile: DeviceProf
                       tuple(x for x in node_costs(layer, profile).latency if x.extrapolated), sim)
 
 
-def bands(sim: Replay, profile: DeviceProfile, layer: Layer) -> tuple[Band, ...]:
+def bands(sim: Replay, profile: DeviceProfile, layer: Layer) -> tuple[IntervalPart, ...]:
     """The interval's parts for one simulated replay (module docstring)."""
     batch, g, c = layer.dims.tokens, sim.graph, sim.costs
     multi = g.multi
     noise = profile.calibration_noise.at(batch)
-    out = [Band("calibration noise", noise * sim.per_layer_us,
+    out = [IntervalPart("calibration noise", noise * sim.per_layer_us,
                 f"{noise:.2%} of the layer: {profile.calibration_noise.source}")]
     kernels = sum(c.kernels)
     gap = profile.lane_gap(multi)
-    out.append(Band("launch gap", gap.spread_at(batch) * kernels,
+    out.append(IntervalPart("launch gap", gap.spread_at(batch) * kernels,
                     f"+-{gap.spread_at(batch):.3g} us x {kernels} kernels per layer: {gap.source}"))
     if multi:
         cross = sum(1 for i, ps in enumerate(g.parents) for p in ps if g.lane[p] != g.lane[i]) / g.layers
-        out.append(Band("fence", profile.fence_us.spread_at(batch) * cross,
+        out.append(IntervalPart("fence", profile.fence_us.spread_at(batch) * cross,
                         f"+-{profile.fence_us.spread_at(batch):.3g} us x {cross:g} cross-lane edges per layer: "
                         f"{profile.fence_us.source}"))
         entry = profile.multi_stream_graph_entry_us
-        out.append(Band("graph entry", entry.spread / g.layers,
+        out.append(IntervalPart("graph entry", entry.spread / g.layers,
                         f"+-{entry.spread:.3g} us per replay / {g.layers} layers: {entry.source}"))
         layer_entry = profile.multi_stream_entry_us
-        out.append(Band("layer entry", layer_entry.spread_at(batch),
+        out.append(IntervalPart("layer entry", layer_entry.spread_at(batch),
                         f"+-{layer_entry.spread_at(batch):.3g} us per layer: {layer_entry.source}"))
         wait = profile.queue_wait_kernel_us
         paying = sum(k for k, op in zip(c.kernels, c.ops) if op not in QUEUE_WAIT_EXEMPT)
-        out.append(Band("queue wait", wait.spread_at(batch) * paying,
+        out.append(IntervalPart("queue wait", wait.spread_at(batch) * paying,
                         f"+-{wait.spread_at(batch):.3g} us x {paying} kernels per layer: {wait.source}"))
         ar = profile.ar_concurrency_factor
         ar_us = sum(us for us, coll in zip(c.alone_us, c.collective) if coll)
-        out.append(Band("all-reduce factor", ar.spread * ar_us,
+        out.append(IntervalPart("all-reduce factor", ar.spread * ar_us,
                         f"+-{ar.spread:.3g} x {ar_us:.1f} us of all-reduce per layer: {ar.source}"))
     q = profile.overlap_model_spread
     unmeasured = [o for o in sim.overlaps if not o.measured]
     beside = sum(o.shorter_us for o in unmeasured)
-    out.append(Band("unmeasured overlaps", q.value * beside,
+    out.append(IntervalPart("unmeasured overlaps", q.value * beside,
                     f"{len(unmeasured)} pairs, {beside:.1f} us of the shorter kernels' work beside the other "
                     f"x {q.value:.2f}: {q.source}"))
+    b = sim.budget
+    if b is not None:
+        budgeted = sum(sms is not None for sms in b.budgets)
+        alone = sum(us * (k - 1) for us, k, sms in zip(c.alone_us, b.stretch, b.budgets) if sms is not None)
+        effect = sim.per_layer_us - run_graph(g, c, profile.name).per_layer_us
+        out.append(IntervalPart("SM budgets", max(abs(effect), alone),
+                        f"{budgeted} budgeted nodes: {effect:+.1f} us per layer against the same layout without "
+                        f"budgets, {alone:.1f} us slower alone, +- the larger: modelled from their Triton grids "
+                        f"on {b.units} SMs / CUs (sim/costs.py BudgetCosts), not measured by the profile"))
     moved = [x for x in c.latency if x.extrapolated]
     if moved:
         kappa, how = shape_spread(profile)
         total = sum(abs(x.moved_us) for x in moved)
-        out.append(Band("shape", kappa * total, f"{len(moved)} nodes moved {total:.1f} us from their calibrated "
+        out.append(IntervalPart("shape", kappa * total, f"{len(moved)} nodes moved {total:.1f} us from their calibrated "
                         f"points x {kappa:.2f}: {how}"))
     return tuple(b for b in out if b.us > 0 or b.name == "calibration noise")

@@ -22,7 +22,7 @@ class Simulation:
 
     profile: DeviceProfile
     prediction: Prediction
-    isolated_us: dict[str, float]  # each node alone, from the profile at the layer's shape
+    isolated_us: dict[str, float]  # each node alone, from the profile at the layer's shape (under its budget)
     kernels: dict[str, int]  # kernels per node
     ceilings: Ceilings  # roofline denominators: the profile's bandwidth, the device's datasheet peaks
 
@@ -40,5 +40,7 @@ def simulate_scenario(scen: Scenario, profile: DeviceProfile, layers: int, *, ot
     refused: `run`, `compare` and `check` without a GPU fall back to the profile for any model."""
     prediction = predict(scen, profile, layers=layers, other_model=other_model)
     costs = node_costs(scen.layer, profile)
-    return Simulation(profile, prediction, dict(zip(costs.names, costs.alone_us)),
+    budget = prediction.replay.budget
+    stretch = budget.stretch if budget is not None else (1.0,) * len(costs.names)
+    return Simulation(profile, prediction, {n: us * k for n, us, k in zip(costs.names, costs.alone_us, stretch)},
                       {n.name: profile.kernels(n) for n in scen.layer.nodes}, profile.ceilings.ceilings)

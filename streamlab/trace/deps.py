@@ -4,8 +4,9 @@ Every interval waits for the one before it on its stream (a stream runs its work
 top of that, what the source knows:
 
 - a streamlab run replays a captured graph whose edges come from the scenario (schedule.graph
-  `capture`): `capture_edges` turns them into Timeline edges, kernel to kernel, which the Chrome
-  trace carries as flow events. A trace written before runs recorded them gets the same edges
+  `capture`): `schedule.graph.capture_edges` turns them into Timeline edges, kernel to kernel;
+  measured and simulated runs record them (exec.measure, session.run) and the Chrome trace
+  carries them as flow events. A trace written before runs recorded them gets the same edges
   from its scenario file (`scenarios/<name>.yaml`, named in its source) when the trace's
   (layer, node) intervals match that scenario's graph; replay r + 1 waits for all of replay r
   (a graph launch waits for the previous one on its stream: `launch` edges);
@@ -14,6 +15,8 @@ top of that, what the source knows:
   cudaEventRecord it waits for); with the correlation ids of the device operations (which
   increase in launch order) that is an edge from the last operation enqueued on the recorded
   stream before the record to the first one enqueued on the waiting stream after the wait.
+  The loader reads them in its one pass over the file and resolves them to operations
+  (kineto, assemble: `TraceInfo.event_edges`); here they are edges.
   roctracer's HIP calls carry no stream or event arguments, and a graph replay's event waits
   happened at capture, so there only stream order is known; `DepGraph.note` says so.
 
@@ -24,22 +27,16 @@ one step.
 
 from __future__ import annotations
 
-import bisect
 import functools
-import gzip
-import json
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
-from streamlab.schedule.graph import CaptureGraph, capture
-from streamlab.schedule.program import Program
+from streamlab.schedule.graph import capture_edges
 from streamlab.timeline import Edge, Timeline
-from streamlab.trace.kineto import DEVICE_CATS
 from streamlab.trace.loaded import TraceInfo
 
 STREAM = "stream"  # the kind of a stream-order dependency (Edge kinds cover the rest)
@@ -111,19 +108,18 @@ def for_trace(timeline: Timeline, info: TraceInfo) -> DepGraph:
         return dependency_graph(timeline, origin="stream",
                                 note=f"stream order only ({streams} streams): no graph edges, as "
                                      f"{where}")
-    waits = sum(info.stream_waits.values())
-    if waits:
-        edges, missed = kineto_event_edges(info.path, timeline)
-        if edges:
-            return dependency_graph(timeline, origin="events", extra=edges,
-                                    replays=info.replays,
-                                    note=f"stream order and {len(edges)} observed event waits "
-                                         f"(cudaStreamWaitEvent)"
-                                         + (f"; {missed} waits name work outside the trace"
-                                            if missed else ""))
+    if info.event_edges:
+        missed = info.event_waits_unmatched
+        return dependency_graph(timeline, origin="events", replays=info.replays,
+                                extra=[Edge(a, b, "event") for a, b in info.event_edges],
+                                note=f"stream order and {len(info.event_edges)} observed event waits "
+                                     "(cudaStreamWaitEvent)"
+                                     + (f"; {missed} waits name work outside the trace" if missed else ""))
     hip_waits = sum(v for k, v in info.runtime_by_name.items() if "StreamWaitEvent" in str(k))
     why = ("a graph replay: its edges were made at capture and are not in the trace"
            if info.replays else
+           f"its {info.event_waits_unmatched} event waits name work outside the trace"
+           if info.event_waits_unmatched else
            f"{hip_waits} stream waits whose streams the tracer did not record" if hip_waits else
            "no cross-stream waits recorded")
     return dependency_graph(timeline, origin="stream", replays=info.replays,
@@ -175,81 +171,6 @@ def _steps(timeline: Timeline, launch_targets: set[int],
     return np.zeros(len(ivs), np.int64)
 
 
-def capture_edges(timeline: Timeline, program: Program, layers_per_replay: int) -> list[Edge]:
-    """The captured graph's edges between a run's intervals, kernel to kernel: intervals carry
-    (layer, node), layer = replay * layers_per_replay + layer in the graph. A parent node's
-    last kernel -> a child's first; the kernels of one node in order; replay r's last kernels
-    (the graph's sinks) -> replay r + 1's first (its roots). Raises ValueError when the
-    intervals are not the graph's nodes."""
-    graph = capture(program, layers_per_replay)
-    occ: dict[tuple[int, int, str], list[int]] = {}  # (replay, layer in graph, node) -> intervals
-    for i, iv in enumerate(timeline.intervals):
-        if iv.layer is None or iv.node is None:
-            raise ValueError(f"interval {iv.name} at {iv.start:.3f} us has no layer or node")
-        r, k = divmod(iv.layer, layers_per_replay)
-        occ.setdefault((r, k, iv.node), []).append(i)
-    replays = max((r for r, _, _ in occ), default=-1) + 1
-    known = set(graph.nodes)
-    strangers = sorted({(k, n) for _, k, n in occ} - known)
-    if strangers:
-        raise ValueError(f"{len(strangers)} (layer, node) pairs are not in the graph, e.g. "
-                         f"{strangers[0][1]} in layer {strangers[0][0]}")
-    ivs = timeline.intervals
-    edges: list[Edge] = []
-    prev_sinks: list[int] = []
-    for r in range(replays):
-        kernels = {key: occ.get((r, *key), []) for key in graph.nodes}
-        for key in graph.nodes:
-            chain = sorted(kernels[key], key=lambda i: (ivs[i].start, ivs[i].end))
-            edges += [Edge(a, b, "graph") for a, b in pairwise(chain)]
-            kernels[key] = chain
-        exits = _exits(graph, kernels, ivs)
-        for key in graph.nodes:
-            if not kernels[key]:
-                continue
-            first = kernels[key][0]
-            for p in graph.parents[key]:
-                edges += [Edge(x, first, "graph") for x in exits[p]]
-        roots = [kernels[k][0] for k in _entries(graph, kernels, graph.roots)]
-        edges += [Edge(s, t, "launch") for s in prev_sinks for t in roots]
-        prev_sinks = sorted({x for k in graph.nodes if not graph.children[k] for x in exits[k]})
-    return edges
-
-
-def with_capture_edges(timeline: Timeline, program: Program, layers_per_replay: int) -> Timeline:
-    """The timeline of a measured run with its captured graph's edges (`capture_edges`), so that
-    the Chrome trace written from it carries them."""
-    return Timeline(list(timeline.intervals), timeline.source, list(timeline.layers),
-                    capture_edges(timeline, program, layers_per_replay))
-
-
-def _exits(graph: CaptureGraph, kernels: dict, ivs) -> dict[tuple[int, str], list[int]]:
-    """Per graph node, the kernels its children wait for: its last one, or for a node with no
-    kernels, its parents' (dispatch order is a topological order)."""
-    out: dict[tuple[int, str], list[int]] = {}
-    for key in graph.nodes:
-        if kernels[key]:
-            out[key] = [max(kernels[key], key=lambda i: (ivs[i].end, i))]
-        else:
-            out[key] = sorted({x for p in graph.parents[key] for x in out[p]})
-    return out
-
-
-def _entries(graph: CaptureGraph, kernels: dict, keys) -> list[tuple[int, str]]:
-    """The nodes with kernels reached first from `keys` (through nodes without kernels)."""
-    out, stack, seen = [], list(keys), set()
-    while stack:
-        key = stack.pop()
-        if key in seen:
-            continue
-        seen.add(key)
-        if kernels[key]:
-            out.append(key)
-        else:
-            stack += graph.children[key]
-    return out
-
-
 def scenario_edges(timeline: Timeline, scenarios: Path = SCENARIOS) -> tuple[list[Edge], str]:
     """Edges for a streamlab trace written before runs recorded them: from the scenario named in
     its source, if that file is there and its graph matches the trace. Returns ([], why not)
@@ -274,66 +195,3 @@ def scenario_edges(timeline: Timeline, scenarios: Path = SCENARIOS) -> tuple[lis
         return capture_edges(timeline, scen.program, per), str(path)
     except ValueError as e:
         return [], f"the trace does not match the graph of {path}: {e}"
-
-
-# --- Kineto event waits ---------------------------------------------------------------------
-
-def kineto_event_edges(path: str | Path, timeline: Timeline) -> tuple[list[Edge], int]:
-    """Edges from CUPTI's "Stream Wait Event" records (see the module doc) between the
-    intervals of `timeline`, a loaded Kineto trace of the same file, and how many waits named
-    operations that are not in it (outside the trace, or on an unknown stream).
-
-    The streaming loader keeps no correlation ids, so this reads the file a second time, whole,
-    with json (memory a few times the decompressed size); only traces that recorded stream
-    waits get here. Operations are matched to intervals by stream label and start, labelled and
-    rebased as the loader does (kineto.py `_Collector.build`)."""
-    obj = _read_json(Path(path))
-    ops, waits = [], []
-    for ev in obj.get("traceEvents", []) if isinstance(obj, dict) else obj:
-        if not isinstance(ev, dict) or ev.get("ph") != "X":
-            continue
-        args = ev.get("args") if isinstance(ev.get("args"), dict) else {}
-        if ev.get("cat") in DEVICE_CATS:
-            device = args.get("device", ev.get("pid", 0))
-            ops.append((device if type(device) is int else -1, args.get("stream", ev.get("tid", "?")),
-                        float(ev.get("ts", 0.0)), args.get("correlation")))
-        elif ev.get("cat") == "cuda_sync" and args.get("cuda_sync_kind") == "Stream Wait Event":
-            waits.append(args)
-    if not ops or not waits:
-        return [], 0
-    base = min(ts for _, _, ts, _ in ops)
-    multi = len({d for d, _, _, _ in ops}) > 1
-    index = {(iv.stream, iv.start): i for i, iv in enumerate(timeline.intervals)}
-    by_stream: dict[tuple, list[tuple[int, int]]] = {}  # (device, stream) -> [(correlation, interval)]
-    for device, stream, ts, corr in ops:
-        i = index.get(((f"{device}:" if multi else "") + str(stream), ts - base))
-        if i is not None and type(corr) is int:
-            by_stream.setdefault((device, stream), []).append((corr, i))
-    for lst in by_stream.values():
-        lst.sort()
-    edges, missed = [], 0
-    for w in waits:
-        dev = w.get("device", 0)
-        src = by_stream.get((dev, w.get("wait_on_stream")), [])
-        dst = by_stream.get((dev, w.get("stream")), [])
-        rec, at = w.get("wait_on_cuda_event_record_corr_id"), w.get("correlation")
-        if not (type(rec) is int and type(at) is int):
-            missed += 1
-            continue
-        k = bisect.bisect_left(src, (rec, -1)) - 1
-        j = bisect.bisect_right(dst, (at, len(timeline.intervals)))
-        if k < 0 or j >= len(dst):
-            missed += 1
-            continue
-        a, b = src[k][1], dst[j][1]
-        if a < b:
-            edges.append(Edge(a, b, "event"))
-    return edges, missed
-
-
-def _read_json(path: Path):
-    try:
-        raw = path.read_bytes()
-        return json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
-    except (OSError, EOFError, ValueError, gzip.BadGzipFile) as e:
-        raise Failure(f"{path}: cannot read its event waits: {e}", EXIT_BAD_INPUT) from None

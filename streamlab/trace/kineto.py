@@ -14,15 +14,17 @@ for. Peak memory grows with the number of device operations kept, not with the f
 
 Kept:
 - device operations: `kernel`, `gpu_memcpy`, `gpu_memset` -> Interval kinds kernel / memcpy /
-  memset, and `allreduce` for kernels whose name looks like an all-reduce (names.ALLREDUCE);
-  stream from `args.stream`, else the event's `tid` (counted as a missing stream id); GPU from
-  `args.device`;
+  memset (all-reduce kernels are found by assemble); stream from `args.stream`, else the
+  event's `tid` (counted as a missing stream id); GPU from `args.device`; correlation id;
 - runtime and driver calls (`cuda_runtime`, `cuda_driver`, HIP calls): counted by name;
   graph launches (`cudaGraphLaunch`, `hipGraphLaunch`, `cuGraphLaunch`) remembered by
   correlation id, since every kernel of a replayed graph carries its launch's correlation id:
   that is how kernels are grouped into graph replays (decode steps);
 - `cuda_sync` events (event sync, stream wait event, context sync): by kind, and the
-  waiting -> waited-on stream pairs of stream waits;
+  waiting -> waited-on stream pairs of stream waits; CUPTI's "Stream Wait Event" records (a
+  cudaStreamWaitEvent: the waiting `stream`, `wait_on_stream`, the correlation id of the
+  cudaEventRecord it waits for, its own) as columns, which assemble turns into edges between
+  device operations (deps.py follows them);
 - flow events (`s`/`t`/`f`): counted; mentions of CPU-side capture and warm-up marks
   (names.MARKS, e.g. `CUDAGraphNode.record`) counted in the raw bytes.
 
@@ -52,10 +54,10 @@ import numpy as np
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.trace import scan
-from streamlab.trace.assemble import RawOps, assemble
+from streamlab.trace.assemble import EventWaits, RawOps, assemble
 from streamlab.trace.jsonstream import BadEvent, JsonStream
 from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo, as_text
-from streamlab.trace.names import ALLREDUCE, GRAPH_LAUNCH, MARKS
+from streamlab.trace.names import GRAPH_LAUNCH, MARKS
 from streamlab.trace.scan import UNSURE
 
 __all__ = ["read_kineto"]
@@ -65,7 +67,7 @@ DEVICE_CATS = {"kernel": "kernel", "gpu_memcpy": "memcpy", "gpu_memset": "memset
                "Kernel": "kernel", "Memcpy": "memcpy", "Memset": "memset"}  # + PyTorch <= 1.9
 RUNTIME_CATS = {"cuda_runtime", "cuda_driver", "hip_runtime", "hip_driver", "runtime", "Runtime"}
 DEVICE_CODES = {cat: KINDS.index(kind) for cat, kind in DEVICE_CATS.items()}
-KERNEL, ALLREDUCE_CODE = KINDS.index("kernel"), KINDS.index("allreduce")
+STREAM_WAIT = "Stream Wait Event"  # CUPTI's cuda_sync_kind of a cudaStreamWaitEvent
 # what the vectorised scanner (module scan) reads: every event's ph and cat; a device
 # operation's name, ts, dur and args.{stream, device, correlation}; a runtime call's name
 SCAN_KEYS = (b"ph", b"cat", b"name", b"ts", b"dur", b"args", b"stream", b"device", b"correlation")
@@ -131,8 +133,8 @@ class _Collector:
         self.raw_runtime: dict[bytes, str | None] = {}  # runtime names as written (None: bad)
         self.streams: dict = {}  # stream id as written (int or str) -> index
         self.seq = array("q")
-        self.name = array("q")
-        self.stream = array("q")
+        self.name = array("i")
+        self.stream = array("i")
         self.kind = array("b")
         self.device = array("q")
         self.ts = array("d")
@@ -142,9 +144,9 @@ class _Collector:
         self.graph_corr: set[int] = set()
         self.syncs: Counter = Counter()
         self.waits: Counter = Counter()
+        self.stream_waits: list[tuple] = []  # (device, stream, on stream, record corr, corr)
         self.flows = 0
         self.missing_stream = 0
-        self.name_is_ar: list[bool] = []
         self.graph_names: dict[str, bool] = {}
         self.marks: Counter = Counter()  # names.MARKS mentioned
 
@@ -172,11 +174,17 @@ class _Collector:
                     if isinstance(corr, int):
                         self.graph_corr.add(corr)
             elif cat == "cuda_sync":
-                args = ev.get("args") or {}
+                args = ev.get("args")
+                args = args if type(args) is dict else {}
                 kind_name = args.get("cuda_sync_kind", ev.get("name", "?"))
                 self.syncs[kind_name] += 1
                 if "wait_on_stream" in args and args.get("stream", -1) != -1:
                     self.waits[f"{args['stream']} <- {args['wait_on_stream']}"] += 1
+                    if kind_name == STREAM_WAIT:
+                        device = args.get("device", ev.get("pid", 0))
+                        self.stream_waits.append((
+                            device if type(device) is int else -1, args["stream"], args["wait_on_stream"],
+                            _int(args.get("wait_on_cuda_event_record_corr_id")), _int(args.get("correlation"))))
         elif ph in ("s", "t", "f"):
             self.flows += 1
 
@@ -191,7 +199,6 @@ class _Collector:
         if ident is None:
             name = str(name)
             ident = self.names[name] = len(self.names)
-            self.name_is_ar.append(bool(ALLREDUCE.search(name)))
         return ident
 
     def _stream_ident(self, stream) -> int:
@@ -205,8 +212,6 @@ class _Collector:
         if type(args) is not dict:
             args = {}
         ident = self._name_ident(ev.get("name", "?"))
-        if code == KERNEL and self.name_is_ar[ident]:
-            code = ALLREDUCE_CODE
         stream = args.get("stream")
         if stream is None:
             self.missing_stream += 1
@@ -285,8 +290,7 @@ class _Collector:
         ids[good] = self._raw_name_ids(block.texts(name[good]))
         good &= ids >= 0
         taken, ids = ok_idx[good], ids[good]
-        kind = np.where((cat[taken] == KERNEL) & np.array(self.name_is_ar, bool)[ids],
-                        ALLREDUCE_CODE, cat[taken])
+        kind = cat[taken]
         streams, inverse = np.unique(values[b"stream"][good], return_inverse=True)
         sid = np.array([self._stream_ident(v) for v in streams.tolist()], np.int64)[inverse]
         columns = (ids, sid, kind, values[b"device"][good], values[b"ts"][good],
@@ -326,10 +330,11 @@ class _Collector:
             arr.frombytes(np.asarray(col, arr.typecode).tobytes())
 
     def build(self, path: Path, top: dict, clip: bool, gpu: str | None) -> LoadedTrace:
-        seq = _np(self.seq)  # events decoded whole come after their block's others: reorder
-        order = np.argsort(seq, kind="stable") if np.any(seq[1:] < seq[:-1]) else slice(None)
-        name, stream, kind, device, corr, ts, dur = (_np(a)[order] for a in (
-            self.name, self.stream, self.kind, self.device, self.corr, self.ts, self.dur))
+        seq = np.frombuffer(self.seq, np.int64)  # events decoded whole come after their block's
+        order = np.argsort(seq, kind="stable") if np.any(seq[1:] < seq[:-1]) else None  # others
+        del seq
+        name, stream, kind, device, corr, ts, dur = (_column(self, key, order) for key in (
+            "name", "stream", "kind", "device", "corr", "ts", "dur"))
         runtime = dict(sorted(self.runtime.items(), key=lambda kv: (-kv[1], str(kv[0]))))
         info = TraceInfo(str(path), "kineto", _tracer(top, self.runtime), events=self.events,
                          runtime_calls=sum(self.runtime.values()), runtime_by_name=runtime,
@@ -340,9 +345,35 @@ class _Collector:
                          markers={k: v for k, v in self.marks.items() if v})
         info.metadata = as_text({k: v for k, v in top.items()
                                  if k not in ("deviceProperties", "traceEvents") and len(json.dumps(v)) < 512})
-        raw = RawOps(list(self.names), name, list(self.streams), stream, kind, device, ts, dur, corr)
+        raw = RawOps(list(self.names), name, list(self.streams), stream, kind, device, ts, dur, corr,
+                     waits=self._waits())
+        del name, stream, kind, device, corr, ts, dur
         return assemble(raw, info, graph_corr=self.graph_corr, device_names=_device_names(top),
                         gpu=gpu, clip=clip, shared_ids_are_replays=not self.runtime)
+
+    def _waits(self) -> EventWaits | None:
+        """The stream waits, their streams as indices into the operations' streams."""
+        if not self.stream_waits:
+            return None
+        device, stream, on, record, corr = zip(*self.stream_waits)
+        ident = (lambda s: self.streams.get(s, -1))
+        return EventWaits(np.array(device, np.int64), np.array([ident(x) for x in stream], np.int64),
+                          np.array([ident(x) for x in on], np.int64), np.array(record, np.int64),
+                          np.array(corr, np.int64))
+
+
+def _int(value) -> int:
+    """A correlation id, -1 when absent or not an integer."""
+    return value if type(value) is int else -1
+
+
+def _column(collector: _Collector, key: str, order: np.ndarray | None) -> np.ndarray:
+    """A collected column as numpy (over the collector's array, which it holds from then on),
+    in file order."""
+    arr = getattr(collector, key)
+    setattr(collector, key, None)
+    col = np.frombuffer(arr, arr.typecode) if len(arr) else np.zeros(0, arr.typecode)
+    return col[order] if order is not None else col
 
 
 def _json_string(raw: bytes) -> str | None:
@@ -351,10 +382,6 @@ def _json_string(raw: bytes) -> str | None:
         return json.loads(b'"' + raw + b'"')
     except ValueError:
         return None
-
-
-def _np(arr: array) -> np.ndarray:
-    return np.frombuffer(arr, arr.typecode).copy()
 
 
 def _tracer(top: dict, runtime: Counter) -> str:

@@ -19,9 +19,11 @@ from streamlab.analysis import is_allreduce
 from streamlab.results import TraceGpu, TraceLoader
 from streamlab.timeline import Interval, Source, Timeline
 
-__all__ = ["KINDS", "DeviceOps", "LoadedTrace", "TraceInfo", "as_text"]
+__all__ = ["INDEX", "KIND", "KINDS", "DeviceOps", "LoadedTrace", "TraceInfo", "as_text"]
 
 KINDS = ("kernel", "memcpy", "memset", "allreduce")
+INDEX = np.int32  # dtype of the index columns (name, stream, queue, replay): 4 bytes an operation
+KIND = np.int8
 
 
 def as_text(values: dict) -> dict[str, str]:
@@ -51,7 +53,10 @@ class TraceInfo:
     shared_correlations: int = 0  # correlation ids carried by more than one device operation
     syncs: dict[str, int] = field(default_factory=dict)  # cuda_sync events by kind
     stream_waits: dict[str, int] = field(default_factory=dict)  # "waiting <- waited on": count
-    event_waits: int = 0  # stream waits on an event with their streams and correlations (Kineto)
+    # stream waits on recorded events as (waited-for, waiting) device operations, in timeline
+    # order (Kineto from CUPTI; assemble), and the waits that named no operation of the trace
+    event_edges: list[tuple[int, int]] = field(default_factory=list)
+    event_waits_unmatched: int = 0
     flows: int = 0
     markers: dict[str, int] = field(default_factory=dict)  # capture / warm-up marks by name
     same_stream_overlaps: int = 0  # device operations clipped at the next one's start
@@ -74,7 +79,9 @@ class TraceInfo:
             ops_per_replay=tuple(sorted(Counter(n for _, _, n in self.replays).items())),
             graph_ops=self.graph_ops, eager_ops=self.eager_ops,
             shared_correlations=self.shared_correlations, syncs=dict(self.syncs),
-            stream_waits=dict(self.stream_waits), event_waits=self.event_waits, flows=self.flows,
+            stream_waits=dict(self.stream_waits),
+            event_waits=len(self.event_edges),
+            event_waits_unmatched=self.event_waits_unmatched, flows=self.flows,
             markers=dict(self.markers), same_stream_overlaps=self.same_stream_overlaps,
             overlap_clipped_us=self.overlap_clipped_us, max_overlap_us=self.max_overlap_us,
             negative_durations=self.negative_durations, missing_stream=self.missing_stream,
@@ -89,10 +96,10 @@ class DeviceOps:
     holds over a million)."""
 
     names: list[str]
-    name: np.ndarray  # index into names
+    name: np.ndarray  # index into names (INDEX)
     streams: list[str]
-    stream: np.ndarray  # index into streams
-    kind: np.ndarray  # index into kinds
+    stream: np.ndarray  # index into streams (INDEX)
+    kind: np.ndarray  # index into kinds (KIND)
     start: np.ndarray  # microseconds
     end: np.ndarray
     nodes: list[str | None] | None = None  # per operation; None: no nodes known
@@ -142,15 +149,15 @@ class DeviceOps:
         """The columns of intervals already in timeline order."""
         n = len(intervals)
 
-        def ids(values, table: dict) -> np.ndarray:
-            return np.fromiter((table.setdefault(v, len(table)) for v in values), np.int64, n)
+        def ids(values, table: dict, dtype=INDEX) -> np.ndarray:
+            return np.fromiter((table.setdefault(v, len(table)) for v in values), dtype, n)
 
         names: dict[str, int] = {}
         streams: dict[str, int] = {}
         kinds = {k: i for i, k in enumerate(KINDS)}
         return cls(name=ids((iv.name for iv in intervals), names),
                    stream=ids((iv.stream for iv in intervals), streams),
-                   kind=ids((iv.kind for iv in intervals), kinds),
+                   kind=ids((iv.kind for iv in intervals), kinds, KIND),
                    start=np.fromiter((iv.start for iv in intervals), np.float64, n),
                    end=np.fromiter((iv.end for iv in intervals), np.float64, n),
                    nodes=[iv.node for iv in intervals],

@@ -1,16 +1,16 @@
-"""What kernel and runtime-API names say, the same for every trace format: which kernels are
-all-reduces, which API calls launch a captured graph, and which capture one (HIP, CUDA runtime,
-CUDA driver and PyTorch spellings, with or without Nsight Systems' `_v10000` version suffix)."""
+"""What runtime-API names say, the same for every trace format: which API calls launch a
+captured graph, and which capture one (HIP, CUDA runtime, CUDA driver and PyTorch spellings,
+with or without Nsight Systems' `_v10000` version suffix). Which kernels are all-reduces is
+analysis.is_allreduce_kernel's to say."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
 
-__all__ = ["ALLREDUCE", "CAPTURE", "GRAPH_LAUNCH", "KERNEL_LAUNCH", "MARKS", "capture_calls",
+__all__ = ["CAPTURE", "GRAPH_LAUNCH", "KERNEL_LAUNCH", "MARKS", "capture_calls",
            "graph_launch_names"]
 
-ALLREDUCE = re.compile(r"all_?reduce|cross_device_reduce", re.IGNORECASE)
 GRAPH_LAUNCH = re.compile(r"graphlaunch", re.IGNORECASE)  # hipGraphLaunch, cudaGraphLaunch, ...
 # the calls of a graph capture: begin / end capture on a stream, instantiating the graph
 CAPTURE = re.compile(r"^(hip|cuda|cu)(Stream)?(BeginCapture|EndCapture)|^(hip|cuda|cu)GraphInstantiate",

@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
-from streamlab.trace.assemble import RawOps, assemble
-from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo, as_text
-from streamlab.trace.names import ALLREDUCE, GRAPH_LAUNCH, MARKS
+from streamlab.trace.assemble import RawOps, assemble, index_of, ns_to_us
+from streamlab.trace.loaded import INDEX, KIND, KINDS, LoadedTrace, TraceInfo, as_text
+from streamlab.trace.names import GRAPH_LAUNCH, MARKS
 from streamlab.trace.sqlite_util import columns, connect, int_columns, tables
 
 __all__ = ["read_nsys"]
 
-NS = 1e-3  # us per ns
 KERNEL = "CUPTI_ACTIVITY_KIND_KERNEL"
 VERSION = re.compile(r"_v\d+$")  # cudaLaunchKernel_v7000 -> cudaLaunchKernel
 # CUpti_ActivityMemcpyKind
@@ -64,44 +63,49 @@ def read_nsys(path: Path, *, clip: bool = True, gpu: str | None = None) -> Loade
         meta = dict(db.execute("SELECT name, value FROM META_DATA_EXPORT")) \
             if "META_DATA_EXPORT" in have else {}
     names: dict[str, int] = {}
-    name, kind = [], []
-    for _, ids, what in parts:
-        used, inverse = np.unique(ids, return_inverse=True)
+    for part in parts:  # name ids (StringIds, copy kinds) -> indices into names, in place
+        used, index = index_of(part.pop("name"))
+        what = part["what"]
         labels = [strings.get(i, f"string {i}") if what == "kernel" else
                   f"Memcpy {COPY_KINDS.get(i, i)}" if what == "memcpy" else "Memset"
                   for i in used.tolist()]
-        name.append(np.array([names.setdefault(x, len(names)) for x in labels], np.int64)[inverse]
-                    if ids.size else np.zeros(0, np.int64))
-        kind.append(np.full(ids.size, KINDS.index(what), np.int8))
-    name = np.concatenate(name)
-    kind = np.concatenate(kind)
-    is_ar = np.array([bool(ALLREDUCE.search(n)) for n in names], bool)
-    if name.size:
-        kind[(kind == KINDS.index("kernel")) & is_ar[name]] = KINDS.index("allreduce")
-    start, end, device, stream, corr = (np.concatenate([rows[k] for rows, _, _ in parts])
-                                        for k in range(5))
-    stream_ids, stream_ix = np.unique(stream, return_inverse=True)
-    base = int(start.min()) if start.size else 0
-    raw = RawOps(list(names), name, stream_ids.tolist(), stream_ix.astype(np.int64), kind, device,
-                 (start - base) * NS, (end - start) * NS, corr)
-    info = TraceInfo(str(path), "nsys-sqlite", "nsys", events=int(name.size) + sum(runtime.values()),
+        lut = np.array([names.setdefault(x, len(names)) for x in labels], INDEX)
+        part["name"] = lut[index] if len(lut) else index
+        part["kind"] = np.full(index.size, KINDS.index(what), KIND)
+    cols = {k: _joined(parts, k) for k in ("name", "kind", "start", "end", "device", "stream", "corr")}
+    stream_ids, stream = index_of(cols.pop("stream"))
+    start, dur = ns_to_us(cols.pop("start"), cols.pop("end"))
+    raw = RawOps(list(names), cols.pop("name"), stream_ids.tolist(), stream, cols.pop("kind"),
+                 cols.pop("device"), start, dur, cols.pop("corr"))
+    del stream, start, dur
+    info = TraceInfo(str(path), "nsys-sqlite", "nsys", events=raw.name.size + sum(runtime.values()),
                      runtime_calls=sum(runtime.values()),
                      runtime_by_name=dict(sorted(runtime.items(), key=lambda kv: (-kv[1], kv[0]))),
                      graph_launches=sum(v for k, v in runtime.items() if GRAPH_LAUNCH.search(k)),
-                     markers=marks,
-                     gpus_listed=len(gpus),
+                     markers=marks, gpus_listed=len(gpus),
                      metadata=as_text({"nvtx_ranges": nvtx} | {k: v for k, v in meta.items()
                                                               if k == "EXPORT_SCHEMA_VERSION"}))
     return assemble(raw, info, graph_corr=graph_corr, device_names=gpus, gpu=gpu, clip=clip)
 
 
-def _rows(db, table: str, cols: set[str], name_col: str | None, what: str = "kernel"):
-    """(start, end, device, stream, correlation) columns and the name ids (or copy kinds)."""
+def _joined(parts: list[dict], key: str) -> np.ndarray:
+    """One column of all tables' rows (the kernel table's own array when it is the only one),
+    each table's part released as it is copied."""
+    if len(parts) == 1:
+        return parts[0].pop(key)
+    return np.concatenate([p.pop(key) for p in parts])
+
+
+def _rows(db, table: str, cols: set[str], name_col: str | None, what: str = "kernel") -> dict:
+    """start, end (ns), device, stream, correlation and the name id (or copy kind) of a table's
+    rows, by start."""
     pick = [c if c in cols else "NULL" for c in ("start", "end", "deviceId", "streamId",
                                                  "correlationId")]
     extra = name_col if name_col in cols else "0"
-    got = int_columns(db, f"SELECT {', '.join(pick)}, {extra} FROM {table} ORDER BY start", 6)
-    return got[:5], got[5], what
+    keys = ("start", "end", "device", "stream", "corr", "name")
+    got = int_columns(db, f"SELECT {', '.join(pick)}, {extra} FROM {table} ORDER BY start",
+                      (np.int64, np.int64, INDEX, INDEX, np.int64, INDEX))
+    return dict(zip(keys, got)) | {"what": what}
 
 
 def _runtime(db, have: set[str], strings: dict[int, str]) -> tuple[Counter, set[int]]:

@@ -27,20 +27,19 @@ from pathlib import Path
 import numpy as np
 
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
-from streamlab.trace.assemble import RawOps, assemble
-from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo, as_text
-from streamlab.trace.names import ALLREDUCE, GRAPH_LAUNCH, MARKS
+from streamlab.trace.assemble import RawOps, assemble, ns_to_us
+from streamlab.trace.loaded import INDEX, KIND, KINDS, LoadedTrace, TraceInfo, as_text
+from streamlab.trace.names import GRAPH_LAUNCH, MARKS
 
 __all__ = ["read_pftrace"]
 
-NS = 1e-3  # us per ns
 DEVICE_CATEGORIES = {"kernel_dispatch": "kernel", "memory_copy": "memcpy"}
 API_CATEGORIES = {"hip_api", "hsa_api", "marker_api", "rccl_api", "rocdecode_api", "rocjpeg_api"}
 GPU_TRACK = re.compile(r"GPU|COMPUTE|STREAM|COPY to AGENT", re.IGNORECASE)
 TRACK_IDS = re.compile(r"AGENT \[(\d+)\].*?(STREAM|QUEUE) \[(\d+)\]", re.IGNORECASE)
 SLICE_BEGIN, SLICE_END = 1, 2
 INCREMENTAL_STATE_CLEARED = 1
-CHUNK = 1 << 20
+CHUNK = 1 << 17  # bytes read at a time (the reader's memory is ~40 bytes a slice besides)
 
 
 def _protos():
@@ -175,68 +174,78 @@ def _varint(buf: bytes, pos: int, path: Path, index: int) -> tuple[int, int]:
 
 
 class _Rows:
-    """Finished non-API slices as compact columns (a slice costs a few dozen bytes, as in the
-    file): track, name and category ids, stamps, queue, correlation."""
+    """Finished non-API slices as compact columns (a slice costs ~38 bytes, less than the file
+    spends on it): track, name, category and queue as indices (into `tracks`, `names`, `cats`,
+    `queues`: the values as written, in order of first use; queue -1: none given), stamps (ns),
+    correlation."""
 
     def __init__(self) -> None:
+        self.tracks: dict[int, int] = {}  # track uuid -> index
         self.names: dict[str, int] = {}
         self.cats: dict[str, int] = {}
-        self.cols = {k: array("q") for k in ("track", "name", "cat", "start", "end", "queue", "corr")}
+        self.queues: dict[int, int] = {}
+        self.cols = {k: array(t) for k, t in (("track", "i"), ("name", "i"), ("cat", "h"),
+                                              ("start", "q"), ("end", "q"), ("queue", "i"),
+                                              ("corr", "q"))}
 
     def add(self, track, name, cat, start, end, queue, corr) -> None:
         c = self.cols
-        c["track"].append(track)
+        c["track"].append(self.tracks.setdefault(track, len(self.tracks)))
         c["name"].append(self.names.setdefault(name, len(self.names)))
         c["cat"].append(self.cats.setdefault(cat, len(self.cats)))
         c["start"].append(start)
         c["end"].append(end)
-        c["queue"].append(queue)
+        c["queue"].append(self.queues.setdefault(queue, len(self.queues)))
         c["corr"].append(corr)
 
-    def col(self, key: str) -> np.ndarray:
-        return np.frombuffer(self.cols[key], np.int64) if len(self.cols[key]) else \
-            np.zeros(0, np.int64)
+    def pop(self, key: str) -> np.ndarray:
+        """A column as numpy over the collected array (released here)."""
+        arr = self.cols.pop(key)
+        return np.frombuffer(arr, arr.typecode) if len(arr) else np.zeros(0, arr.typecode)
 
 
 def _build(path: Path, rows: _Rows, tracks, api, graph_corr, marks, packets, clip, gpu) -> LoadedTrace:
-    track, cat = rows.col("track"), rows.col("cat")
+    uuids = list(rows.tracks)  # per track index: its uuid, label and what it says
+    labels = [tracks.get(t, str(t)) for t in uuids]
+    ids = [TRACK_IDS.search(tracks.get(t, "")) for t in uuids]
     cat_names = list(rows.cats)
-    by_track = {t: (tracks.get(t, str(t)), TRACK_IDS.search(tracks.get(t, "")))
-                for t in np.unique(track).tolist()}
-    device_cat = np.array([c in DEVICE_CATEGORIES for c in cat_names], bool)
-    gpu_track = {t: bool(GPU_TRACK.search(label)) for t, (label, _) in by_track.items()}
-    keep = (device_cat[cat] if cat.size else np.zeros(0, bool)) | \
-        np.array([gpu_track[t] for t in track.tolist()], bool)
+    device_cat = np.array([c in DEVICE_CATEGORIES for c in cat_names] or [False], bool)
+    gpu_track = np.array([bool(GPU_TRACK.search(x)) for x in labels] or [False], bool)
+    track, cat = rows.pop("track"), rows.pop("cat")
+    keep = device_cat[cat] | gpu_track[track]
     if not keep.any():
         shown = ", ".join(sorted({t for t in tracks.values() if t})[:6]) or "none named"
         raise Failure(f"{path}: a Perfetto trace with no GPU tracks: no kernel_dispatch / "
                       f"memory_copy slices and no track named like GPU work (GPU, COMPUTE, STREAM); "
                       f"its tracks: {shown}", EXIT_BAD_INPUT)
-    idx = np.flatnonzero(keep)
-    track, cat = track[idx], cat[idx]
-    name, start, end = rows.col("name")[idx], rows.col("start")[idx], rows.col("end")[idx]
-    queue, corr = rows.col("queue")[idx], rows.col("corr")[idx]
-    names = list(rows.names)
+    pick = None if keep.all() else np.flatnonzero(keep)
+    del keep
+
+    def column(values: np.ndarray) -> np.ndarray:
+        return values if pick is None else values[pick]
+
+    track, cat = column(track), column(cat)
+    name, start, end = column(rows.pop("name")), column(rows.pop("start")), column(rows.pop("end"))
+    queue, corr = column(rows.pop("queue")), column(rows.pop("corr"))
     # per track: its agent and stream (from the name), and a queue when the track is one
-    tracks_used, at = np.unique(track, return_inverse=True)
-    agent_of, stream_of, queue_of = [], [], []
-    for t in tracks_used.tolist():
-        label, m = by_track[t]
-        agent_of.append(int(m.group(1)) if m else -1)
-        stream_of.append(m.group(3) if m else (label or str(t)))
-        queue_of.append(int(m.group(3)) if m and m.group(2).upper() == "QUEUE" else -1)
-    queue = np.where(queue < 0, np.array(queue_of, np.int64)[at], queue)
-    stream_ids, stream = np.unique(np.array(stream_of, object)[at].astype(str), return_inverse=True)
-    queue_ids, queue = np.unique(queue, return_inverse=True)
-    kind_of = np.array([KINDS.index(DEVICE_CATEGORIES.get(c, "kernel")) for c in cat_names], np.int8)
+    agent_of = np.array([int(m.group(1)) if m else -1 for m in ids], INDEX)
+    stream_label = [m.group(3) if m else (label or str(t)) for m, label, t in zip(ids, labels, uuids)]
+    stream_ids = sorted(set(stream_label))
+    stream_of = np.array([stream_ids.index(x) for x in stream_label], INDEX)
+    queues = rows.queues  # a slice without a queue annotation: its track's, when it is a queue
+    queue_of = np.array([queues.setdefault(int(m.group(3)) if m and m.group(2).upper() == "QUEUE" else -1,
+                                           len(queues)) for m in ids], INDEX)
+    if -1 in queues:
+        unknown = queue == queues[-1]
+        queue[unknown] = queue_of[track[unknown]]
+        del unknown
+    kind_of = np.array([KINDS.index(DEVICE_CATEGORIES.get(c, "kernel")) for c in cat_names], KIND)
     kind = kind_of[cat]
-    is_ar = np.array([bool(ALLREDUCE.search(n)) for n in names], bool)
-    kind[(kind == KINDS.index("kernel")) & is_ar[name]] = KINDS.index("allreduce")
-    base = int(start.min())
-    raw = RawOps(names, name, stream_ids.tolist(), stream.astype(np.int64), kind,
-                 np.array(agent_of, np.int64)[at], (start - base) * NS, (end - start) * NS, corr,
-                 queue=queue.astype(np.int64),
-                 queue_ids=[str(q) if q >= 0 else "-" for q in queue_ids.tolist()])
+    del cat
+    start, dur = ns_to_us(start, end)
+    raw = RawOps(list(rows.names), name, stream_ids, stream_of[track], kind, agent_of[track], start, dur,
+                 corr, queue=queue, queue_ids=[str(q) if q >= 0 else "-" for q in queues])
+    del name, track, kind, start, dur, end, corr, queue
     info = TraceInfo(str(path), "pftrace", "perfetto", events=packets,
                      runtime_calls=sum(api.values()),
                      runtime_by_name=dict(sorted(api.items(), key=lambda kv: (-kv[1], kv[0]))),

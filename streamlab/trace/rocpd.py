@@ -24,14 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
-from streamlab.trace.assemble import RawOps, assemble
-from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo, as_text
-from streamlab.trace.names import ALLREDUCE, GRAPH_LAUNCH
+from streamlab.trace.assemble import RawOps, assemble, index_of, ns_to_us
+from streamlab.trace.loaded import INDEX, KIND, KINDS, LoadedTrace, TraceInfo, as_text
+from streamlab.trace.names import GRAPH_LAUNCH
 from streamlab.trace.sqlite_util import connect, int_columns, tables
 
 __all__ = ["read_rocpd"]
 
-NS = 1e-3  # us per ns
 UUID = re.compile(r"[0-9a-fA-F_-]+")  # the suffix of a rocpd table: its session's uuid
 
 
@@ -102,7 +101,8 @@ def _ops(db, name: dict, table: str, what: str) -> dict[str, np.ndarray]:
                f"FROM {src} K JOIN {ts} S ON S.id = K.start_id JOIN {ts} E ON E.id = K.end_id "
                f"LEFT JOIN {tr} T ON T.id = K.track_id ORDER BY S.value")
     keys = ("start", "end", "agent", "queue", "stream", "corr", what)
-    return dict(zip(keys, int_columns(db, sql, len(keys))))
+    dtypes = (np.int64, np.int64, INDEX, INDEX, INDEX, np.int64, INDEX)
+    return dict(zip(keys, int_columns(db, sql, dtypes)))
 
 
 def _columns_of(db, src: str) -> set[str]:
@@ -125,39 +125,41 @@ def _api(db, name: dict, strings: dict[int, str]) -> tuple[Counter, set[int]]:
 def _build(path: Path, kernels, copies, symbols, agents, strings, runtime, graph_corr, meta,
            clip: bool, gpu: str | None) -> LoadedTrace:
     names: dict[str, int] = {}
-    used, inverse = np.unique(kernels["kernel_id"], return_inverse=True)
-    name = np.array([names.setdefault(symbols.get(k, f"kernel {k}"), len(names))
-                     for k in used.tolist()], np.int64)[inverse]
-    is_ar = np.array([bool(ALLREDUCE.search(n)) for n in names], bool)
-    kind = np.where(is_ar[name] if name.size else np.zeros(0, bool), KINDS.index("allreduce"),
-                    KINDS.index("kernel")).astype(np.int8)
-    cols = {k: v for k, v in kernels.items() if k != "kernel_id"}
+    used, name = index_of(kernels.pop("kernel_id"))
+    lut = np.array([names.setdefault(symbols.get(k, f"kernel {k}"), len(names)) for k in used.tolist()], INDEX)
+    parts = [kernels | {"name": lut[name] if lut.size else name,
+                        "kind": np.full(name.size, KINDS.index("kernel"), KIND)}]
+    del name
     if copies is not None and copies["start"].size:
-        used, inverse = np.unique(copies["name_id"], return_inverse=True)
-        c_name = np.array([names.setdefault(strings.get(n, "MEMORY_COPY"), len(names))
-                           for n in used.tolist()], np.int64)[inverse]
-        name = np.concatenate((name, c_name))
-        kind = np.concatenate((kind, np.full(c_name.size, KINDS.index("memcpy"), np.int8)))
-        cols = {k: np.concatenate((v, copies[k])) for k, v in cols.items()}
+        used, name = index_of(copies.pop("name_id"))
+        lut = np.array([names.setdefault(strings.get(n, "MEMORY_COPY"), len(names)) for n in used.tolist()],
+                       INDEX)
+        parts.append(copies | {"name": lut[name], "kind": np.full(name.size, KINDS.index("memcpy"), KIND)})
+        del name
+    cols = {k: parts[0].pop(k) if len(parts) == 1 else np.concatenate([p.pop(k) for p in parts])
+            for k in ("name", "kind", "start", "end", "agent", "queue", "stream", "corr")}
     gpu_index = {i: (ti if ti is not None else i) for i, (t, ti, _) in agents.items()}
-    used, inverse = np.unique(cols["agent"], return_inverse=True)
-    device = np.array([gpu_index.get(a, -1) for a in used.tolist()], np.int64)[inverse]
-    missing = cols["stream"] < 0
-    stream_key = np.where(missing, cols["queue"], cols["stream"])
-    stream_ids, stream = np.unique(stream_key, return_inverse=True)
-    queue_ids, queue = np.unique(cols["queue"], return_inverse=True)
-    base = int(cols["start"].min()) if cols["start"].size else 0
-    raw = RawOps(list(names), name, [str(s) for s in stream_ids.tolist()], stream.astype(np.int64),
-                 kind, device, (cols["start"] - base) * NS, (cols["end"] - cols["start"]) * NS,
-                 cols["corr"], queue=queue.astype(np.int64),
+    used, agent = index_of(cols.pop("agent"))
+    device = np.array([gpu_index.get(a, -1) for a in used.tolist()], INDEX)[agent]
+    del agent
+    stream = cols.pop("stream")
+    missing = stream < 0
+    stream[missing] = cols["queue"][missing]  # no stream id: the queue stands for it
+    stream_ids, stream = index_of(stream)
+    queue_ids, queue = index_of(cols.pop("queue"))
+    start, dur = ns_to_us(cols.pop("start"), cols.pop("end"))
+    raw = RawOps(list(names), cols.pop("name"), [str(s) for s in stream_ids.tolist()], stream,
+                 cols.pop("kind"), device, start, dur, cols.pop("corr"), queue=queue,
                  queue_ids=[str(q) for q in queue_ids.tolist()])
-    info = TraceInfo(str(path), "rocpd", "rocprofiler-sdk", events=int(name.size),
+    del stream, device, start, dur, queue
+    info = TraceInfo(str(path), "rocpd", "rocprofiler-sdk", events=int(raw.name.size),
                      runtime_calls=sum(runtime.values()),
                      runtime_by_name=dict(sorted(runtime.items(), key=lambda kv: (-kv[1], kv[0]))),
                      graph_launches=sum(v for k, v in runtime.items() if GRAPH_LAUNCH.search(k)),
                      missing_stream=int(missing.sum()),
                      gpus_listed=sum(t == "GPU" for t, _, _ in agents.values()),
                      metadata=as_text({k: v for k, v in meta.items() if k in ("schema_version", "uuid")}))
+    del missing
     names_by_gpu = {gpu_index[i]: n for i, (t, _, n) in agents.items() if t == "GPU"}
     return assemble(raw, info, graph_corr=graph_corr, device_names=names_by_gpu, gpu=gpu,
                     clip=clip)

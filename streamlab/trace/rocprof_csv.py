@@ -21,13 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
-from streamlab.trace.assemble import RawOps, assemble
-from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo
-from streamlab.trace.names import ALLREDUCE
+from streamlab.trace.assemble import RawOps, assemble, index_of, ns_to_us
+from streamlab.trace.loaded import KIND, KINDS, LoadedTrace, TraceInfo
 
 __all__ = ["read_rocprof_csv"]
 
-NS = 1e-3  # us per ns
 REQUIRED = ("kernel_name", "start_timestamp", "end_timestamp")
 WANT = ("kernel_name", "start_timestamp", "end_timestamp", "agent_id", "queue_id", "stream_id",
         "correlation_id")
@@ -80,18 +78,15 @@ def read_rocprof_csv(binary, path: Path, *, clip: bool = True, gpu: str | None =
     queue = columns.get("queue_id", np.zeros(n, np.int64))
     stream = columns.get("stream_id", queue)
     corr = columns.get("correlation_id", np.full(n, -1, np.int64))
-    names = list(names)
-    is_ar = np.array([bool(ALLREDUCE.search(x)) for x in names], bool)
-    kind = np.where(is_ar[name] if n else np.zeros(0, bool), KINDS.index("allreduce"),
-                    KINDS.index("kernel")).astype(np.int8)
-    stream_ids, stream_ix = np.unique(stream, return_inverse=True)
-    queue_ids, queue_ix = np.unique(queue, return_inverse=True)
-    base = int(start.min()) if n else 0
-    raw = RawOps(names, name, stream_ids.tolist(), stream_ix.astype(np.int64),
-                 kind, agent, (start - base) * NS, (end - start) * NS, corr,
-                 queue=queue_ix.astype(np.int64), queue_ids=queue_ids.tolist())
+    stream_ids, stream_ix = index_of(stream)
+    queue_ids, queue_ix = index_of(queue)
+    start, dur = ns_to_us(start, end)
+    raw = RawOps(list(names), name, stream_ids.tolist(), stream_ix,
+                 np.full(n, KINDS.index("kernel"), KIND), agent, start, dur, corr, queue=queue_ix,
+                 queue_ids=queue_ids.tolist())
     info = TraceInfo(str(path), "rocprofv3-csv", "rocprofiler-sdk", events=n,
                      missing_stream=0 if "stream_id" in columns else n)
+    del columns, name, stream, stream_ix, queue, queue_ix, agent, start, end, dur, corr
     return assemble(raw, info, graph_corr=set(), device_names={}, gpu=gpu, clip=clip)
 
 

@@ -32,8 +32,8 @@ from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.trace import scan
 from streamlab.trace.assemble import RawOps, assemble
 from streamlab.trace.jsonstream import BadEvent, JsonStream
-from streamlab.trace.loaded import KINDS, LoadedTrace, TraceInfo, as_text
-from streamlab.trace.names import ALLREDUCE, GRAPH_LAUNCH
+from streamlab.trace.loaded import KIND, KINDS, LoadedTrace, TraceInfo, as_text
+from streamlab.trace.names import GRAPH_LAUNCH
 
 __all__ = ["read_rocprof_json"]
 
@@ -200,9 +200,7 @@ def _build(path: Path, tools: list[dict], symbols: dict[int, str], dispatch: _Re
     names: dict[str, int] = {}
     name = np.array([names.setdefault(symbols[k], len(names)) for k in used.tolist()],
                     np.int64)[inverse] if kid.size else np.zeros(0, np.int64)
-    is_ar = np.array([bool(ALLREDUCE.search(n)) for n in names], bool)
-    kind = np.where(is_ar[name] if name.size else np.zeros(0, bool),
-                    KINDS.index("allreduce"), KINDS.index("kernel")).astype(np.int8)
+    kind = np.full(name.size, KINDS.index("kernel"), KIND)
     dev = _gpu_of(path, agents, dispatch.col("agent"))
     # copies: on the GPU end of the copy (the destination when both are GPUs)
     c_op = copy.col("operation")
@@ -222,7 +220,7 @@ def _build(path: Path, tools: list[dict], symbols: dict[int, str], dispatch: _Re
     end = np.concatenate((dispatch.col("end"), copy.col("end")))
     raw = RawOps(list(names), np.concatenate((name, np.asarray(c_names, np.int64))),
                  stream_labels, stream.astype(np.int64),
-                 np.concatenate((kind, np.full(c_op.size, KINDS.index("memcpy"), np.int8))),
+                 np.concatenate((kind, np.full(c_op.size, KINDS.index("memcpy"), KIND))),
                  np.concatenate((dev, c_dev)), start * NS, (end - start) * NS,
                  np.concatenate((dispatch.col("corr"), copy.col("corr"))),
                  queue=q.astype(np.int64),

@@ -40,18 +40,25 @@ def columns(db: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in db.execute(f"PRAGMA table_info(`{table}`)")}
 
 
-ROWS = 1 << 16  # rows fetched at a time: the Python tuples of a million rows would outweigh the file
+ROWS = 1 << 14  # rows fetched at a time: a chunk of Python tuples costs ~300 bytes a row
 
 
-def int_columns(db: sqlite3.Connection, sql: str, n: int, params=()) -> list[np.ndarray]:
-    """The n integer columns of a query (NULL -> -1)."""
+def int_columns(db: sqlite3.Connection, sql: str, dtypes: tuple, params=()) -> list[np.ndarray]:
+    """The integer columns of a query, one per dtype (NULL -> -1), filled a chunk of rows at a
+    time: the columns and one chunk of rows in memory, never all rows as Python objects."""
     count = db.execute(f"SELECT COUNT(*) FROM ({sql})", params).fetchone()[0]
-    out = np.empty((n, count), np.int64)  # filled a chunk at a time: one copy of the columns
+    out = [np.empty(count, d) for d in dtypes]
     cursor, at = db.execute(sql, params), 0
     while rows := cursor.fetchmany(ROWS):
-        out[:, at:at + len(rows)] = _ints(rows).T
+        block = _ints(rows)
+        for col, values in zip(out, block.T):
+            info = np.iinfo(col.dtype)
+            if values.size and (values.min() < info.min or values.max() > info.max):
+                raise sqlite3.DataError(f"a column holds {int(values.max())}, more than {col.dtype} "
+                                        "holds: not the ids this reader knows")
+            col[at:at + len(rows)] = values
         at += len(rows)
-    return list(out[:, :at])
+    return [col[:at] for col in out]
 
 
 def _ints(rows: list[tuple]) -> np.ndarray:

@@ -13,12 +13,11 @@ nothing about results or speed.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -132,25 +131,49 @@ def record_launches(layers: Iterable[Layer], tgt: Target,
 
     with _launcher(record), planning_for(tgt.units):
         for layer in layers:
-            tensors = with_views(layer, {n: torch.empty(s.shape, dtype=TORCH_DTYPES[s.dtype], device="meta")
-                                         for n, s in layer.tensors.items() if s.view is None})
-            for name, bound in bind_layer(layer, "triton").items():
+            for name, bound, tensors in _on_meta(layer):
                 where.update(node=name, batch=layer.dims.tokens)
                 if name in budgets:
-                    bound = _budgeted(bound, budgets[name])
+                    _check_triton(bound)
                 try:
-                    bound(tensors)
+                    bound(tensors, budgets.get(name))
                 except Exception as e:  # noqa: BLE001 - reported per node, the others still compile
                     failed.setdefault(name, f"{type(e).__name__}: {e}".splitlines()[0])
     return list(launches.values()), failed
 
 
-def _budgeted(bound: Bound, max_programs: int) -> Bound:
-    """`bound` run on at most `max_programs` programs at once: Triton nodes only."""
+def _on_meta(layer: Layer) -> Iterator[tuple[str, Bound, dict[str, torch.Tensor]]]:
+    """Every node of `layer` bound to Triton, with the layer's tensors on the meta device."""
+    tensors = with_views(layer, {n: torch.empty(s.shape, dtype=TORCH_DTYPES[s.dtype], device="meta")
+                                 for n, s in layer.tensors.items() if s.view is None})
+    for name, bound in bind_layer(layer, "triton").items():
+        yield name, bound, tensors
+
+
+def _check_triton(bound: Bound) -> None:
     if bound.backend != "triton":
         raise Failure(f"node {bound.node.name} runs on {bound.backend}, which takes no SM budget "
                       "(budgets apply to Triton kernels)", EXIT_BAD_INPUT)
-    return replace(bound, fn=functools.partial(bound.fn, max_programs=max_programs))
+
+
+def work_grids(layer: Layer, units: int) -> dict[str, tuple[int, ...]]:
+    """Programs of each launch of every Triton node of `layer`, unbudgeted, as planned for a
+    device of `units` SMs (CUs): the work items an SM budget spreads over (what the simulator's
+    budget model reads). The nodes' host code runs on meta tensors with Triton's launcher, JIT
+    or interpreter alike, replaced by a recorder: nothing compiles or runs, about 0.1 s a layer.
+    A node without a Triton launch (the all-reduce) has none."""
+    grids: dict[str, list[int]] = {}
+    where = {"node": ""}
+
+    def record(kernel, *args, grid, warmup, **kwargs):
+        grids.setdefault(where["node"], []).append(math.prod(grid))
+
+    with _launcher(record, interpreter=True), planning_for(units):
+        for name, bound, tensors in _on_meta(layer):
+            if bound.backend == "triton":
+                where["node"] = name
+                bound(tensors)
+    return {name: tuple(g) for name, g in grids.items()}
 
 
 def launch_of(kernel: JITFunction, args: tuple, kwargs: dict) -> KernelLaunch:
@@ -168,14 +191,21 @@ def launch_of(kernel: JITFunction, args: tuple, kwargs: dict) -> KernelLaunch:
 
 
 @contextlib.contextmanager
-def _launcher(record):
-    """Replace every Triton launch with `record(kernel, *args, grid=..., warmup=..., **kwargs)`."""
-    run = JITFunction.run
-    JITFunction.run = record
+def _launcher(record, interpreter: bool = False):
+    """Replace every Triton launch with `record(kernel, *args, grid=..., warmup=..., **kwargs)`;
+    with `interpreter`, the interpreter's launches too (TRITON_INTERPRET=1)."""
+    classes = [JITFunction]
+    if interpreter:
+        from triton.runtime.interpreter import InterpretedFunction
+        classes.append(InterpretedFunction)
+    runs = [cls.run for cls in classes]
+    for cls in classes:
+        cls.run = record
     try:
         yield
     finally:
-        JITFunction.run = run
+        for cls, run in zip(classes, runs):
+            cls.run = run
 
 
 def compile_launch(launch: KernelLaunch, tgt: Target) -> Compiled:
