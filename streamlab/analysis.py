@@ -25,7 +25,7 @@ import bisect
 import functools
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -104,10 +104,11 @@ class Summary:
     busy: Stat
     overlap: Stat
     bubble: Stat
-    bubble_by_class: dict[str, Stat]
+    bubble_by_class: dict[str, Stat]  # each class's own spread over layers: they do not add up
     stalls: Stat  # stall count per layer
     allreduce: Stat | None  # per call over all layers; None when there is no all-reduce
     streams: list[str]
+    bubble_split: dict[str, float] = field(default_factory=dict)  # median_split of the bubble by class
 
 
 def percentiles(values: Iterable[float], qs: Sequence[float] = (20, 50, 80)) -> tuple[float, ...]:
@@ -381,6 +382,16 @@ def stall_sites(summary: Summary) -> list[StallSite]:
             for (a, b), d in ranked]
 
 
+def median_split(totals: Sequence[float], parts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The parts of the median total: those of the layer whose total is the median, or for an
+    even count the mean of the two middle layers' (the median is then their mean), so the parts
+    add up to the median total exactly, unlike the median of each part taken on its own."""
+    order = sorted(range(len(totals)), key=lambda i: totals[i])
+    n = len(order)
+    middle = [order[n // 2]] if n % 2 else [order[n // 2 - 1], order[n // 2]]
+    return {k: float(sum(parts[i][k] for i in middle) / len(middle)) for k in parts[middle[0]]}
+
+
 def summarize(timeline: Timeline) -> Summary:
     """Per-layer and per-node statistics, and their spread over layers.
 
@@ -414,4 +425,5 @@ def summarize(timeline: Timeline) -> Summary:
                          for c in GAP_CLASSES},
         stalls=Stat.of([len(ls.stalls) for ls in layers]),
         allreduce=Stat.of(calls) if calls else None,
-        streams=timeline.streams)
+        streams=timeline.streams,
+        bubble_split=median_split([ls.bubble for ls in layers], [ls.bubble_by_class for ls in layers]))

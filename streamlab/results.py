@@ -194,6 +194,9 @@ class Anatomy:
     allreduce: str  # what ran the all-reduce
     physical_streams: int
     stall_sites: tuple[StallSite, ...]
+    # the median layer's bubble by gap class (analysis.median_split): adds up to bubble_us.median,
+    # where the per-class medians above need not; None in files written before it
+    bubble_split_us: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -1222,6 +1225,10 @@ def _convert(doc: Any, schema: int, kind: type[R], path: str) -> R:
         return _decode({k: v for k, v in doc.items() if k != "kind"}, kind, "")  # a sweep: same fields
     except _Bad as e:
         raise Failure(f"{path} (schema {schema}): {e}", EXIT_BAD_INPUT) from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:  # untyped files of before:
+        # a value of another type or a part missing somewhere the readers above do not name
+        raise Failure(f"{path} (schema {schema}): not a result this streamlab can read: "
+                      f"{type(e).__name__}: {e}", EXIT_BAD_INPUT) from None
 
 
 # --- the codec: dataclass fields and their type hints --------------------------------------------
@@ -1330,6 +1337,11 @@ def _stat(d: Any, where: str, n: int = 0) -> Stat:
                 n=_decode(d.get("n", n), int, f"{where}.n"))
 
 
+def _node_time(d: Any, where: str) -> NodeTime:
+    """An old node's {median, p20, p80, n[, mean]}."""
+    return NodeTime(**vars(_stat(d, where)), mean=_decode(d.get("mean"), float | None, f"{where}.mean"))
+
+
 def _latency(part: dict, where: str) -> Latency:
     lay = _stat(_need(part, "per_layer_us", where), f"{where}.per_layer_us")
     repeats = tuple(_decode(part.get("repeat_medians_us") or [], list[float], f"{where}.repeat_medians_us"))
@@ -1364,21 +1376,24 @@ def _legacy_run(d: dict, where: str) -> RunResult:
                             for c, s in _need(prof, "bubble_by_class_us", pat).items()},
         stalls_per_layer=_stat(_need(prof, "stalls_per_layer", pat), f"{pat}.stalls_per_layer"),
         allreduce_per_call_us=_stat(ar, f"{pat}.allreduce_per_call_us") if ar else None,
-        allreduce=str(prof.get("allreduce", "")), physical_streams=int(_need(prof, "physical_streams", pat)),
+        allreduce=str(prof.get("allreduce", "")),
+        physical_streams=_decode(_need(prof, "physical_streams", pat), int, f"{pat}.physical_streams"),
         stall_sites=sites)
     nodes = {}
     for name, n in _need(part, "nodes", at).items():
         nat = f"{at}.nodes.{name}"
         g = n.get("in_graph_us")
         nodes[name] = NodeResult(
-            in_graph_us=NodeTime(**vars(_stat(g, f"{nat}.in_graph_us")), mean=g.get("mean")) if g else None,
-            isolated_us=float(_need(n, "isolated_us", nat)), slowdown=float(_need(n, "slowdown", nat)),
-            floor_us=float(_need(n, "floor_us", nat)), kernels=int(_need(n, "kernels", nat)),
+            in_graph_us=_node_time(g, f"{nat}.in_graph_us") if g else None,
+            isolated_us=_decode(_need(n, "isolated_us", nat), float, f"{nat}.isolated_us"),
+            slowdown=_decode(_need(n, "slowdown", nat), float, f"{nat}.slowdown"),
+            floor_us=_decode(_need(n, "floor_us", nat), float, f"{nat}.floor_us"),
+            kernels=_decode(_need(n, "kernels", nat), int, f"{nat}.kernels"),
             flops=float(n.get("flops", 0.0)), bytes=float(n.get("bytes", 0.0)),
             backend=str(n.get("backend", "")))
-    kernels = int(_need(part, "kernels_per_layer", at))
-    budget_us = float(_need(part, "budget_us", at))
-    floor_sum = float(_need(part, "floor_sum_us", at))
+    kernels = _decode(_need(part, "kernels_per_layer", at), int, f"{at}.kernels_per_layer")
+    budget_us = _decode(_need(part, "budget_us", at), float, f"{at}.budget_us")
+    floor_sum = _decode(_need(part, "floor_sum_us", at), float, f"{at}.floor_sum_us")
     ceil = part.get("ceilings")
     return RunResult(
         scenario=str(_need(d, "scenario", where)), path=str(d.get("path", "")),
@@ -1409,8 +1424,7 @@ def _legacy_ranks(d: dict, where: str) -> Ranks:
     for i, r in enumerate(d["ranks"]):
         at = f"{where}.ranks[{i}]" if where else f"ranks[{i}]"
         nodes = {name: AllReduceOnRank(bytes=int(d["allreduce_nodes"][name]["bytes"]),
-                                       in_graph_us=NodeTime(**vars(_stat(x["in_graph_us"], f"{at}.{name}")),
-                                                            mean=x["in_graph_us"].get("mean"))
+                                       in_graph_us=_node_time(x["in_graph_us"], f"{at}.{name}")
                                        if x.get("in_graph_us") else None,
                                        **{k: x.get(k) for k in ("isolated_us", "slowdown", "algbw_gbs", "busbw_gbs",
                                                                 "isolated_algbw_gbs", "isolated_busbw_gbs")})

@@ -109,6 +109,7 @@ def _result(scen: Scenario, setup: RunSetup, *, measured: bool, source: str, pro
             wall_us=summary.wall, kernel_sum_us=summary.kernel_sum, overlap=summary.overlap,
             bubble_us=summary.bubble, bubble_by_class_us=dict(summary.bubble_by_class),
             stalls_per_layer=summary.stalls, allreduce_per_call_us=summary.allreduce, allreduce=allreduce,
-            physical_streams=len(summary.streams), stall_sites=tuple(stall_sites(summary))),
+            physical_streams=len(summary.streams), stall_sites=tuple(stall_sites(summary)),
+            bubble_split_us=dict(summary.bubble_split)),
         nodes=nodes, ceilings=ceilings if measured else None, trace=setup.trace,
         device_profile=device_profile, prediction=prediction)

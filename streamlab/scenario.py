@@ -1,7 +1,11 @@
 """Scenario files: model, shape, variant, schedule, collective and measurement, from YAML.
 
 Loading never ends in a traceback for bad input: every problem becomes a `ScenarioError` whose
-lines read `file:line: what is wrong`, naming the nodes involved.
+lines read `file:line: what is wrong`, naming the nodes involved and what is accepted. Every value
+is checked here, once, whether it comes from the file or from a command-line override
+(`Scenario.override`): types, ranges (finite, positive where it must be), the model, the cache
+format, the name (it names result files: `io.NAME`). YAML aliases (`*name`) are refused: a
+scenario never needs them, and a few lines of them expand to billions of values.
 """
 
 from __future__ import annotations
@@ -16,13 +20,40 @@ from typing import Any
 import yaml
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
+from streamlab.io import NAME, is_name
 from streamlab.layer import Layer, Variant, build_layer
 from streamlab.models import MODELS, ModelConfig, RankDims, Shape
-from streamlab.schedule.program import MAIN, Launch, Op, Program, Record, WaitEvent, WaitStream
+from streamlab.schedule.program import (
+    MAIN,
+    Launch,
+    Op,
+    Program,
+    Record,
+    WaitEvent,
+    WaitStream,
+)
 from streamlab.schedule.validate import check
 
 COLLECTIVES = ("auto", "emulated", "nccl", "symm_mem", "aiter")
 BACKENDS = ("auto", "reference", "triton", "aiter")
+KV_CACHES = ("fp8", "bf16")
+MAX_LAYERS = 256  # layers in one graph: a whole model has 61 to 78; more only makes a run slower
+MAX_BATCH = 1 << 16  # decode tokens per rank
+MAX_CONTEXT = 1 << 24  # tokens per request (16 Mi; GLM-5 serves 200 Ki)
+# accepted values of the numeric settings: (lowest, lowest allowed itself, highest, in words)
+RANGES = {
+    "shape.batch": (1, True, MAX_BATCH, f"an integer from 1 to {MAX_BATCH}"),
+    "shape.context": (1, True, MAX_CONTEXT, f"an integer from 1 to {MAX_CONTEXT}"),
+    "shape.tp": (1, True, 1024, "an integer from 1 to 1024 dividing the model's heads"),
+    "shape.page_size": (1, True, 1 << 16, "an integer from 1 to 65536"),
+    "measure.layers": (1, True, MAX_LAYERS, f"an integer from 1 to {MAX_LAYERS}"),
+    "measure.warmup": (1, True, 1 << 20, "a positive integer"),
+    "measure.iters": (1, True, 1 << 20, "a positive integer"),
+    "measure.repeats": (1, True, 1 << 10, "a positive integer up to 1024"),
+    "measure.seconds": (0.0, False, 86400.0, "a number of seconds above 0, at most 86400"),
+    "measure.profile_replays": (1, True, 1 << 10, "a positive integer up to 1024"),
+    "collective.emulated_us": (0.0, False, 1e6, "microseconds above 0, at most 1e6"),
+}
 
 
 class ScenarioError(Failure):
@@ -52,8 +83,16 @@ class _Seq(list):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader whose mappings and sequences remember the line of each entry, and which reads
-    only true/false as booleans (YAML 1.1 would turn the step key `on:` into True)."""
+    """SafeLoader whose mappings and sequences remember the line of each entry, which reads
+    only true/false as booleans (YAML 1.1 would turn the step key `on:` into True), and which
+    refuses aliases (the billion-laughs expansion: 30 lines, 10^9 strings when printed)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Bad(event.start_mark.line + 1, f"YAML alias *{event.anchor} is not accepted in a scenario; "
+                                                 "write the value out")
+        return super().compose_node(parent, index)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -69,8 +108,10 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise _Bad(line, f"a key must be a name, got {_short(key)}")
         if key in out:
-            raise _Bad(line, f"key {key!r} appears twice")
+            raise _Bad(line, f"key {_short(key)} appears twice")
         out[key] = loader.construct_object(value_node, deep=True)
         out.lines[key] = line
     return out
@@ -118,9 +159,45 @@ def _section(doc: _Map, key: str, cls: type, **defaults: Any) -> Any:
         ok = (isinstance(v, want) and not (want is int and isinstance(v, bool))) or (
             want is float and isinstance(v, int) and not isinstance(v, bool))
         if not ok:
-            raise _Bad(kline, f"{key}.{k} must be {_type_name(want)}, got {v!r}")
+            raise _Bad(kline, f"{key}.{k} must be {_type_name(want)}, got {_short(v)}")
+        problem = out_of_range(f"{key}.{k}", v)
+        if problem:
+            raise _Bad(kline, problem)
         values[k] = float(v) if want is float else v
     return cls(**values)
+
+
+def out_of_range(key: str, value) -> str | None:
+    """What is wrong with `value` for the numeric setting `key` (RANGES), or None."""
+    if key not in RANGES:
+        return None
+    lo, inclusive, hi, words = RANGES[key]
+    if not (value > lo or (inclusive and value == lo)) or not value <= hi:  # NaN fails both
+        return f"{key} must be {words}, got {_short(value)}"
+    return None
+
+
+def parse_batches(text: str | None, option: str = "--batch") -> list[int] | None:
+    """A comma list of batch sizes (a command-line option), each in RANGES' range, repeats
+    dropped; None when not given."""
+    if text is None:
+        return None
+    try:
+        out = [int(b) for b in str(text).split(",") if b.strip()]
+    except ValueError:
+        out = []
+    if not out:
+        raise Failure(f"{option} takes a comma-separated list of integers, got {text!r}", EXIT_BAD_INPUT)
+    for b in out:
+        problem = out_of_range("shape.batch", b)
+        if problem:
+            raise Failure(f"{option}: {problem}", EXIT_BAD_INPUT)
+    return list(dict.fromkeys(out))
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _suggest(word: str, choices) -> str:
@@ -169,13 +246,26 @@ class Scenario:
     def layer(self) -> Layer:
         return build_layer(self.dims, self.variant)
 
-    def override(self, model: str | None = None, **shape: int | str | None) -> "Scenario":
+    def override(self, model: str | None = None, **shape: int | str | None) -> Scenario:
         """A copy with another model or shape (the schedule is shape-independent), re-validated."""
         if model is not None and model not in MODELS:
-            raise ScenarioError(self.path, [(0, f"unknown model {model!r}{_suggest(model, MODELS)}; "
-                                                f"known: {', '.join(MODELS)}")])
+            raise ScenarioError(self.path, [(0, (f"unknown model {model!r}{_suggest(model, MODELS)}; "
+                                                f"known: {', '.join(MODELS)}"))])
+        problems = [(0, f"{p} (overriding the scenario's shape)") for k, v in shape.items() if v is not None
+                    for p in [_shape_problem(k, v)] if p]
+        if problems:
+            raise ScenarioError(self.path, problems[:1])
         return _validated(replace(self, model=MODELS[model] if model else self.model,
                                   shape=self.shape.with_(**shape)))
+
+
+def _shape_problem(key: str, value) -> str | None:
+    """What is wrong with one shape value (from the file or an override), or None."""
+    if key == "kv_cache":
+        return None if value in KV_CACHES else f"shape.kv_cache must be one of {', '.join(KV_CACHES)}, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"shape.{key} must be an integer, got {value!r}"
+    return out_of_range(f"shape.{key}", value)
 
 
 STEP_KINDS = ("run", "fork", "join", "record", "wait")
@@ -206,7 +296,7 @@ def _parse_steps(raw: Any, line: int) -> tuple[Step, ...]:
     steps: list[Step] = []
     for step, sline in zip(raw, raw.lines):
         if not isinstance(step, dict):
-            raise _Bad(sline, f"a schedule step must be a mapping such as `run: [...]`, got {step!r}")
+            raise _Bad(sline, f"a schedule step must be a mapping such as `run: [...]`, got {_short(step)}")
         kinds = [k for k in step if k in STEP_KINDS]
         if len(kinds) != 1:
             what = "none" if not kinds else ", ".join(kinds)
@@ -220,9 +310,9 @@ def _parse_steps(raw: Any, line: int) -> tuple[Step, ...]:
             if k == "sms":
                 if type(v) is not int or v < 1:
                     raise _Bad(step.lines.get(k, sline), f"sms takes the SMs / CUs the step's nodes may use "
-                               f"at once, a whole number from 1 to the device's count, got {v!r}")
+                               f"at once, a whole number from 1 to the device's count, got {_short(v)}")
             elif k != "run" and not (isinstance(v, str) and v):
-                raise _Bad(step.lines.get(k, sline), f"{k} takes a stream or event name, got {v!r}")
+                raise _Bad(step.lines.get(k, sline), f"{k} takes a stream or event name, got {_short(v)}")
         if kind == "run":
             names = step["run"]
             names = [names] if isinstance(names, str) else names
@@ -283,12 +373,17 @@ def _unknown(name: str, layer: Layer) -> str:
     return f"unknown node or group {name!r}{_suggest(name, known)}{hint}"
 
 
-def parse(text: str, path: str = "<scenario>") -> Scenario:
+TEXT = "<scenario>"  # the path of a scenario given as text
+
+
+def parse(text: str, path: str = TEXT) -> Scenario:
     """Parse and validate scenario text; raises ScenarioError naming file and line."""
     try:
         doc = yaml.load(text, Loader=_Loader)
     except _Bad as e:
         raise ScenarioError(path, [(e.line, str(e))]) from None
+    except RecursionError:
+        raise ScenarioError(path, [(0, "not a scenario: YAML nested too deeply to read")]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         msg = f"{getattr(e, 'problem', None) or e}".strip()
@@ -313,14 +408,19 @@ def _scenario(doc: _Map, path: str) -> Scenario:
         raise _Bad(doc.line, "missing `schedule:` (the list of run / fork / join steps)")
     for k in ("name", "description", "model", "backend"):
         if k in doc and not isinstance(doc[k], str):
-            raise _Bad(doc.lines[k], f"{k} must be a string, got {doc[k]!r}")
+            raise _Bad(doc.lines[k], f"{k} must be a string, got {_short(doc[k])}")
+    name = doc.get("name", Path(path).stem if path != TEXT else "scenario")  # text without a file: no stem
+    if not is_name(name):
+        where = doc.lines["name"] if "name" in doc else doc.line
+        raise _Bad(where, f"name {_short(name)} cannot name result files; accepted: {NAME}"
+                          + ("" if "name" in doc else " (the file's name stands in for a missing `name:`)"))
     model_name = doc.get("model", "glm5")
     if model_name not in MODELS:
         raise _Bad(doc.lines["model"], f"unknown model {model_name!r}{_suggest(model_name, MODELS)}; "
                                        f"known: {', '.join(MODELS)}")
     shape = _section(doc, "shape", Shape)
-    if shape.kv_cache not in ("fp8", "bf16"):
-        raise _Bad(doc["shape"].lines["kv_cache"], "shape.kv_cache must be fp8 or bf16")
+    if shape.kv_cache not in KV_CACHES:
+        raise _Bad(doc["shape"].lines["kv_cache"], _shape_problem("kv_cache", shape.kv_cache))
     collective = _section(doc, "collective", Collective)
     if collective.impl not in COLLECTIVES:
         raise _Bad(doc["collective"].lines["impl"],
@@ -329,21 +429,19 @@ def _scenario(doc: _Map, path: str) -> Scenario:
     if backend not in BACKENDS:
         raise _Bad(doc.lines["backend"], f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     scen = Scenario(
-        name=doc.get("name", Path(path).stem), path=path, model=MODELS[model_name], shape=shape,
+        name=name, path=path, model=MODELS[model_name], shape=shape,
         variant=_section(doc, "variant", Variant),
         steps=_parse_steps(doc["schedule"], doc.lines["schedule"]), collective=collective,
         measure=_section(doc, "measure", Measure), backend=backend,
         description=doc.get("description", ""))
-    if min(vars(scen.measure).values()) <= 0:
-        raise _Bad(doc.lines.get("measure", doc.line), "measure values must be positive")
     return scen
 
 
 def _validated(scen: Scenario) -> Scenario:
     """Build the layer at the scenario's shape, compile the schedule and check it."""
-    bad = [k for k, v in vars(scen.shape).items() if isinstance(v, int) and v <= 0]
+    bad = [p for k, v in vars(scen.shape).items() for p in [_shape_problem(k, v)] if p]
     if bad:
-        raise ScenarioError(scen.path, [(0, f"shape.{bad[0]} must be positive")])
+        raise ScenarioError(scen.path, [(0, bad[0])])
     try:
         layer = scen.layer
     except ValueError as e:
@@ -376,4 +474,6 @@ def load(path: str | Path) -> Scenario:
         text = p.read_text()
     except OSError as e:
         raise ScenarioError(str(path), [(0, f"cannot read: {e.strerror or e}")]) from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(str(path), [(0, f"not a scenario: not UTF-8 text ({e.reason} at byte {e.start})")]) from None
     return parse(text, str(path))

@@ -8,6 +8,7 @@ import pytest
 
 from streamlab.analysis import (Stat, assign_layers, busy_union, classify, gaps, percentiles,
                                 spread, summarize, visits)
+from streamlab.errors import EXIT_ENVIRONMENT, Failure
 from streamlab.io import write_atomic, write_json_atomic
 from streamlab.timeline import Interval, Source, Timeline
 
@@ -232,8 +233,9 @@ def test_atomic_write_keeps_old_file_when_rename_fails(tmp_path, monkeypatch):
         raise OSError("disk gone")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(Failure) as e:  # one message naming the file, the run's failure (not bad input)
         write_atomic(path, "new")
+    assert e.value.code == EXIT_ENVIRONMENT and str(e.value) == f"{path}: cannot write: disk gone"
     monkeypatch.undo()
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["r.txt"]
     write_atomic(path, b"new")

@@ -27,7 +27,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("streamlab.check",),
     ("streamlab.report",),  # rendering: rich, matplotlib, Markdown
     ("streamlab.session", "streamlab.collective", "streamlab.search", "streamlab.calibration"),  # orchestration
-    ("streamlab.cli", "streamlab.__main__", "streamlab.trace.cli"),  # trace.cli: the `streamlab trace` commands
+    ("streamlab.cli", "streamlab.options", "streamlab.__main__", "streamlab.trace.cli",
+     "streamlab.search.cli"),  # trace.cli, search.cli: the `streamlab trace` and `search` commands
 ]
 INDEPENDENT = ("streamlab.exec", "streamlab.sim", "streamlab.trace")
 
@@ -141,3 +142,12 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     src.write_text("def f():\n    from streamlab.report import result\n    from .errors import Failure\n")
     found = imports("streamlab.check", src)
     assert found == {"streamlab.report.result", "streamlab.errors"}
+
+
+def test_the_readme_lists_the_exit_codes_as_errors_does():
+    from streamlab.errors import EXIT_CODES
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ")]
+    assert [(int(c), m.strip()) for c, m in rows[1:]] == list(EXIT_CODES)  # rows[0]: the header

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from streamlab.check import attribute, judge
 from streamlab.cli import app
+from streamlab.errors import EXIT_BAD_INPUT
 from streamlab.results import DO_NOT_ENABLE, ENABLE, INCONCLUSIVE, CompareResult, dump
 from tests.synthetic import run_result
 
@@ -66,10 +67,10 @@ def test_attribution_adds_up_to_the_difference():
     assert sum(v for _, v in a.parts()) == pytest.approx(a.total)
 
 
-def test_check_on_the_simulated_mi355x_says_do_not_enable_a_v4_moe_dual():
+def test_check_on_the_simulated_mi355x_says_do_not_enable_a_v4_moe_dual(tmp_path):
     r = CliRunner().invoke(app, ["check", "--baseline", str(SCENARIOS / "serial.yaml"), "--candidate",
                                  str(SCENARIOS / "a_v4_moe_dual.yaml"), "--batch", "4", "--json",
-                                 "--out", "/tmp/streamlab-test-check"])
+                                 "--out", str(tmp_path)])
     assert r.exit_code == 1, r.output
     doc = json.loads(r.output)
     assert doc["verdict"] == "do not enable" and doc["source"] == "simulated, profile mi355x"
@@ -103,11 +104,11 @@ def test_check_judges_result_files(tmp_path):
     (tmp_path / "c.json").write_text("{not json")
     r = CliRunner().invoke(app, ["check", "--baseline", str(tmp_path / "a.json"), "--candidate",
                                  str(tmp_path / "c.json")])
-    assert r.exit_code == 2 and "c.json: cannot read a result: not JSON" in r.output
+    assert r.exit_code == EXIT_BAD_INPUT and "c.json: cannot read a result: not JSON" in r.output
     dump(judge("a", "b", [(4, result(300.0), result(250.0))]), tmp_path / "verdict.json")
     r = CliRunner().invoke(app, ["check", "--baseline", str(tmp_path / "a.json"), "--candidate",
                                  str(tmp_path / "verdict.json")])
-    assert r.exit_code == 2 and "verdict.json: a check verdict (schema 2), not a run result" in r.output
+    assert r.exit_code == EXIT_BAD_INPUT and "verdict.json: a check verdict (schema 2), not a run result" in r.output
 
 
 def test_check_on_committed_h200_results_of_two_and_four_gpus_is_inconclusive():

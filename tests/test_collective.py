@@ -17,7 +17,7 @@ import torch
 from streamlab.collective import watch
 from streamlab.collective.sweep import parse_sizes
 from streamlab.collective.worker import MODULE
-from streamlab.errors import Failure
+from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.kernels.allreduce.impls import bandwidths, busbw_factor, capture_hook, choose
 from streamlab.results import AllReduceSweep, RunResult, load
 
@@ -91,7 +91,8 @@ def test_world2_run_through_the_launcher_gives_one_result_with_both_ranks(scenar
                     "--out", str(out), "--rank-timeout", "30"])
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     results = sorted(x.name for x in out.glob("*.json"))
-    assert results == ["tiny_a_v4-b2-w2-gloo.json"]
+    stem = "tiny_a_v4-tiny-b2-ctx256-tp1-page64-kvfp8-sim-mi355x-w2-gloo"
+    assert results == [f"{stem}.json"]
     r = load(out / results[0], RunResult)
     assert r.ranks.world == 2 and r.ranks.complete is True and r.equal_to_serial is True
     assert [f.rank for f in r.ranks.figures] == [0, 1]
@@ -105,7 +106,7 @@ def test_world2_run_through_the_launcher_gives_one_result_with_both_ranks(scenar
             assert node.bytes > 0
             assert node.busbw_gbs == pytest.approx(node.algbw_gbs)  # 2 (n - 1) / n = 1 at n = 2
             assert node.algbw_gbs == pytest.approx(node.bytes / (node.in_graph_us.median * 1e3))
-    assert r.trace == str(out / "tiny_a_v4-b2-w2-gloo-sim.trace.json.gz") and Path(r.trace).exists()
+    assert r.trace == str(out / f"{stem}.trace.json.gz") and Path(r.trace).exists()
     assert "result (2 ranks, all-reduce gloo)" in p.stdout
     assert not _workers_alive(str(out))
 
@@ -142,7 +143,7 @@ def test_sweep_on_two_cpu_ranks(tmp_path):
                     "--iters", "3", "--warmup", "1", "--calls", "2", "--device", "cpu", "--rank-timeout", "30",
                     "--out", str(out)])
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    sweep = load(out / "allreduce-w2-nccl.json", AllReduceSweep)
+    sweep = load(out / "allreduce-w2-nccl-cpu.json", AllReduceSweep)
     assert sweep.world == 2 and sweep.complete and [r.bytes for r in sweep.rows] == [1024, 4096]
     for r in sweep.rows:
         assert r.correct and r.backend == "gloo" and len(r.per_rank_us) == 2
@@ -158,8 +159,8 @@ def test_sweep_on_two_cpu_ranks(tmp_path):
 def test_bad_sweep_options_fail_before_any_rank_starts(tmp_path):
     p = _python(["-m", "streamlab", "allreduce", "--world", "2", "--impl", "mpi", "--device", "cpu",
                  "--out", str(tmp_path)])
-    assert p.returncode == 2 and "--impl: unknown all-reduce mpi" in p.stderr
-    assert not (tmp_path / "allreduce-w2-mpi.json").exists()
+    assert p.returncode == EXIT_BAD_INPUT and "--impl: unknown all-reduce 'mpi'" in p.stderr
+    assert not (tmp_path / "allreduce-w2-mpi-cpu.json").exists()
 
 
 # -- pieces ------------------------------------------------------------------------------------

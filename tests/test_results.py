@@ -41,6 +41,7 @@ jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (the dev extra
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
 SHIPPED = Path(streamlab.__file__).parent / "schemas"
+A_V4 = "a_v4-glm5-b4-ctx8192-tp8-page64-kvfp8-sim-mi355x.json"  # what `run scenarios/a_v4.yaml` writes here
 
 
 def validate(doc: dict, kind: str) -> None:
@@ -62,16 +63,16 @@ def runs(tmp_path_factory) -> Path:
     r = CliRunner().invoke(app, ["run", str(SCENARIOS / "a_v4.yaml"), "--out", str(out)])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["compare", str(SCENARIOS / "serial.yaml"), str(SCENARIOS / "a_v4.yaml"),
-                                 "--batch", "4", "--out", str(out), "--report", str(out / "cmp")])
+                                 "--batch", "4", "--out", str(out / "compared"), "--report", str(out / "cmp")])
     assert r.exit_code == 0, r.output
     return out
 
 
 def test_a_run_result_validates_and_reads_back_as_written(runs):
-    doc = json.loads((runs / "a_v4-b4-cpu.json").read_text())
+    doc = json.loads((runs / A_V4).read_text())
     assert (doc["schema"], doc["kind"]) == (SCHEMA, "run")
     validate(doc, "run")
-    r = load(runs / "a_v4-b4-cpu.json", RunResult)
+    r = load(runs / A_V4, RunResult)
     assert to_json(r) == doc
     assert r.scenario == "a_v4" and not r.measured and r.source == "simulated, profile mi355x"
     assert r.anatomy.allreduce_per_call_us.median == pytest.approx(18.2, abs=0.1)
@@ -91,7 +92,7 @@ def test_a_measured_run_validates_and_keeps_its_protocol_and_replays(tmp_path):
     """`streamlab run` on the GPU: the measured result, its protocol and every timed replay."""
     r = CliRunner().invoke(app, ["run", str(SCENARIOS / "serial.yaml"), "--device", "cuda", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    doc = json.loads((tmp_path / "serial-b4-cuda.json").read_text())
+    doc = json.loads(next(tmp_path.glob("serial-glm5-b4-ctx8192-tp8-page64-kvfp8-*-triton.json")).read_text())
     validate(doc, "run")
     run = from_json(doc, RunResult)
     assert run.measured and run.protocol.measure.iters == 50 and run.protocol.warmup_s == 1.0
@@ -104,14 +105,14 @@ def test_a_measured_run_validates_and_keeps_its_protocol_and_replays(tmp_path):
 def test_sim_writes_a_run_result_that_was_not_checked_against_serial(tmp_path):
     r = CliRunner().invoke(app, ["sim", str(SCENARIOS / "serial.yaml"), "--profile", "h100", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    doc = json.loads((tmp_path / "serial-b4-sim-h100.json").read_text())
+    doc = json.loads((tmp_path / "serial-glm5-b4-ctx8192-tp8-page64-kvfp8-sim-h100.json").read_text())
     validate(doc, "run")
     assert doc["equal_to_serial"] is None and doc["source"] == "simulated, profile h100"
 
 
 def test_a_check_verdict_validates(runs):
     r = CliRunner().invoke(app, ["check", "--baseline", str(SCENARIOS / "serial.yaml"), "--candidate",
-                                 str(runs / "a_v4-b4-cpu.json"), "--json", "--out", str(runs)])
+                                 str(runs / A_V4), "--json", "--out", str(runs)])
     doc = json.loads(r.output)
     validate(doc, "check")
     v = from_json(doc, CheckVerdict)
@@ -175,9 +176,9 @@ def test_an_allreduce_sweep_validates(tmp_path):
                         "--rank-timeout", "30", "--out", str(tmp_path)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == 0, p.stderr[-2000:]
-    doc = json.loads((tmp_path / "allreduce-w2-nccl.json").read_text())
+    doc = json.loads((tmp_path / "allreduce-w2-nccl-cpu.json").read_text())
     validate(doc, "allreduce-sweep")
-    assert load(tmp_path / "allreduce-w2-nccl.json", AllReduceSweep).rows[0].correct
+    assert load(tmp_path / "allreduce-w2-nccl-cpu.json", AllReduceSweep).rows[0].correct
 
 
 COMMITTED = sorted(p for d in ("bench/results", "traces") for p in (ROOT / d).rglob("*.json"))
@@ -233,12 +234,12 @@ def test_a_file_of_another_kind_or_schema_is_one_clear_refusal(tmp_path, runs):
     with pytest.raises(Failure, match=r"matrix.json: a compare report \(schema 0\), not a run result"):
         load(ROOT / "bench/results/h100-2026-11-22/matrix.json", RunResult)
     newer = tmp_path / "newer.json"
-    newer.write_text(json.dumps({**json.loads((runs / "a_v4-b4-cpu.json").read_text()), "schema": SCHEMA + 1}))
+    newer.write_text(json.dumps({**json.loads((runs / A_V4).read_text()), "schema": SCHEMA + 1}))
     with pytest.raises(Failure, match=rf"newer.json: result schema {SCHEMA + 1}; this streamlab reads "
                                       rf"schemas 0 to {SCHEMA} \(the file is newer: update streamlab\)"):
         load(newer, RunResult)
     bad = tmp_path / "bad.json"
-    doc = json.loads((runs / "a_v4-b4-cpu.json").read_text())
+    doc = json.loads((runs / A_V4).read_text())
     doc["latency"]["median"] = "fast"
     bad.write_text(json.dumps(doc))
     with pytest.raises(Failure, match=r"bad.json: latency.median: must be a number, got \"fast\""):
@@ -246,6 +247,6 @@ def test_a_file_of_another_kind_or_schema_is_one_clear_refusal(tmp_path, runs):
 
 
 def test_a_result_survives_a_round_trip(runs):
-    r = load(runs / "a_v4-b4-cpu.json", RunResult)
+    r = load(runs / A_V4, RunResult)
     again = from_json(json.loads(json.dumps(to_json(r))), RunResult)
     assert again == r and replace(again, scenario="x") != r

@@ -92,7 +92,7 @@ def test_side_stream_used_before_any_fork():
     (("  - run: [post_norm, moe, allreduce_moe]", "  - run: [post_norm, moe]"), "nodes never scheduled (each node of the layer runs exactly once): allreduce_moe"),
     (("measure: {layers: 4", "measure: {layrs: 4"), "s.yaml:25: unknown key measure.layrs (did you mean 'layers'?)"),
     (("batch: 4", "batch: four"), "s.yaml:7: shape.batch must be an integer, got 'four'"),
-    (("batch: 4", "batch: 0"), "shape.batch must be positive"),
+    (("batch: 4", "batch: 0"), "shape.batch must be an integer from 1 to 65536, got 0"),
     (("tp: 8", "tp: 7"), "num_attention_heads=64 is not divisible by tp=7"),
     (("schedule:", "schedule: ["), "s.yaml:10: not valid YAML"),
     (("model: glm5", "model: glm6"), "s.yaml:6: unknown model 'glm6' (did you mean 'glm5'?)"),

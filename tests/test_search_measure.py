@@ -257,3 +257,10 @@ def test_the_cli_prints_the_measurement_as_json_and_writes_under_out(profile, tm
     assert b["winner"] and Path(b["winner_file"]).parent == tmp_path / "out"
     assert all(Path(p).is_relative_to(tmp_path / "out") for p in (doc["ranked_on"], b["report"]))
     assert list(tmp_path.iterdir()) == [tmp_path / "out"]
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    for extra, words in (((), "holds a measurement started before: add --resume"),
+                         (("--resume",), "exists: an earlier found scenario is never replaced; pass --force")):
+        again = CliRunner().invoke(app, ["search", "--profile", profile, "--batch", "4", "--top", "2", "--measure",
+                                         "--json", "--out", str(tmp_path / "out"), *extra])
+        assert again.exit_code == EXIT_BAD_INPUT and words in json.loads(again.stdout)["error"], again.output
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()} == before

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from streamlab.cli import app
-from streamlab.errors import Failure
+from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Layer, Node, TensorSpec, Variant
 from streamlab.models import TINY, RankDims, Shape
 from streamlab.schedule.program import Launch, Program, WaitStream
@@ -159,9 +159,10 @@ def test_a_cpu_run_is_simulated(tmp_path):
     r = CliRunner().invoke(app, ["run", str(SCENARIOS / "a_v4.yaml"), "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert "simulated on profile mi355x: a prediction" in " ".join(r.output.split()) and "bitwise equal" in r.output
-    assert list(tmp_path.glob("a_v4-b4-cpu.json")) and list(tmp_path.glob("*.trace.json.gz"))
+    stem = "a_v4-glm5-b4-ctx8192-tp8-page64-kvfp8-sim-mi355x"
+    assert (tmp_path / f"{stem}.json").exists() and (tmp_path / f"{stem}.trace.json.gz").exists()
 
 
 def test_unknown_profile_is_one_clear_line():
     r = CliRunner().invoke(app, ["sim", str(SCENARIOS / "a_v4.yaml"), "--profile", "mi400"])
-    assert r.exit_code == 2 and "no simulator profile 'mi400'; shipped: h100, h200, mi355x" in r.output
+    assert r.exit_code == EXIT_BAD_INPUT and "no simulator profile 'mi400'; shipped: h100, h200, mi355x" in r.output

@@ -179,7 +179,7 @@ def test_cli_sim_step_and_explain(tmp_path):
     assert r.exit_code == 0, r.output
     assert "decode step" in r.output and "published 24.45 ms" in r.output
     assert "indexer chain wall" in r.output and "+7.0" in r.output
-    doc = json.loads((tmp_path / "a_v4_moe_dual-b4-sim-mi355x.json").read_text())
+    doc = json.loads((tmp_path / "a_v4_moe_dual-glm5-b4-ctx8192-tp8-page64-kvfp8-sim-mi355x.json").read_text())
     assert doc["kind"] == "run" and doc["step"]["published_ms"] == 24.45
     assert doc["prediction"]["low_us"] < doc["latency"]["median"] == doc["prediction"]["per_layer_us"]
 

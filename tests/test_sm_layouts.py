@@ -182,7 +182,7 @@ def test_a_cpu_run_of_a_budgeted_found_layout_matches_serial(tmp_path):
     out = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path), "--profile", "h200"])
     assert out.exit_code == 0, out.output
     assert "bitwise equal" in out.output
-    doc = json.loads(next(tmp_path.glob("*-cpu.json")).read_text())
+    doc = json.loads(next(tmp_path.glob("*-sim-h200.json")).read_text())
     nodes = doc["nodes"]
     assert nodes["idx_wq_b"]["backend"] == "simulated [at most 66 SMs/CUs]"
     assert nodes["q_b_proj"]["backend"] == "simulated"

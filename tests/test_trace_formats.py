@@ -199,7 +199,9 @@ def test_nan_and_negative_timestamps(tmp_path):
     assert ":2: start_timestamp 'nan' is not an integer" in _fails(csv_path)
     for path in (tmp_path / "nan.json", csv_path):
         res = runner.invoke(app, ["summary", str(path), "--json"])
-        assert res.exit_code == EXIT_BAD_INPUT and res.stdout == ""  # no table, no JSON
+        assert res.exit_code == EXIT_BAD_INPUT  # no table: one JSON object saying what is wrong
+        assert json.loads(res.stdout) == {"error": json.loads(res.stdout)["error"], "exit_code": EXIT_BAD_INPUT}
+        assert "not a number" in json.loads(res.stdout)["error"] or "not an integer" in json.loads(res.stdout)["error"]
         assert res.stderr.startswith("error: ") and "not a" in res.stderr
 
 

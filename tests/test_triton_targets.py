@@ -67,7 +67,7 @@ def test_compiling_refuses_the_interpreter_unknown_targets_and_a_triton_without_
     with pytest.raises(Failure, match="unset TRITON_INTERPRET"):
         record_launches([load(SCENARIOS[0]).layer], TARGETS["mi355x"])
     r = CliRunner().invoke(app, ["compile", SCENARIOS[0], "--for", "mi300"])
-    assert r.exit_code == 2 and "unknown compile target 'mi300'; known: h100, h200, mi355x" in r.output
+    assert r.exit_code == EXIT_BAD_INPUT and "unknown compile target 'mi300'; known: h100, h200, mi355x" in r.output
     import triton.backends
     monkeypatch.setattr(triton.backends, "backends", {"nvidia": triton.backends.backends["nvidia"]})
     with pytest.raises(Failure, match=r"has no amd backend to compile for mi355x \(gfx950, 256 CUs\)"):

@@ -41,7 +41,7 @@ def run_args(*, model: str | None = None, batch: int | str | None = None, contex
              tp: int | None = None, page_size: int | None = None, kv_cache: str | None = None,
              backend: str | None = None, device: str | None = None, layers: int | None = None,
              profile: str | None = None, verify_full: bool = False, out: str | os.PathLike | None = None,
-             impl: str | None = None) -> list[str]:
+             impl: str | None = None, force: bool = False) -> list[str]:
     """The worker options of `streamlab run` (what `launch(..., extra_args)` takes)."""
     out_args: list[str] = []
     for flag, value in (("--model", model), ("--batch", batch), ("--context", context), ("--tp", tp),
@@ -52,6 +52,8 @@ def run_args(*, model: str | None = None, batch: int | str | None = None, contex
             out_args += [flag, str(value)]
     if verify_full:
         out_args.append("--verify-full")
+    if force:
+        out_args.append("--force")
     return out_args
 
 
@@ -61,22 +63,27 @@ def launch_run(scenario_paths: Sequence[str | os.PathLike], world: int, extra_ar
     """`streamlab run SCENARIO... --world N`: run each scenario on `world` ranks per node with a
     real all-reduce; rank 0 writes one result JSON per run with every rank's figures.
     `extra_args`: worker options (`run_args(...)`); `launcher_args`: torchrun options for
-    multi-node runs (default `--standalone`). Bad scenarios fail here, before any rank starts."""
+    multi-node runs (default `--standalone`). Bad scenarios fail here, before any rank starts, and
+    so does a run that would use the CPU without being told to (`_devices`)."""
     from streamlab.scenario import load
 
     for path in scenario_paths:
         load(Path(path))
+    _devices(_option(extra_args, "--device") or "auto", "run --world")
     launch_worker(["run", *map(str, scenario_paths), *extra_args], world,
                   launcher_args=launcher_args, rank_timeout=rank_timeout)
 
 
 def launch_sweep(world: int, impls: str | Sequence[str], sizes: str | Sequence[int], out: str | os.PathLike, *,
                  iters: int = 100, warmup: int = 10, calls: int = 20, device: str = "auto",
-                 launcher_args: Sequence[str] | None = None, rank_timeout: float = DEFAULT_RANK_TIMEOUT) -> None:
+                 launcher_args: Sequence[str] | None = None, rank_timeout: float = DEFAULT_RANK_TIMEOUT,
+                 force: bool = False) -> None:
     """`streamlab allreduce`: the all-reduce alone over message sizes on `world` ranks; rank 0
-    prints the table and writes `out/allreduce-w{world}-{impls}.json`. Wrong sums fail the run
+    prints the table and writes `out/allreduce-w{world}-{impls}-{cuda|cpu}.json` (refused
+    before any rank starts when it exists, unless `force`). Wrong sums fail the run
     (EXIT_CHECK_FAILED) after every size was measured."""
-    from streamlab.collective.sweep import parse_sizes
+    from streamlab.collective.sweep import parse_sizes, sweep_path
+    from streamlab.io import claim
     from streamlab.kernels.allreduce.impls import IMPLS
 
     impls = [i.strip() for i in (impls.split(",") if isinstance(impls, str) else impls) if i.strip()]
@@ -88,9 +95,33 @@ def launch_sweep(world: int, impls: str | Sequence[str], sizes: str | Sequence[i
     parse_sizes(size_text)
     if min(iters, calls) <= 0 or warmup < 0:
         raise Failure("--iters and --calls must be positive, --warmup not negative", EXIT_BAD_INPUT)
+    gpu = _devices(device, "allreduce")
+    claim(sweep_path(out, world, impls, gpu), force=force, what="all-reduce sweep")
     launch_worker(["sweep", "--impl", ",".join(impls), "--sizes", size_text, "--out", str(out),
-                   "--iters", str(iters), "--warmup", str(warmup), "--calls", str(calls), "--device", device],
+                   "--iters", str(iters), "--warmup", str(warmup), "--calls", str(calls), "--device", device,
+                   *(["--force"] if force else [])],
                   world, launcher_args=launcher_args, rank_timeout=rank_timeout)
+
+
+def _devices(device: str, command: str) -> bool:
+    """Whether the ranks will run on GPUs. `--device auto` on a machine without one is refused:
+    the ranks would run gloo on the CPU, minutes of eager host-timed calls that measure nothing
+    of the GPUs' all-reduce; `--device cpu` asks for that path (tests), and its results say gloo."""
+    import torch
+
+    if device == "cpu":
+        return False
+    if not torch.cuda.is_available():
+        raise Failure(f"{command}: no CUDA/HIP GPU is visible to torch {torch.__version__}; the ranks run "
+                      "on one GPU each. --device cpu runs the gloo path on the CPU instead (a test of the "
+                      "code path, labelled gloo, not a measurement)", EXIT_ENVIRONMENT)
+    return True
+
+
+def _option(args: Sequence[str], flag: str) -> str | None:
+    """The value of `flag` in a worker command line (run_args' output)."""
+    args = list(args)
+    return args[args.index(flag) + 1] if flag in args[:-1] else None
 
 
 def launch_layouts(jobs: str | os.PathLike, world: int, *, rank_timeout: float = DEFAULT_RANK_TIMEOUT) -> None:

@@ -12,21 +12,15 @@ import tempfile
 from pathlib import Path
 
 from streamlab.collective.rank import Ctx, gather
-from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, Failure
+from streamlab.errors import EXIT_CHECK_FAILED, Failure
 from streamlab.results import AllReduceOnRank, RankFigures, Ranks, RunResult, dump
-from streamlab.scenario import Scenario, load
+from streamlab.scenario import Scenario, load, parse_batches
 
 __all__ = ["ar_bytes", "combine", "rank_figures", "run_one", "run_ranks"]
 
 
 def _scenarios(args) -> list[Scenario]:
-    batches: list[int | None] = [None]
-    if args.batch:
-        try:
-            batches = [int(b) for b in str(args.batch).split(",") if b.strip()]
-        except ValueError:
-            raise Failure(f"--batch takes a comma-separated list of integers, got {args.batch!r}",
-                          EXIT_BAD_INPUT) from None
+    batches: list[int | None] = parse_batches(args.batch) if args.batch else [None]
     bases = [load(Path(path)) for path in args.scenarios]
     out = []
     for b in batches:  # every scenario at the first batch size first: the comparison that matters
@@ -91,20 +85,29 @@ def run_one(args, ctx: Ctx, monitor, scen: Scenario, fn) -> tuple[int, str]:
     """One scenario at one shape with all-reduce `fn` on every rank; rank 0 writes the result."""
     from rich.console import Console
 
+    from rich.markup import escape
+
+    from streamlab.io import write_atomic
     from streamlab.report.allreduce import print_ranks
-    from streamlab.session.run import OutputsDiffer, run_scenario
+    from streamlab.report.console import output_console
+    from streamlab.session.files import over_ranks
+    from streamlab.session.run import OutputsDiffer, planned_files, run_scenario
 
     label = getattr(fn, "backend", "reference") if fn is not None else "reference"
     if fn is not None:  # the result (and measure.py's label) then names what ran
         scen = dataclasses.replace(scen, collective=dataclasses.replace(scen.collective, impl=fn.impl))
-    tag = f"{scen.name}-b{scen.shape.batch}-w{ctx.world}-{label}"
+    tag = f"{scen.name}-b{scen.shape.batch}-{over_ranks(ctx.world, label)}"
+    device = "cuda" if ctx.gpu else "cpu"
+    # every rank sees the same files (one node): all refuse together, before any collective
+    files = planned_files(scen, backend=args.backend, device=device, out=Path(args.out), profile=args.profile,
+                          ranks=over_ranks(ctx.world, label)).claim(force=args.force)
     base = ctx.run_dir if ctx.run_dir is not None else Path(tempfile.gettempdir())
-    scratch = Path(tempfile.mkdtemp(prefix=f"rank{ctx.rank}-{tag}-", dir=base))
-    console = Console(highlight=False) if ctx.rank == 0 else Console(file=io.StringIO(), width=200)
+    scratch = Path(tempfile.mkdtemp(prefix=f"rank{ctx.rank}-", dir=base))
+    console = output_console() if ctx.rank == 0 else Console(file=io.StringIO(), width=200)
     monitor.phase(f"run {tag}")
     try:
         result = run_scenario(scen, console, collective=fn, backend=args.backend,
-                              device="cuda" if ctx.gpu else "cpu", layers=args.layers,
+                              device=device, layers=args.layers,
                               out=scratch, profile=args.profile, verify_full=args.verify_full)
     except OutputsDiffer as e:
         result = e.result
@@ -116,16 +119,13 @@ def run_one(args, ctx: Ctx, monitor, scen: Scenario, fn) -> tuple[int, str]:
                f"{', '.join(map(str, bad))}") if bad else ""
     if ctx.rank == 0:
         monitor.phase(f"write {tag}")
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         combined = combine(result, figures, fn, ctx.world, label)
         if combined.trace and Path(combined.trace).exists():
-            dest = out / (f"{tag}.trace.json.gz" if combined.measured else f"{tag}-sim.trace.json.gz")
-            shutil.move(combined.trace, dest)
-            combined = dataclasses.replace(combined, trace=str(dest))
-        path = dump(combined, out / f"{tag}.json")
+            write_atomic(files.trace, Path(combined.trace).read_bytes())
+            combined = dataclasses.replace(combined, trace=str(files.trace))
+        path = dump(combined, files.result)
         print_ranks(console, combined)
-        console.print(f"result ({ctx.world} ranks, all-reduce {label}): {path}")
+        console.print(f"result ({ctx.world} ranks, all-reduce {label}): {escape(str(path))}")
         if bad:
             console.print(f"[bold red]{message}[/]")
     shutil.rmtree(scratch, ignore_errors=True)

@@ -21,7 +21,7 @@ from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, Failure
 from streamlab.kernels.allreduce.progress import in_collective
 from streamlab.results import AllReduceSweep, SweepRow, dump
 
-__all__ = ["DEFAULT_IMPLS", "DEFAULT_SIZES", "parse_sizes", "rank_sweep"]
+__all__ = ["DEFAULT_IMPLS", "DEFAULT_SIZES", "parse_sizes", "rank_sweep", "sweep_path"]
 
 DEFAULT_SIZES = "8K..64M,48K,768K"  # plus GLM-5's all-reduce at batch 4 and 64: [T, 6144] bf16
 DEFAULT_IMPLS = ("nccl", "symm_mem")
@@ -58,6 +58,11 @@ def parse_sizes(text: str) -> list[int]:
     return sorted(out)
 
 
+def sweep_path(out: str | Path, world: int, impls: list[str], gpu: bool) -> Path:
+    """OUT/allreduce-wWORLD-IMPLS-cuda.json (or -cpu: the gloo path)."""
+    return Path(out) / f"allreduce-w{world}-{'-'.join(impls)}-{'cuda' if gpu else 'cpu'}.json"
+
+
 def rank_sweep(args, ctx: Ctx, monitor) -> int:
     from streamlab.kernels.allreduce.impls import bandwidths, choose, describe
 
@@ -66,7 +71,7 @@ def rank_sweep(args, ctx: Ctx, monitor) -> int:
     rows: list[SweepRow] = []
     described: dict[str, dict] = {}
     wrong = []
-    path = Path(args.out) / f"allreduce-w{ctx.world}-{'-'.join(impls)}.json"
+    path = sweep_path(args.out, ctx.world, impls, ctx.gpu)
     for name in impls:
         monitor.phase(f"set up all-reduce {name}")
         fn = choose(name, ctx.world, ctx.device, max_bytes=max(sizes), group=ctx.group,
@@ -93,14 +98,13 @@ def rank_sweep(args, ctx: Ctx, monitor) -> int:
     code = EXIT_CHECK_FAILED if wrong else 0
     message = f"wrong all-reduce sums: {', '.join(wrong)}" if wrong else ""
     if ctx.rank == 0:
-        from rich.console import Console
-
         from streamlab.report.allreduce import print_sweep
-        console = Console(highlight=False)
+        from streamlab.report.console import output_console
+        console = output_console()
         result = _result(ctx, args, described, rows, complete=True)
         dump(result, path)
         print_sweep(console, result)
-        console.print(f"result: {path}")
+        console.print(f"result: {path}", markup=False)
         monitor.outcome(code, message)
     return code
 

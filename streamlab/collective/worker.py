@@ -36,6 +36,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--impl", default=None, help="all-reduce(s): auto, nccl, symm_mem, aiter, emulated (comma list)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", default="traces/runs")
+    p.add_argument("--force", action="store_true", help="replace result files that exist")
     p.add_argument("--rank-timeout", type=float, default=DEFAULT_RANK_TIMEOUT)
     p.add_argument("--run-dir", default=None, help="the launcher's folder for heartbeats and reports")
 

@@ -158,7 +158,23 @@ class Buffers:
         return sum(t.numel() * t.element_size() for t in every)
 
 
+def bytes_needed(layer: Layer, layers: int, *, checked: bool = True) -> int:
+    """What `Buffers(layer, layers)` allocates, from the tensor specs alone (nothing is
+    allocated), plus, when the outputs are `checked` against serial (exec.verify), the two saved
+    copies of everything a layer writes: the figure a run compares with free memory before it
+    allocates, so a shape too large is refused with the number instead of ending the process."""
+    total = mutable = 0
+    for spec in layer.tensors.values():
+        if spec.view is not None:
+            continue
+        n = spec.nbytes * (layers if spec.per_layer else 1)
+        total += n
+        if spec.kind in ("act", "cache"):
+            mutable += n
+    return total + (2 * mutable if checked else 0)
+
+
 def describe_bytes(n: int) -> str:
-    units = ["B", "KiB", "MiB", "GiB"]
-    k = min(int(math.log(max(n, 1), 1024)), 3)
+    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    k = min(int(math.log(max(n, 1), 1024)), len(units) - 1)
     return f"{n / 1024 ** k:.1f} {units[k]}"

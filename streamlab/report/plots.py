@@ -3,6 +3,7 @@ per-layer latency over batch sizes, per-node slowdown, and the waterfall of a di
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from streamlab.analysis import STALL_US, gaps, is_allreduce_node  # noqa: E402
+from streamlab.io import write_atomic  # noqa: E402
 from streamlab.results import NodeResult  # noqa: E402
 from streamlab.timeline import Timeline  # noqa: E402
 
@@ -33,14 +35,17 @@ def _part(node: str | None, groups: dict[str, list[str]]) -> str:
 
 
 def save(fig, path: Path) -> list[Path]:
-    """Write PNG and SVG beside each other; returns both paths."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """PNG and SVG beside each other (`path` with each suffix), each rendered in memory and then
+    written atomically: an interrupted plot leaves the old file or none, never a cut one.
+    Returns both paths."""
     out = []
-    for ext in (".png", ".svg"):
-        p = path.with_suffix(ext)
-        fig.savefig(p, dpi=150, bbox_inches="tight")
-        out.append(p)
-    plt.close(fig)
+    try:
+        for ext in ("png", "svg"):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
+            out.append(write_atomic(path.parent / f"{path.name}.{ext}", buf.getvalue()))
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -85,8 +90,9 @@ def layer_timelines(runs: list[tuple[str, Timeline, dict[str, list[str]]]], laye
     return save(fig, path)
 
 
-def latency_bars(rows: list[dict], path: Path) -> list[Path]:
-    """Per-layer latency (median, p20-p80 whiskers) per layout, grouped by batch size.
+def latency_bars(rows: list[dict], path: Path, spread: str = "median, p20-p80") -> list[Path]:
+    """Per-layer latency (median, p20-p80 whiskers; for predictions, the interval: `spread`
+    says which) per layout, grouped by batch size.
 
     rows: {"scenario", "batch", "median", "p20", "p80"}."""
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
@@ -104,7 +110,7 @@ def latency_bars(rows: list[dict], path: Path) -> list[Path]:
         for x, m in zip(xs, med):
             ax.text(x, m, f"{m:.0f}", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-    ax.set_ylabel("us per layer (median, p20-p80)")
+    ax.set_ylabel(f"us per layer ({spread})")
     ax.legend(fontsize=7, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()

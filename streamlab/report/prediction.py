@@ -4,6 +4,7 @@ Always labelled as predictions: nothing here reads like a measurement."""
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from streamlab.results import PredictedLatency, PredictedStep
@@ -22,7 +23,7 @@ def prediction_lines(p: PredictedLatency, profile: str) -> list[str]:
         lines.append(f"  shape: extrapolates {len(p.moved)} node latencies from the calibrated shape: "
                      + "; ".join(why))
     if p.measure_command:
-        lines.append(f"  measure them: {p.measure_command}")
+        lines.append(f"  measure them: {escape(p.measure_command)}")
     return lines
 
 

@@ -5,7 +5,6 @@ another stream; stalls (>= 2 us all-stream idle) shaded."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -15,11 +14,11 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 
 from streamlab.analysis import STALL_US, gaps, kernel_class
-from streamlab.io import write_atomic
+from streamlab.report.plots import save
 from streamlab.results import CriticalPath
 from streamlab.trace.deps import DepGraph
 
-__all__ = ["critical_path_plot", "save_atomic", "write_critical_path"]
+__all__ = ["critical_path_files", "critical_path_plot", "write_critical_path"]
 
 CLASS_COLOURS = {
     "allreduce": "#8C8C8C", "allgather": "#6F6F6F", "reducescatter": "#5A5A5A",
@@ -27,17 +26,6 @@ CLASS_COLOURS = {
     "norm": "#8172B3", "rope": "#937860", "topk": "#DD8452", "quant": "#DA8BC3",
     "memcpy": "#64B5CD", "memset": "#B0D6E3", "other": "#CCB974",
 }
-
-
-def save_atomic(fig, base: Path) -> list[Path]:
-    """`base`.png and `base`.svg, each rendered in memory and then written atomically."""
-    out = []
-    for ext in ("png", "svg"):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
-        out.append(write_atomic(base.parent / f"{base.name}.{ext}", buf.getvalue()))
-    plt.close(fig)
-    return out
 
 
 def critical_path_plot(graph: DepGraph, path: CriticalPath, title: str, out: Path) -> list[Path]:
@@ -80,13 +68,24 @@ def critical_path_plot(graph: DepGraph, path: CriticalPath, title: str, out: Pat
     ax.legend(handles=[Patch(color=c, label=k) for k, c in CLASS_COLOURS.items() if k in used],
               loc="upper center", ncol=8, fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.25))
     fig.tight_layout()
-    return save_atomic(fig, out)
+    return save(fig, out)
+
+
+def critical_path_files(trace: str | Path, out: Path) -> list[Path]:
+    """The files `write_critical_path` writes for `trace`: `out`/<trace name>-critical-path.png
+    and .svg (claimed before the trace is read)."""
+    base = _critical_path_base(trace, out)
+    return [base.with_name(f"{base.name}.{ext}") for ext in ("png", "svg")]
+
+
+def _critical_path_base(trace: str | Path, out: Path) -> Path:
+    name = Path(trace).name
+    for suffix in (".gz", ".json", ".trace"):
+        name = name.removesuffix(suffix)
+    return out / f"{name}-critical-path"
 
 
 def write_critical_path(graph: DepGraph, path: CriticalPath, trace: str, out: Path) -> list[Path]:
     """The plot of `path` (of `graph`, the trace's dependency graph), as
-    `out`/<trace name>-critical-path.png and .svg."""
-    name = Path(trace).name
-    for suffix in (".gz", ".json", ".trace"):
-        name = name.removesuffix(suffix)
-    return critical_path_plot(graph, path, Path(trace).name, out / f"{name}-critical-path")
+    `critical_path_files(trace, out)`."""
+    return critical_path_plot(graph, path, Path(trace).name, _critical_path_base(trace, out))

@@ -7,25 +7,22 @@ import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
 
+from streamlab import options as opt
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, Failure, guard
+from streamlab.io import claim
 from streamlab.layer import Variant
-from streamlab.models import MODELS, Shape
+from streamlab.models import Shape
+from streamlab.options import KvCache, Model
+from streamlab.report.console import output_console
+from streamlab.scenario import MAX_LAYERS
+from streamlab.search.space import MAX_STREAMS
 
 FOUND = Path("scenarios/found")
-
-
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(b) for b in text.split(",") if b.strip())
-    except ValueError:
-        raise Failure(f"--batch takes a comma-separated list of integers, got {text!r}", EXIT_BAD_INPUT) from None
-    if not out or min(out) <= 0:
-        raise Failure(f"--batch needs positive batch sizes, got {text!r}", EXIT_BAD_INPUT)
-    return out
 
 
 def _variant(text: str | None) -> Variant | None:
@@ -44,43 +41,53 @@ def _variant(text: str | None) -> Variant | None:
 
 
 @guard
-def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(MODELS)),
+def search(model: Model = typer.Option("glm5", help="model config"),
            batch: str = typer.Option("4", help="batch sizes to search, e.g. 4,64"),
-           context: int = typer.Option(8192, help="context length (tokens) of every request"),
-           tp: int = typer.Option(8, help="tensor-parallel size"),
-           page_size: int = typer.Option(64, "--page-size", help="KV cache page size"),
-           kv_cache: str = typer.Option("fp8", "--kv-cache", help="KV cache dtype: fp8 or bf16"),
+           context: int = typer.Option(8192, help="context length (tokens) of every request",
+                                       **opt.range_of("shape.context")),
+           tp: int = typer.Option(8, help="tensor-parallel size", **opt.range_of("shape.tp")),
+           page_size: int = typer.Option(64, "--page-size", help="KV cache page size", **opt.range_of("shape.page_size")),
+           kv_cache: KvCache = typer.Option("fp8", "--kv-cache", help="KV cache dtype"),
            profile: str = typer.Option("h200", help="device profile: h200, h100, mi355x or a YAML path"),
-           streams: int = typer.Option(2, help="streams a layout may use, 1 to 4"),
+           streams: int = typer.Option(2, min=1, max=MAX_STREAMS, help="streams a layout may use"),
            variant: str | None = typer.Option(None, help="fix the variant, e.g. shared_expert_fused=false "
                                                             "(default: every variant the profile measured)"),
-           max_waits: int | None = typer.Option(None, help="cross-stream waits per region (default 2 x streams)"),
-           barriers: int = typer.Option(1, help="barriers (every stream joined and forked) per region"),
-           top: int = typer.Option(5, help="layouts to report per batch"),
-           layers: int = typer.Option(4, help="layers per simulated graph (a scenario's measure.layers)"),
-           budget: float | None = typer.Option(None, help="seconds per batch before the search stops and "
-                                                             "reports its gap to the bound"),
-           workers: int | None = typer.Option(None, help="processes simulating (default: the cores available, up to 8)"),
+           max_waits: int | None = typer.Option(None, min=0, max=64,
+                                                help="cross-stream waits per region (default 2 x streams)"),
+           barriers: int = typer.Option(1, min=0, max=64, help="barriers (every stream joined and forked) per region"),
+           top: int = typer.Option(5, min=1, max=1000, help="layouts to report per batch"),
+           layers: int = typer.Option(4, min=1, max=MAX_LAYERS,
+                                      help="layers per simulated graph (a scenario's measure.layers)"),
+           budget: float | None = typer.Option(None, min=0.001, max=86400.0,
+                                               help="seconds per batch before the search stops and reports its "
+                                                    "gap to the bound"),
+           workers: int | None = typer.Option(None, min=1, max=256,
+                                              help="processes simulating (default: the cores available, up to 8)"),
            sm_budgets: str | None = typer.Option(None, "--sm-budgets",
-                                                  help="also try SM / CU budgets on the top layouts' overlapped "
-                                                       "pairs: half, thirds, quarters or fractions such as 0.33,0.5"),
-           out: Path = typer.Option(FOUND, help="folder for the winners' scenario files and the report"),
+                                                 help="also try SM / CU budgets on the top layouts' overlapped "
+                                                      "pairs: half, thirds, quarters or fractions such as 0.33,0.5"),
+           out: Path = typer.Option(FOUND, file_okay=False, help="folder for the winners' scenario files and the "
+                                                                  "report"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object (candidates, layouts, "
                                                               "predictions, explanations) on stdout"),
            report: bool = typer.Option(True, help="write a compare report of winner, best shipped and serial"),
-           shipped: Path | None = typer.Option(None, help="folder of scenarios to place in the space "
-                                                             "(default: the shipped scenarios/)"),
+           shipped: Path | None = typer.Option(None, file_okay=False, exists=True,
+                                               help="folder of scenarios to place in the space "
+                                                    "(default: the shipped scenarios/)"),
            measure: bool = typer.Option(False, "--measure", help="prove it on this GPU: measure the overlaps the "
                                         "top K lack and search again, then measure the top K beside serial and the "
                                         "best shipped layout in fresh processes, outputs checked against serial"),
-           rounds: int = typer.Option(2, help="--measure: rounds, each measuring every layout once in a fresh "
-                                              "process (interleaved; G GPUs run G rounds side by side)"),
-           gpus: int | None = typer.Option(None, help="--measure: GPUs to measure on, one process each "
-                                                      "(default: every GPU torch sees)"),
-           backend: str | None = typer.Option(None, help="--measure: kernels: auto, triton, aiter"),
-           work: Path | None = typer.Option(None, help="--measure: folder for what was measured "
-                                                       "(default: OUT/measure.work)"),
-           resume: bool = typer.Option(False, help="--measure: continue the measurement in the work folder")):
+           rounds: int = typer.Option(2, min=1, max=1000, help="--measure: rounds, each measuring every layout once "
+                                                               "in a fresh process (interleaved; G GPUs run G rounds "
+                                                               "side by side)"),
+           gpus: int | None = typer.Option(None, min=1, max=64, help="--measure: GPUs to measure on, one process "
+                                                                     "each (default: every GPU torch sees)"),
+           backend: Literal["auto", "triton", "aiter"] | None = typer.Option(None, help="--measure: kernels "
+                                                                                  "(default: auto)"),
+           work: Path | None = typer.Option(None, file_okay=False, help="--measure: folder for what was measured "
+                                                                        "(default: OUT/measure.work)"),
+           resume: bool = typer.Option(False, help="--measure: continue the measurement in the work folder"),
+           force: bool = opt.FORCE):
     """Find the fastest stream layout of the layer on a device profile (simulated, no GPU).
 
     Enumerates every layout the DAG allows on --streams streams (up to equivalence: the same
@@ -89,31 +96,26 @@ def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(M
     top K is tried again with the smaller node of each overlapped pair on a share of the SMs
     (CUs), ranked with the rest (the budget effect is modelled: sim/costs.py). With --measure, proves the top
     K on this GPU (streamlab.search.measure): the winner is then the measured fastest, its file
-    says by how much, and --json prints the measurement (kind search-measure). Exit codes: 0 done;
-    1 (--measure) a layout's outputs differ from serial's (everything else still written); 2 bad
-    input, which includes a search with no room for overlap (--streams 1, or a layer where no two
-    nodes can run at once) and a profile that lacks measured latencies for the model's nodes, or
-    one not calibrated on this GPU with these kernels (--measure); 3 --measure without a GPU;
-    130 --measure interrupted (what was measured is kept: add --resume)."""
+    says by how much, and --json prints the measurement (kind search-measure). Files that exist
+    (the winners, the reports, the measurement) are refused before the search, unless --force; a
+    --measure work folder that holds a measurement is refused unless --resume.
+
+    Exit codes (errors.EXIT_CODES): 0 done; 1 (--measure) a layout's outputs differ from
+    serial's (everything else still written); 64 bad input, which includes a search with no room
+    for overlap (--streams 1, or a layer where no two nodes can run at once), a profile that
+    lacks measured latencies for the model's nodes, or one not calibrated on this GPU with these
+    kernels (--measure); 3 --measure without a GPU; 130 --measure interrupted (what was measured
+    is kept: add --resume)."""
     from streamlab.search.budgets import parse_shares
     from streamlab.search.enumerate import Limits
     from streamlab.search.find import SHIPPED, Request, find
     from streamlab.search.predict import default_workers
-    from streamlab.search.report import print_result, write_report
-    from streamlab.search.write import write_winners
+    from streamlab.search.report import print_result, report_folder, write_report
+    from streamlab.search.write import claim_winners, write_winners
+    from streamlab.sim import load_profile
 
-    if model not in MODELS:
-        raise Failure(f"--model {model!r}: known models are {', '.join(MODELS)}", EXIT_BAD_INPUT)
-    if kv_cache not in ("fp8", "bf16"):
-        raise Failure(f"--kv-cache {kv_cache!r}: fp8 or bf16", EXIT_BAD_INPUT)
-    if workers is not None and workers < 1:
-        raise Failure(f"--workers {workers}: 1 or more", EXIT_BAD_INPUT)
-    batches = _batches(batch)
+    batches = tuple(opt.batches(batch))
     shape = Shape(batch=batches[0], context=context, tp=tp, page_size=page_size, kv_cache=kv_cache)
-    if any(v <= 0 for v in (context, tp, page_size)):
-        raise Failure("--context, --tp and --page-size must be positive", EXIT_BAD_INPUT)
-    if not 1 <= streams <= 4:
-        raise Failure(f"--streams {streams}: a layout runs on 1 to 4 streams", EXIT_BAD_INPUT)
     try:
         limits = Limits(streams, 2 * streams if max_waits is None else max_waits, barriers)
     except ValueError as e:
@@ -121,15 +123,21 @@ def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(M
     req = Request(model=model, shape=shape, batches=batches, profile=profile, variant=_variant(variant),
                   limits=limits, layers=layers, top=top, budget_s=budget,
                   workers=workers or default_workers(), shipped=shipped or SHIPPED, budgets=parse_shares(sm_budgets))
+    profile_name = load_profile(profile).name
     runner = None
     if measure:
-        from streamlab.search.measure import GpuRunner
-        if rounds < 1:
-            raise Failure(f"--rounds {rounds}: 1 or more", EXIT_BAD_INPUT)
+        from streamlab.search.measure import GpuRunner, claim_measured, claim_work
+        claim_work(work or out / "measure.work", resume=resume)
+        claim_measured(req, profile_name, out, force=force, resume=resume)
         runner = GpuRunner(backend=backend, gpus=gpus)  # no GPU: one message before any work
     elif resume or work is not None:
         raise Failure("--resume and --work go with --measure", EXIT_BAD_INPUT)
-    console = Console(stderr=as_json, highlight=False)
+    else:
+        claim_winners(req, profile_name, out, force=force)
+        if report:
+            for b in batches:
+                claim(report_folder(req, profile_name, b, out) / "report.json", force=force, what="search report")
+    console = output_console(stderr=as_json)
     result = _searched(req, console, find)
     command = "streamlab search " + " ".join(shlex.quote(a) for a in sys.argv[2:] if a != "--resume")
     if runner is not None:
@@ -138,10 +146,10 @@ def search(model: str = typer.Option("glm5", help="model config: " + ", ".join(M
         return
     written = write_winners(result, out, command=command)
     if report:
-        written += write_report(result, written, out, console)
+        written += write_report(result, written, out, console, force=force)
     print_result(console, result)  # on stderr under --json, so stdout is the JSON object alone
     for path in written:
-        console.print(f"wrote {path}")
+        console.print(f"wrote {path}", markup=False)
     if as_json:
         from streamlab.search.report import to_json
         print(json.dumps(to_json(result, written), indent=1))
@@ -162,7 +170,7 @@ def _measured(req, result, runner, console: Console, command: str, *, out: Path,
     print_result(console, proof.result)
     print_measurement(console, proof.measurement)
     for path in proof.written:
-        console.print(f"wrote {path}")
+        console.print(f"wrote {path}", markup=False)
     if as_json:
         print(json.dumps(to_json(proof.measurement), indent=1))
     if proof.differ:

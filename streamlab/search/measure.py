@@ -47,7 +47,7 @@ from streamlab.check import band_us
 from streamlab.collective.launch import launch_layouts
 from streamlab.collective.layout_runs import LayoutRun, measure_layout, write_jobs
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
-from streamlab.io import write_atomic
+from streamlab.io import claim, write_atomic
 from streamlab.results import (
     BatchMeasurement,
     CompareResult,
@@ -68,11 +68,12 @@ from streamlab.search.find import (
     shipped_scenarios,
 )
 from streamlab.search.predict import Predicted
-from streamlab.search.write import file_name, scenario_text, top_scenarios
+from streamlab.search.report import report_folder
+from streamlab.search.write import claim_winners, file_name, scenario_text, top_scenarios
 from streamlab.sim.profile_file import load_profile, profile_path
 from streamlab.sim.provenance import CalibrationShape, kernel_hash
 
-__all__ = ["RERANKS", "Ask", "GpuRunner", "Proof", "Runner", "prove", "require_gpu"]
+__all__ = ["RERANKS", "Ask", "GpuRunner", "Proof", "Runner", "claim_measured", "claim_work", "prove", "require_gpu"]
 
 RERANKS = 2  # searches after the first, each on the profile with the pairs its top K lacked
 
@@ -98,6 +99,30 @@ def require_gpu() -> None:
         raise Failure(f"search --measure measures layouts on a GPU, and torch sees none (torch {torch.__version__}, "
                       f"built for {built}); without --measure the search ranks on the simulator alone",
                       EXIT_ENVIRONMENT)
+
+
+def claim_work(work: Path, *, resume: bool) -> Path:
+    """The --measure work folder: one that holds a measurement is refused (EXIT_BAD_INPUT) unless
+    `resume` (nothing measured is overwritten unasked), one that is a file always."""
+    if work.exists() and not work.is_dir():
+        raise Failure(f"--work {work} is a file, not a folder", EXIT_BAD_INPUT)
+    if not resume and work.exists() and any(work.iterdir()):
+        raise Failure(f"{work} holds a measurement started before: add --resume to continue it, or remove the "
+                      "folder (or pass another --work) to start over", EXIT_BAD_INPUT)
+    return work
+
+
+def claim_measured(req: Request, profile: str, out: Path, *, force: bool, resume: bool) -> list[Path]:
+    """The files `prove` writes under `out` for `req` on the profile named `profile` (the extended
+    profile keeps its name), refused before the search when they exist, unless `force`. The
+    extended profile's copy is written before the runs, so a resumed measurement may find it."""
+    files = claim_winners(req, profile, out, force=force)
+    files += [claim(report_folder(req, profile, b, out) / "report.md", force=force, what="search report")
+              for b in req.batches]
+    files.append(claim(out / f"search-measure-{req.model}-{profile}.json", force=force, what="search measurement"))
+    if not resume:
+        files.append(claim(out / f"profile-{profile}-search.yaml", force=force, what="extended profile"))
+    return files
 
 
 class GpuRunner(DeviceRunner):
@@ -171,9 +196,7 @@ def prove(req: Request, result: SearchResult, ask: Ask, runner: Runner, console:
     layout, write the winners, the report and the measurement (module docstring)."""
     if ask.top < 1 or ask.rounds < 1:
         raise Failure(f"--top {ask.top} and --rounds {ask.rounds}: 1 or more each", EXIT_BAD_INPUT)
-    if not ask.resume and ask.work.exists() and any(ask.work.iterdir()):
-        raise Failure(f"{ask.work} holds a measurement started before: add --resume to continue it, or remove the "
-                      "folder (or pass another --work) to start over", EXIT_BAD_INPUT)
+    claim_work(ask.work, resume=ask.resume)
     serial = next((p for p in shipped_scenarios(req.shipped) if p.stem == "serial"), None)
     if serial is None:
         raise Failure(f"--shipped {req.shipped}: no serial.yaml; --measure measures every layout beside it",
@@ -318,7 +341,7 @@ def _conclude(result: SearchResult, o: BatchOutcome, entries: list[Entry], files
                                    scenario_text(result, o, entry.ranked, command=ask.command,
                                                  measured=measured_lines(winner, measured, ask, facts, o.batch)))
         written.append(winner_file)
-    folder = ask.out / f"report-{result.request.model}-{result.profile.name}-b{o.batch}"
+    folder = report_folder(result.request, result.profile.name, o.batch, ask.out)
     shown = [runs[m.scenario][_typical(m)] for m in sorted(measured, key=lambda m: (m.role != "serial",
                                                                                     m.role != "best shipped",
                                                                                     m is not winner))]

@@ -16,6 +16,7 @@ from streamlab.search.find import (
     BatchOutcome,
     Placed,
     Ranked,
+    Request,
     SearchResult,
     shipped_scenarios,
 )
@@ -164,7 +165,13 @@ def vs_names(result: SearchResult, v: Variant) -> tuple[str, ...]:
     return tuple(layer_at(result.request.model, result.request.shape, v).names)
 
 
-def write_report(result: SearchResult, winners: list[Path], out: Path, console: Console) -> list[Path]:
+def report_folder(req: Request, profile: str, batch: int, out: Path) -> Path:
+    """Where `write_report` writes the report of one batch."""
+    return out / f"report-{req.model}-{profile}-b{batch}"
+
+
+def write_report(result: SearchResult, winners: list[Path], out: Path, console: Console, *,
+                 force: bool = False) -> list[Path]:
     """Per batch: the winner, the best shipped layout and serial through `compare`'s runs (outputs
     checked against serial with the reference kernels, then simulated on the same profile) and its
     export: the same tables and plots, in out/report-<model>-<profile>-b<batch>/."""
@@ -184,8 +191,8 @@ def write_report(result: SearchResult, winners: list[Path], out: Path, console: 
             paths.append(serial)
         scens = [load(p).override(model=req.model, **{k: v for k, v in vars(req.shape).items() if k != "batch"})
                  for p in paths]
-        folder = out / f"report-{req.model}-{result.profile.name}-b{o.batch}"
+        folder = report_folder(req, result.profile.name, o.batch, out)
         compared = collect(scens, [o.batch], console, backend=None, device="cpu", layers=req.layers,
-                           out=folder / "runs", profile=req.profile)
+                           out=folder / "runs", profile=req.profile, report=folder / "report.json", force=force)
         written += [p for p in export(compared, folder) if p.name == "report.md"]
     return written

@@ -15,10 +15,10 @@ from datetime import date
 from pathlib import Path
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
-from streamlab.io import write_atomic
+from streamlab.io import claim, write_atomic
 from streamlab.schedule.program import Launch, Program, Record, WaitEvent, WaitStream
 from streamlab.search.explain import Overlap
-from streamlab.search.find import BatchOutcome, Ranked, SearchResult
+from streamlab.search.find import BatchOutcome, Ranked, Request, SearchResult
 from streamlab.search.layout import build_program
 from streamlab.search.predict import Predicted, layer_at
 from streamlab.search.space import Space
@@ -116,9 +116,13 @@ def scenario_name(result: SearchResult, batch: int) -> str:
 
 
 def file_name(result: SearchResult, batch: int, rank: int | None = None) -> str:
-    req = result.request
+    return file_name_for(result.request, result.profile.name, batch, rank)
+
+
+def file_name_for(req: Request, profile: str, batch: int, rank: int | None = None) -> str:
+    """A found scenario's file name, from what is known before the search (the profile's name)."""
     tail = f"-top{rank}" if rank is not None else ""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{req.model}-b{batch}-s{req.limits.streams}-{result.profile.name}{tail}") + ".yaml"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{req.model}-b{batch}-s{req.limits.streams}-{profile}{tail}") + ".yaml"
 
 
 def scenario_text(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, command: str,
@@ -187,6 +191,12 @@ def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, comma
         *measured,
         "",
     ]
+
+
+def claim_winners(req: Request, profile: str, out: Path, *, force: bool) -> list[Path]:
+    """The files `write_winners` will write for `req` on the profile named `profile`, refused
+    before the search when they exist (unless `force`)."""
+    return [claim(out / file_name_for(req, profile, b), force=force, what="found scenario") for b in req.batches]
 
 
 def _budget_lines(outcome: BatchOutcome, entry: Ranked) -> list[str]:

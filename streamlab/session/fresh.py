@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 
 from streamlab.errors import Failure
+from streamlab.report.console import output_console
 from streamlab.results import RunResult
 from streamlab.scenario import Scenario
 
@@ -56,5 +57,5 @@ def call_apart(fn: Callable[..., R], *args, what: str) -> R:
 def _run(scen: Scenario, verbose: bool, options: dict) -> RunResult:
     from streamlab.session.run import run_scenario
 
-    console = Console(width=160) if verbose else Console(file=io.StringIO(), width=200)
+    console = output_console() if verbose else Console(file=io.StringIO(), width=200)
     return run_scenario(scen, console, **options)

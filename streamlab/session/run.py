@@ -1,7 +1,8 @@
-"""`streamlab run`, one scenario at one shape: pick device and backend, build buffers, check the
-layout against serial, then measure it on a GPU (exec.measure) or simulate it (sim.run); turn
-what came back into a result (streamlab.runs), print it (report.result) and write it and the
-run's trace atomically."""
+"""`streamlab run`, one scenario at one shape: pick device and backend, claim the run's files
+(session.files: refused before any work when they exist, unless --force), check that the buffers
+fit in free memory, build them, check the layout against serial, then measure it on a GPU
+(exec.measure) or simulate it (sim.run); turn what came back into a result (streamlab.runs),
+print it (report.result) and write it and the run's trace atomically."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
-from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, Failure
-from streamlab.exec.buffers import Buffers, describe_bytes
+from streamlab.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, Failure
+from streamlab.exec.buffers import Buffers, bytes_needed, describe_bytes
 from streamlab.exec.eager import StreamSet
 from streamlab.exec.target import (
     Target,
@@ -28,10 +30,11 @@ from streamlab.kernels import Bound, bind_layer, binding_summary
 from streamlab.report.result import print_result
 from streamlab.results import RunResult, dump
 from streamlab.runs import RunSetup, measured_result, simulated_result
-from streamlab.scenario import Scenario, ScenarioError, check_budgets
+from streamlab.scenario import Scenario, ScenarioError, check_budgets, out_of_range
+from streamlab.session.files import RunFiles, measured_on, run_files, simulated_on
 from streamlab.sim.profile import DeviceProfile
 
-__all__ = ["CPU_LAYERS", "OutputsDiffer", "run_scenario", "simulate_run"]
+__all__ = ["CPU_LAYERS", "OutputsDiffer", "planned_files", "run_place", "run_scenario", "simulate_run"]
 
 CPU_LAYERS = 2  # two layers catch hazards across the layer boundary
 
@@ -51,61 +54,118 @@ class OutputsDiffer(Failure):
         return type(self), (str(self), self.result)
 
 
+def run_place(target: Target, profile: DeviceProfile | None) -> str:
+    """Where a run runs, as its file names say it (session.files)."""
+    return measured_on(device_name(target.device), target.backend) if target.gpu else simulated_on(profile.name)
+
+
+def planned_files(scen: Scenario, *, backend: str | None, device: str, out: Path,
+                  profile: str | DeviceProfile = "mi355x", ranks: str | None = None, **_ignored) -> RunFiles:
+    """The files `run_scenario` would write with these options (to claim them all before a
+    series of runs starts: compare, check); `ranks`: what a run over several ranks adds to
+    the name (session.files.over_ranks)."""
+    from streamlab.sim.profile_file import load_profile
+
+    target = pick_target(scen, device, backend)
+    prof = None if target.gpu else load_profile(profile) if isinstance(profile, str) else profile
+    place = run_place(target, prof)
+    return run_files(scen, out, f"{place}-{ranks}" if ranks else place)
+
+
 def run_scenario(scen: Scenario, console: Console, *, backend: str | None, device: str,
-                 layers: int | None, out: Path, profile: str = "mi355x",
-                 verify_full: bool = False, collective=None) -> RunResult:
+                 layers: int | None, out: Path, profile: str | DeviceProfile = "mi355x",
+                 verify_full: bool = False, collective=None, force: bool = False,
+                 files: RunFiles | None = None) -> RunResult:
     """On a GPU: check outputs against serial, then measure. Without one: check outputs with the
     reference kernels (at a reduced shape unless `verify_full`), then simulate on `profile`.
-    Writes the result (OUT/SCENARIO-bBATCH-DEVICE.json) and the run's trace, prints the report;
-    raises OutputsDiffer (after writing) when the outputs differ from serial's.
+    Writes the result and the run's trace (session.files.run_files in `out`, or `files`; either
+    refused before anything runs when it exists, unless `force`), prints the report; raises
+    OutputsDiffer (after writing) when the outputs differ from serial's.
 
     `collective`: the all-reduce of a multi-process run (kernels.allreduce.impls.choose), bound
     to the layer's all-reduce nodes on the GPU and on the CPU alike; None: the one-process choice."""
+    from streamlab.sim.profile_file import load_profile
+
     target = pick_target(scen, device, backend)
     n_layers = layers or scen.measure.layers
-    if n_layers <= 0:
-        raise Failure("--layers must be positive", EXIT_BAD_INPUT)
+    problem = out_of_range("measure.layers", n_layers)
+    if problem:
+        raise Failure(f"--layers: {problem}", EXIT_BAD_INPUT)
+    prof = None if target.gpu else load_profile(profile) if isinstance(profile, str) else profile
+    files = (files or run_files(scen, out, run_place(target, prof))).claim(force=force)
     s = scen.shape
     where = (f"{device_name(target.device)}, backend {target.backend}" if target.gpu else
-             f"no GPU: simulated on profile {profile}, outputs checked with the reference kernels")
+             f"no GPU: simulated on profile {prof.name}, outputs checked with the reference kernels")
     console.print(f"[bold]{scen.name}[/]  {scen.model.name}  batch {s.batch}  context {s.context}  "
-                  f"tp {s.tp}  page {s.page_size}  kv {s.kv_cache}  |  {n_layers} layers, {where}")
+                  f"tp {s.tp}  page {s.page_size}  kv {s.kv_cache}  |  {n_layers} layers, {escape(where)}")
     if target.note:
         console.print(target.note, markup=False)
     checked = scen if target.gpu or verify_full else scen.override(**REDUCED)
     check_layers = n_layers if target.gpu else min(n_layers, CPU_LAYERS)
+    _fits(checked, target, check_layers)
     buffers, bound, streams = _prepare(checked, target, check_layers, console, collective)
     bad = _check_outputs(checked, buffers, bound, streams, console, reduced=checked is not scen)
     setup = RunSetup(device=device_name(target.device), versions=versions(),
                      backends={b.node.name: b.backend for b in bound.values()}, layers=n_layers,
                      differences=tuple(bad))
     if target.gpu:
-        result = _measured(scen, buffers, bound, streams, console, out, setup)
+        result = _measured(scen, buffers, bound, streams, console, files.trace, setup)
     else:
-        result = simulate_run(scen, profile, n_layers, console, out, setup)
-    path = dump(result, out / f"{scen.name}-b{s.batch}-{target.device.type}.json")
-    console.print(f"result: {path}")
+        result = simulate_run(scen, prof, n_layers, console, files.trace, setup)
+    path = dump(result, files.result)
+    console.print(f"result: {escape(str(path))}")
     if bad:
         raise OutputsDiffer(f"{scen.name}: the layout's outputs differ from the serial layout's", result)
     return result
 
 
 def _measured(scen: Scenario, buffers: Buffers, bound: dict[str, Bound], streams: StreamSet,
-              console: Console, out: Path, setup: RunSetup) -> RunResult:
+              console: Console, trace: Path, setup: RunSetup) -> RunResult:
     from streamlab.exec.measure import measure
     from streamlab.trace import write_chrome
 
     m = measure(scen, buffers, bound, streams,
                 status=lambda text: console.status(text) if console.is_terminal else nullcontext())
-    trace_path = write_chrome(m.timeline, out / f"{scen.name}-b{scen.shape.batch}.trace.json.gz")
+    trace_path = write_chrome(m.timeline, trace)
     result = measured_result(
         scen, m, replace(setup, trace=str(trace_path)),
         node_backends={n: b.backend for n, b in bound.items()},
         allreduce=next((b.backend for b in bound.values() if b.node.is_collective), "none"),
         held_us={n: b.fn.duration_us for n, b in bound.items() if b.backend == "emulated"})
     print_result(console, result)
-    console.print(f"trace (Perfetto / chrome://tracing): {trace_path}")
+    console.print(f"trace (Perfetto / chrome://tracing): {escape(str(trace_path))}")
     return result
+
+
+def _fits(scen: Scenario, target: Target, layers: int) -> None:
+    """Refuse a shape whose buffers (with the output check's saved copies) exceed the device's
+    free memory, before allocating: a CPU process would otherwise be killed, a GPU run fail late."""
+    need = bytes_needed(scen.layer, layers)
+    free = _free_bytes(target.device)
+    if free is None or need <= free:
+        return
+    s = scen.shape
+    where = f"{device_name(target.device)} has" if target.gpu else "this machine has"
+    raise Failure(f"{scen.name} at batch {s.batch}, context {s.context}: {layers} layers of buffers and the "
+                  f"output check's copies need about {describe_bytes(need)}; {where} {describe_bytes(free)} "
+                  "free: lower --context, --batch or --layers"
+                  + ("" if target.gpu else " (or drop --verify-full: the check then runs at a reduced shape)"),
+                  EXIT_ENVIRONMENT)
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """Free memory of the device the buffers go to (Linux's MemAvailable for the CPU), or None
+    where it cannot be known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _prepare(scen: Scenario, target: Target, layers: int, console: Console, collective=None):
@@ -156,22 +216,20 @@ def _check_outputs(scen, buffers, bound, streams, console, reduced: bool) -> lis
     return bad
 
 
-def simulate_run(scen: Scenario, profile: str | DeviceProfile, layers: int, console: Console, out: Path,
+def simulate_run(scen: Scenario, profile: DeviceProfile, layers: int, console: Console, trace: Path,
                  setup: RunSetup, *, other_model: bool = True) -> RunResult:
-    """The scenario on the simulator: its trace written, its result printed (not written).
-    `other_model`: scale a profile calibrated on another model to the scenario's (run, compare and
-    check fall back to the profile for any model) instead of refusing it (`streamlab sim`)."""
+    """The scenario on the simulator: its trace written to `trace`, its result printed (not
+    written). `other_model`: scale a profile calibrated on another model to the scenario's (run,
+    compare and check fall back to the profile for any model) instead of refusing it (`streamlab
+    sim`)."""
     from streamlab.schedule.graph import with_capture_edges
-    from streamlab.sim.profile_file import load_profile
     from streamlab.sim.run import simulate_scenario
     from streamlab.trace import write_chrome
 
-    prof = load_profile(profile) if isinstance(profile, str) else profile
-    sim = simulate_scenario(scen, prof, layers, other_model=other_model)
+    sim = simulate_scenario(scen, profile, layers, other_model=other_model)
     # with the captured graph's edges, as a measured run's: what-if and critical path on the trace
-    trace_path = write_chrome(with_capture_edges(sim.timeline, scen.program, layers),
-                              out / f"{scen.name}-b{scen.shape.batch}-sim-{prof.name}.trace.json.gz")
+    trace_path = write_chrome(with_capture_edges(sim.timeline, scen.program, layers), trace)
     result = simulated_result(scen, sim, replace(setup, trace=str(trace_path)))
     print_result(console, result)
-    console.print(f"trace (Perfetto / chrome://tracing): {trace_path}")
+    console.print(f"trace (Perfetto / chrome://tracing): {escape(str(trace_path))}")
     return result

@@ -95,6 +95,9 @@ def fit_serial(runs: list[RunResult]) -> SerialFit:
         batch = r.batch
         inside = 0.0
         for node, n in r.nodes.items():
+            if n.in_graph_us is None:
+                raise Failure(f"{r.scenario} batch {batch}: node {node} has no in-graph latency (a simulated run, "
+                              "or a file cut short); calibrate fits measured runs", EXIT_BAD_INPUT)
             t = layer_mean_us(n.in_graph_us)
             fit.node_us.setdefault(node, {})[batch] = t
             fit.isolated_us.setdefault(node, {})[batch] = n.isolated_us

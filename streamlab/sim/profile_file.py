@@ -2,7 +2,8 @@
 
 Every problem ends in one `Failure(EXIT_BAD_INPUT)` naming the file, the key and what is
 accepted: a missing section, an unknown key, a parameter that is negative, zero or NaN where it
-cannot be, a node table naming nodes the model's layer lacks. `check_profile_for` then checks a
+cannot be, a node table naming nodes the model's layer lacks, a name that cannot name result
+files, a YAML alias (a few lines of them expand to billions of values: a profile never needs one). `check_profile_for` then checks a
 profile against the layer it is asked to simulate: the model it was calibrated for, and, for a
 measured profile, a latency for every node of the layer.
 
@@ -33,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
+from streamlab.io import NAME, is_name, parse_yaml
 from streamlab.layer import DENSE_ONLY, Layer, Variant, build_layer
 from streamlab.models import MODELS, TINY, RankDims, Shape
 from streamlab.models.hardware import HARDWARE
@@ -55,7 +57,6 @@ from streamlab.sim.provenance import (
 )
 
 FORMAT = 2
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader where built: 5x faster
 REQUIRED = ("format", "name", "streams", "provenance", "hbm_gbs", "launch_gap_us", "fence_us", "graph_entry_us",
             "ar_concurrency_factor", "multi_stream_entry_us", "concurrency_slowdown", "calibration_noise",
             "node_us")
@@ -96,15 +97,13 @@ def shipped_profiles() -> list[str]:
 def load_profile(name_or_path: str) -> DeviceProfile:
     path = profile_path(name_or_path)
     try:
-        raw = yaml.load(path.read_text(), Loader=SAFE_LOADER)
+        data = path.read_bytes()
     except OSError as e:
         if Path(name_or_path).suffix:
             raise Failure(f"{path}: cannot read the profile: {e.strerror}", EXIT_BAD_INPUT) from None
         raise Failure(f"no simulator profile {name_or_path!r}; shipped: {', '.join(shipped_profiles())}",
                       EXIT_BAD_INPUT) from None
-    except yaml.YAMLError as e:
-        raise Failure(f"{path}: not valid YAML: {e}", EXIT_BAD_INPUT) from None
-    return parse_profile(raw, str(path))
+    return parse_profile(parse_yaml(data, str(path), "profile"), str(path))
 
 
 def parse_profile(raw, path: str) -> DeviceProfile:
@@ -128,6 +127,8 @@ def parse_profile(raw, path: str) -> DeviceProfile:
         variant = r.variant(f"variant_node_us.{key}", key)
         variant_node_us[key] = r.tables(f"variant_node_us.{key}", tables,
                                         _layer_names(variant), LATENCY)
+    if not is_name(raw["name"]):
+        r.fail("name", f"{str(raw['name'])[:60]!r} cannot name result files", NAME)
     return DeviceProfile(
         name=r.text("name", raw["name"]), streams=r.choice("streams", raw["streams"], ("cuda", "hip")),
         provenance=prov,
@@ -267,6 +268,10 @@ class _Reader:
             tp=self.count("provenance.shape.tp", s.get("tp")),
             page_size=self.count("provenance.shape.page_size", s.get("page_size")),
             kv_cache=self.choice("provenance.shape.kv_cache", s.get("kv_cache"), ("fp8", "bf16")))
+        try:  # the simulator builds the layer at this shape to scale node times from it
+            RankDims(MODELS[shape.model], Shape(1, shape.context, shape.tp, shape.page_size, shape.kv_cache))
+        except ValueError as e:
+            self.fail("provenance.shape", str(e), f"a shape {shape.model} runs at (a tp that divides its heads)")
         batches = d["batches"]
         if not isinstance(batches, list) or not batches:
             self.fail("provenance.batches", f"{batches!r}", "a list of the batch sizes measured")

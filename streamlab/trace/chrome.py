@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import math
 import os
 from pathlib import Path
 
@@ -75,12 +76,15 @@ def from_chrome(obj: dict) -> Timeline:
         if ev.get("ph") != "X":
             continue
         args = ev["args"]
+        start, end = ev["ts"], args["end"]
+        if not all(isinstance(t, (int, float)) and math.isfinite(t) for t in (start, end)) or start > end:
+            what = f"kernel {args['kernel']!r}" if "kernel" in args else f"layer {args.get('layer')}'s marker"
+            raise ValueError(f"{what} spans {start!r} to {end!r} us: not two finite times in order")
         if "kernel" in args:
-            intervals.append(Interval(name=args["kernel"], stream=args["stream"], start=ev["ts"],
-                                      end=args["end"], node=args["node"], layer=args["layer"],
-                                      kind=args["kind"]))
+            intervals.append(Interval(name=args["kernel"], stream=args["stream"], start=start, end=end,
+                                      node=args["node"], layer=args["layer"], kind=args["kind"]))
         else:
-            layers[args["layer"]] = (ev["ts"], args["end"])
+            layers[args["layer"]] = (start, end)
     for e in edges:
         if not (0 <= e.before < len(intervals) and 0 <= e.after < len(intervals)) \
                 or e.kind not in EDGE_KINDS:

@@ -385,7 +385,7 @@ def _json_string(raw: bytes) -> str | None:
 
 
 def _tracer(top: dict, runtime: Counter) -> str:
-    if any(name.startswith("hip") for name in runtime):
+    if any(str(name).startswith("hip") for name in runtime):  # a name may be any JSON value
         return "roctracer"
     props = top.get("deviceProperties")
     names = " ".join(str(p.get("name", "")) for p in props if isinstance(p, dict)) \

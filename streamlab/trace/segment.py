@@ -46,9 +46,9 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
+from streamlab.io import parse_yaml
 from streamlab.timeline import Interval, Source, Timeline
 from streamlab.trace.loaded import DeviceOps
 
@@ -507,11 +507,9 @@ def load_node_map(path: str | os.PathLike) -> NodeMap:
     """YAML mapping `node: [regex, ...]` (or `node: regex`)."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = parse_yaml(p.read_bytes(), str(p), "node map")
     except OSError as e:
         raise Failure(f"{p}: cannot read the node map: {e.strerror or e}", EXIT_BAD_INPUT) from None
-    except yaml.YAMLError as e:
-        raise Failure(f"{p}: not valid YAML: {str(e).splitlines()[0]}", EXIT_BAD_INPUT) from None
     if not isinstance(data, dict) or not data:
         raise Failure(f"{p}: expected a mapping `node: [kernel-name regex, ...]`", EXIT_BAD_INPUT)
     rules = []
