@@ -25,6 +25,7 @@ from streamlab.results import (
     CheckVerdict,
     CompareResult,
     RunResult,
+    SearchMeasurement,
     TraceDiff,
     TraceSummary,
     dump,
@@ -207,7 +208,7 @@ def test_every_committed_result_still_loads(path):
             load_any(path)
         return
     got = load_any(path)
-    assert isinstance(got, (RunResult, CompareResult, AllReduceSweep))
+    assert isinstance(got, (RunResult, CompareResult, AllReduceSweep, SearchMeasurement))
     validate(to_json(got), got.KIND)
 
 
