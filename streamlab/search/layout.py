@@ -72,7 +72,7 @@ class Layout:
                 off.setdefault(s, []).append(space.names[i])
         if not off:
             return "serial"
-        parts = [f"{STREAM_NAMES[s]}: {_compact(space, names)}" for s, names in sorted(off.items())]
+        parts = [f"{STREAM_NAMES[s]}: {' '.join(group_names(space, names))}" for s, names in sorted(off.items())]
         if self.barriers:
             parts.append("barrier before " + ", ".join(space.names[p] for p in self.barriers))
         # release orders other than the reference one show as kernels dispatched ahead of it
@@ -82,21 +82,21 @@ class Layout:
         return "; ".join(parts)
 
 
-def _compact(space: Space, names: list[str]) -> str:
-    """Node names with whole groups written as the group's name."""
-    out, rest = [], list(names)
-    groups = sorted(space.layer.groups.items(), key=lambda kv: -len(kv[1]))
-    i = 0
-    while i < len(rest):
+def group_names(space: Space, names: list[str]) -> list[str]:
+    """Node names with each whole group of the layer (of more than one node) written as the
+    group's name, the larger groups first: how a scenario file and a layout's name say them."""
+    groups = sorted(((g, m) for g, m in space.layer.groups.items() if len(m) > 1), key=lambda gm: -len(gm[1]))
+    out, i = [], 0
+    while i < len(names):
         for g, members in groups:
-            if len(members) > 1 and rest[i:i + len(members)] == members:
+            if names[i:i + len(members)] == members:
                 out.append(g)
                 i += len(members)
                 break
         else:
-            out.append(rest[i])
+            out.append(names[i])
             i += 1
-    return " ".join(out)
+    return out
 
 
 def build_program(space: Space, layout: Layout) -> Program:

@@ -19,7 +19,7 @@ from streamlab.io import claim, write_atomic
 from streamlab.schedule.program import Launch, Program, Record, WaitEvent, WaitStream
 from streamlab.search.explain import Overlap
 from streamlab.search.find import BatchOutcome, Ranked, Request, SearchResult
-from streamlab.search.layout import build_program
+from streamlab.search.layout import build_program, group_names
 from streamlab.search.predict import Predicted, layer_at
 from streamlab.search.space import Space
 
@@ -45,7 +45,6 @@ class Found:
 
 def schedule_lines(space: Space, program: Program) -> list[str]:
     """The program as scenario steps (YAML lines under `schedule:`)."""
-    groups = sorted(((g, m) for g, m in space.layer.groups.items() if len(m) > 1), key=lambda gm: -len(gm[1]))
     lines: list[str] = []
     seen: dict[str, list[str]] = {}  # stream -> the kernels a wait on it now waits for
     recorded: dict[str, list[str]] = {}  # event -> the same, when recorded
@@ -60,7 +59,7 @@ def schedule_lines(space: Space, program: Program) -> list[str]:
                 i += 1
                 run.append(ops[i].node)
             seen[op.stream] = [run[-1]]
-            names = ", ".join(_compact(run, groups))
+            names = ", ".join(group_names(space, run))
             lines += [f"  - run: [{names}]"] if op.stream == "main" else [f"  - on: {op.stream}", f"    run: [{names}]"]
             if op.sms is not None:
                 lines[-1] = f"{lines[-1]:<{PAD}}# at most {op.sms} SMs / CUs at once"
@@ -94,20 +93,6 @@ def schedule_lines(space: Space, program: Program) -> list[str]:
 def _next_launch(ops, i: int) -> str:
     waiter = getattr(ops[i], "waiter", None) or ops[i].stream
     return next((op.node for op in ops[i + 1:] if isinstance(op, Launch) and op.stream == waiter), "the layer end")
-
-
-def _compact(run: list[str], groups: list[tuple[str, list[str]]]) -> list[str]:
-    out, k = [], 0
-    while k < len(run):
-        for g, members in groups:
-            if run[k:k + len(members)] == members:
-                out.append(g)
-                k += len(members)
-                break
-        else:
-            out.append(run[k])
-            k += 1
-    return out
 
 
 def scenario_name(result: SearchResult, batch: int) -> str:
