@@ -5,7 +5,8 @@ Kinds (the `kind` of a file, its dataclass): "run" `RunResult` (one scenario at 
 or simulated), "compare" `CompareResult` (compare's report.json, the GPU matrix), "check"
 `CheckVerdict` (`check --json`), "trace-summary" `TraceSummary` (`trace summary --json`),
 "trace-diff" `TraceDiff` (`trace diff --json`), "allreduce-sweep" `AllReduceSweep`
-(`allreduce`) and "search-measure" `SearchMeasurement` (`search --measure`). Every file is `{"schema": SCHEMA, "kind": KIND, ...fields}`. `dump(obj, path)`
+(`allreduce`), "search" `SearchRanking` (`search --json`) and "search-measure" `SearchMeasurement`
+(`search --measure`). Every file is `{"schema": SCHEMA, "kind": KIND, ...fields}`. `dump(obj, path)`
 writes one atomically; `load(path, RunResult)` reads one, and `load_runs(path)` the run results
 of a run or compare file, `load_any(path)` whatever it holds.
 A file of another kind or version is refused with one `Failure(EXIT_BAD_INPUT)` that names the
@@ -20,7 +21,9 @@ Format history (SCHEMA):
   "seconds", or {"scenario", "batch", "error"}); an all-reduce sweep ({"kind": "allreduce-sweep"}).
 - 1: compare's report.json: {"schema": 1, "runs": [schema-0 runs with "scenario" and "batch"]}.
 - 2: typed, every file with its kind. A run keeps its measurement protocol and every timed
-  replay; the anatomy is "anatomy"; stall sites as `analysis.StallSite`.
+  replay; the anatomy is "anatomy"; stall sites as `analysis.StallSite`. Kind "search"
+  (`search --json`) joined schema 2; before, the search printed its own untyped record
+  ({"schema": 1, "request", "batches", ...}), which is refused as schema 1 (regenerate it).
 Files of schemas 0 and 1 are read (everything under bench/results/ and traces/ is); values they
 never recorded read as NaN (stall-site totals) or empty (per-replay times).
 """
@@ -64,6 +67,7 @@ __all__ = [
     "Arrival",
     "Attribution",
     "BatchMeasurement",
+    "BatchRanking",
     "BatchVerdict",
     "Budget",
     "CheckVerdict",
@@ -79,6 +83,7 @@ __all__ = [
     "KernelChange",
     "Latency",
     "LayerFigures",
+    "LayoutExplanation",
     "MeasuredLayout",
     "MovedNode",
     "NearCritical",
@@ -88,6 +93,7 @@ __all__ = [
     "NotAStep",
     "OutsideLayers",
     "PathKernel",
+    "PlacedLayout",
     "PredictedLatency",
     "PredictedOverlap",
     "PredictedStep",
@@ -96,12 +102,23 @@ __all__ = [
     "RankFigures",
     "RankSkew",
     "RankWait",
+    "RankedLayout",
     "Ranks",
     "Roofline",
     "RunFailure",
     "RunResult",
+    "SearchLayout",
+    "SearchLimits",
     "SearchMeasurement",
+    "SearchOverlap",
+    "SearchProfile",
+    "SearchRanking",
+    "SearchRequest",
+    "SearchTally",
     "Shift",
+    "SkippedVariant",
+    "SlowedNode",
+    "SmBudgetPass",
     "StepPart",
     "StepSplit",
     "SweepRow",
@@ -1017,6 +1034,180 @@ class TraceDiff:
     summary_b: TraceSummary
 
 
+# --- a search on a device profile ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SearchLimits:
+    """How a searched layout may synchronise, per region (search.enumerate.Limits)."""
+
+    streams: int
+    max_waits: int  # cross-stream waits
+    max_barriers: int  # every stream joined into main and forked back
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What `streamlab search` was asked (the profile as given is `SearchProfile.given`)."""
+
+    model: str
+    shape: Shape  # each batch replaces its batch
+    batches: tuple[int, ...]
+    limits: SearchLimits
+    layers: int  # layers per simulated graph
+    top: int
+    budget_s: float | None  # seconds per batch before the search stops (None: none)
+    sm_budgets: tuple[float, ...]  # shares of the SMs tried on overlapped pairs
+    variant: Variant | None  # the variant asked for; None: every variant the profile measured
+
+
+@dataclass(frozen=True)
+class SearchProfile:
+    """The simulator device profile the layouts were ranked on."""
+
+    name: str
+    given: str  # as given: a shipped profile's name or a YAML path
+    streams: Literal["cuda", "hip"]  # the queue rule: one lane per capture stream, or HIP's depth-first rule
+    node_source: str  # where its node latencies come from ("" : the roofline fit)
+    pairs_measured: int  # node pairs whose overlap it measured
+    pair_source: str
+
+
+@dataclass(frozen=True)
+class SkippedVariant:
+    variant: Variant
+    why: str
+
+
+@dataclass(frozen=True)
+class SearchLayout:
+    """A layout as scenario terms: which nodes run on each stream, the dispatch order, where the
+    barriers are, and the SM / CU budgets of budgeted nodes."""
+
+    variant: Variant
+    streams: dict[str, tuple[str, ...]]  # stream name -> its nodes in dispatch order
+    order: tuple[str, ...]
+    barriers_before: tuple[str, ...]  # nodes a barrier precedes
+    sms: dict[str, int]  # node -> SMs / CUs it may use
+
+
+@dataclass(frozen=True)
+class SearchOverlap:
+    first: str  # dispatched first
+    second: str
+    us: float  # per layer
+
+
+@dataclass(frozen=True)
+class SlowedNode:
+    node: str
+    us: float  # in this layout
+    serial_us: float
+
+
+@dataclass(frozen=True)
+class LayoutExplanation:
+    """Why a layout's prediction differs from serial's, from the two simulated Timelines."""
+
+    overlaps: tuple[SearchOverlap, ...]  # longest first
+    overlap_us: float  # all of it
+    slowed: tuple[SlowedNode, ...]  # most added time first
+    stalls_gone: tuple[StallSite, ...]  # serial's stall sites this layout does not have
+    stalls_new: tuple[StallSite, ...]  # this layout's stall sites serial does not have
+    bubble_us: dict[str, float]  # all-stream-idle time per layer by gap class
+    serial_bubble_us: dict[str, float]
+    line: str  # the same in one line
+
+
+@dataclass(frozen=True)
+class RankedLayout:
+    """A simulated layout: a prediction, not a measurement."""
+
+    rank: int  # among everything simulated at its batch (1 = best)
+    name: str
+    predicted_us: float  # per layer
+    interval_us: tuple[float, float] | None  # the simulator's prediction interval
+    vs_serial_us: float  # predicted_us - serial's
+    unmeasured_pairs: tuple[tuple[str, str], ...]  # overlaps it runs that the profile has not measured
+    bound_us: float  # the lower bound the search ranked it by
+    layout: SearchLayout
+    may_overlap: tuple[tuple[str, str], ...]  # node pairs on different streams with nothing ordering them
+    explanation: LayoutExplanation | None  # None for serial itself
+
+
+@dataclass(frozen=True)
+class PlacedLayout:
+    """Where a shipped scenario lies in the searched space."""
+
+    scenario: str
+    path: str
+    predicted_us: float | None  # its own program simulated; None when its variant was not searched
+    vs_serial_us: float | None
+    where: str  # in words
+    candidate: int | None  # the rank of the candidate it is, when it was simulated
+    serial: bool  # one stream
+
+
+@dataclass(frozen=True)
+class SearchTally:
+    """What one batch's search did (search.rank.Tally)."""
+
+    classes: int  # equivalence classes in the space (when not complete: those the walk reached)
+    pruned: int  # dominated (P2)
+    complete: bool  # every region's classes were listed (else walked with pruning)
+    considered: int  # layouts bounded or simulated
+    simulated: int
+    bounded: int  # not simulated: their bound is no better than the K-th best
+    cut: int  # subtrees of a pruned walk cut by their partial bound
+    unvisited: int  # listed but not simulated: the time budget ran out first
+    stopped: bool  # the time budget ran out
+    floor_us: float | None  # no layout the search did not simulate predicts below this (None: none left)
+    enumerate_s: float
+    bound_s: float
+    engine_s: float  # inside the simulator, summed over workers
+    wall_s: float
+    combine_error_us: float  # largest |sum of region gains - simulated combination|
+
+
+@dataclass(frozen=True)
+class SmBudgetPass:
+    """The SM / CU budgets tried on the top layouts' overlapped pairs (modelled, not measured)."""
+
+    source: str
+    shares: tuple[float, ...]
+    units: int  # SMs / CUs of the device
+    tried: int  # budgeted layouts simulated
+    layouts: int  # plain layouts they came from
+
+
+@dataclass(frozen=True)
+class BatchRanking:
+    batch: int
+    programs: int  # every way to write the layer on <= streams streams (exact waits, no barriers)
+    gap_us: float  # how much better than the best found a layout left unsimulated could be
+    tally: SearchTally
+    top: tuple[RankedLayout, ...]
+    serial: RankedLayout
+    best_shipped: str | None  # the fastest predicted shipped layout on more than one stream
+    shipped: tuple[PlacedLayout, ...]
+    sm_budgets: SmBudgetPass | None  # when --sm-budgets asked for one
+
+
+@dataclass(frozen=True)
+class SearchRanking:
+    """`streamlab search`: the fastest stream layouts of each batch on a device profile, simulated
+    (predictions, not measurements), with serial and the shipped layouts placed beside them."""
+
+    KIND: ClassVar[str] = "search"
+    source: str  # "simulated, profile <name>"
+    request: SearchRequest
+    profile: SearchProfile
+    warning: str | None  # the profile's kernels are not the installed ones
+    variants: tuple[Variant, ...]  # searched
+    skipped: tuple[SkippedVariant, ...]
+    batches: tuple[BatchRanking, ...]
+    written: tuple[str, ...]  # the winners' scenario files and the reports
+
+
 # --- a search proved on the GPU -----------------------------------------------------------------
 
 FASTER, SLOWER, WITHIN_NOISE = "faster", "slower", "within the noise"
@@ -1097,10 +1288,10 @@ class SearchMeasurement:
 
 
 KINDS: dict[str, type] = {cls.KIND: cls for cls in (RunResult, CompareResult, CheckVerdict, TraceSummary,
-                                                    TraceDiff, AllReduceSweep, SearchMeasurement)}
+                                                    TraceDiff, AllReduceSweep, SearchRanking, SearchMeasurement)}
 _WHAT = {RunResult: "a run result", CompareResult: "a compare report", CheckVerdict: "a check verdict",
          TraceSummary: "a trace summary", TraceDiff: "a trace diff", AllReduceSweep: "an all-reduce sweep",
-         SearchMeasurement: "a search measurement"}
+         SearchRanking: "a search ranking", SearchMeasurement: "a search measurement"}
 
 R = TypeVar("R")
 
@@ -1198,10 +1389,6 @@ def _identify(path: str | os.PathLike) -> tuple[Any, int, type]:
         return doc, schema, KINDS[kind]
     if schema == 1 and isinstance(doc.get("runs"), list):
         return doc, 1, CompareResult
-    if isinstance(doc.get("request"), dict) and isinstance(doc.get("batches"), list):
-        raise Failure(f"{path}: not a streamlab result but a `streamlab search --json` record (the search's "
-                      f"own format, schema {schema!r}): its winners are scenario files to `run` or `compare`",
-                      EXIT_BAD_INPUT)
     if schema == 0:
         if doc.get("kind") == AllReduceSweep.KIND:
             return doc, 0, AllReduceSweep
@@ -1211,6 +1398,8 @@ def _identify(path: str | os.PathLike) -> tuple[Any, int, type]:
                       EXIT_BAD_INPUT)
     raise Failure(f"{path}: result schema {schema!r}; this streamlab reads schemas 0 to {SCHEMA}"
                   + (" (the file is newer: update streamlab)" if isinstance(schema, int) and schema > SCHEMA
+                     else " (of schema 1, compare's report.json with its runs; a record `streamlab search "
+                          "--json` printed before its kind \"search\": run that search again)" if schema == 1
                      else ""), EXIT_BAD_INPUT)
 
 

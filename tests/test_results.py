@@ -26,6 +26,7 @@ from streamlab.results import (
     CompareResult,
     RunResult,
     SearchMeasurement,
+    SearchRanking,
     TraceDiff,
     TraceSummary,
     dump,
@@ -182,6 +183,23 @@ def test_an_allreduce_sweep_validates(tmp_path):
     assert load(tmp_path / "allreduce-w2-nccl-cpu.json", AllReduceSweep).rows[0].correct
 
 
+def test_a_search_ranking_validates_and_reads_back_as_written(tmp_path):
+    """`search --json` (tiny model, CPU): the file the schema describes, every part typed."""
+    r = CliRunner().invoke(app, ["search", "--model", "tiny", "--tp", "1", "--barriers", "0", "--workers", "1",
+                                 "--no-report", "--profile", "h100", "--batch", "4", "--top", "2",
+                                 "--sm-budgets", "half", "--json", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    validate(doc, "search")
+    (tmp_path / "search.json").write_text(r.stdout)
+    got = load_any(tmp_path / "search.json")
+    assert isinstance(got, SearchRanking) and to_json(got) == doc
+    (b,) = got.batches
+    assert len(b.top) == 2 and b.top[0].rank == 1 and b.serial.explanation is None
+    assert b.sm_budgets is not None and b.sm_budgets.shares == (0.5,) and "not measured" in b.sm_budgets.source
+    assert got.source == "simulated, profile h100" and got.written == (str(tmp_path / "tiny-b4-s2-h100.yaml"),)
+
+
 COMMITTED = sorted(p for d in ("bench/results", "traces") for p in (ROOT / d).rglob("*.json"))
 NOT_RESULTS = {"pairwise.json", "repeat_protocol.json", "bench.json", "whatif.json", "sim_speed.json",
                "search_speed.json", "manifest.json"}  # bench records, and a calibration work folder's manifest
@@ -192,23 +210,14 @@ def is_result(path: Path) -> bool:
     return path.name not in NOT_RESULTS and not path.name.startswith("pairs-")
 
 
-def _is_search_record(path: Path) -> bool:
-    doc = json.loads(path.read_text())
-    return isinstance(doc, dict) and "request" in doc and "batches" in doc
-
-
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_committed_result_still_loads(path):
     if not is_result(path):
         with pytest.raises(Failure, match="not a streamlab result"):
             load_any(path)
         return
-    if _is_search_record(path):  # `streamlab search --json`: refused by name, not as a bad schema
-        with pytest.raises(Failure, match=r"not a streamlab result but a `streamlab search --json` record"):
-            load_any(path)
-        return
     got = load_any(path)
-    assert isinstance(got, (RunResult, CompareResult, AllReduceSweep, SearchMeasurement))
+    assert isinstance(got, (RunResult, CompareResult, AllReduceSweep, SearchRanking, SearchMeasurement))
     validate(to_json(got), got.KIND)
 
 
@@ -239,6 +248,10 @@ def test_a_file_of_another_kind_or_schema_is_one_clear_refusal(tmp_path, runs):
     with pytest.raises(Failure, match=rf"newer.json: result schema {SCHEMA + 1}; this streamlab reads "
                                       rf"schemas 0 to {SCHEMA} \(the file is newer: update streamlab\)"):
         load(newer, RunResult)
+    before = tmp_path / "search-before.json"  # what `search --json` printed before its kind "search"
+    before.write_text(json.dumps({"schema": 1, "source": "simulated, profile h100", "request": {}, "batches": []}))
+    with pytest.raises(Failure, match=r"search-before.json: result schema 1; .* run that search again"):
+        load_any(before)
     bad = tmp_path / "bad.json"
     doc = json.loads((runs / A_V4).read_text())
     doc["latency"]["median"] = "fast"

@@ -15,6 +15,7 @@ from streamlab.cli import app
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Layer, Node, TensorSpec, Variant
 from streamlab.models import TINY, RankDims, Shape
+from streamlab.results import SCHEMA, SearchRanking, from_json
 from streamlab.scenario import load
 from streamlab.search.enumerate import Limits
 from streamlab.search.find import Request, find, room_for_overlap
@@ -40,23 +41,30 @@ def test_json_lists_ranked_candidates_with_layouts_predictions_and_explanations(
     out = search(*FAST, "--profile", "h100", "--batch", "4", "--top", "3", "--json", "--out", str(tmp_path))
     assert out.exit_code == 0, out.output
     doc = json.loads(out.stdout)
-    (b,) = doc["batches"]
-    top = b["top"]
-    assert [c["rank"] for c in top] == [1, 2, 3]
-    assert [c["predicted_us"] for c in top] == sorted(c["predicted_us"] for c in top)
-    assert all(c["bound_us"] <= c["predicted_us"] + 1e-9 for c in top)
-    assert top[0]["predicted_us"] < b["serial"]["predicted_us"]
-    assert set(top[0]["layout"]["streams"]) == {"main", "alt"}
-    low, high = top[0]["interval_us"]  # the simulator's prediction interval
-    assert top[0]["explanation"]["overlaps_us"] and low < top[0]["predicted_us"] < high
-    tally = b["tally"]
-    assert tally["complete"] and tally["simulated"] + tally["bounded"] == tally["considered"]
-    assert {s["scenario"] for s in b["shipped"]} >= {"serial", "a_v4", "pr23562", "a_v4_moe_dual"}
+    assert (doc["schema"], doc["kind"]) == (SCHEMA, "search")
+    got = from_json(doc, SearchRanking)
+    (b,) = got.batches
+    top = b.top
+    assert [c.rank for c in top] == [1, 2, 3]
+    assert [c.predicted_us for c in top] == sorted(c.predicted_us for c in top)
+    assert all(c.bound_us <= c.predicted_us + 1e-9 for c in top)
+    assert top[0].predicted_us < b.serial.predicted_us and b.serial.vs_serial_us == 0
+    assert top[0].vs_serial_us == pytest.approx(top[0].predicted_us - b.serial.predicted_us)
+    assert set(top[0].layout.streams) == {"main", "alt"}
+    low, high = top[0].interval_us  # the simulator's prediction interval
+    assert top[0].explanation.overlaps and low < top[0].predicted_us < high
+    tally = b.tally
+    assert tally.complete and tally.simulated + tally.bounded == tally.considered
+    shipped = {s.scenario: s for s in b.shipped}
+    assert set(shipped) >= {"serial", "a_v4", "pr23562", "a_v4_moe_dual"}
+    best = min((s for s in b.shipped if s.predicted_us is not None and not s.serial), key=lambda s: s.predicted_us)
+    assert b.best_shipped == best.scenario and shipped["serial"].serial
+    assert got.profile.name == "h100" and got.request.model == "tiny" and got.request.limits.max_barriers == 0
     winner = tmp_path / "tiny-b4-s2-h100.yaml"
-    assert doc["written"] == [str(winner)]
+    assert got.written == (str(winner),)
     scen = load(winner)  # loads and validates like a shipped scenario
     simulated = per_layer_us(simulate(scen.layer, scen.program, load_profile("h100"), 4), 4)
-    assert simulated == pytest.approx(top[0]["predicted_us"], abs=1e-9)
+    assert simulated == pytest.approx(top[0].predicted_us, abs=1e-9)
 
 
 def test_a_winner_carries_how_it_was_found(result, tmp_path):

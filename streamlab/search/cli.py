@@ -68,8 +68,8 @@ def search(model: Model = typer.Option("glm5", help="model config"),
                                                       "pairs: half, thirds, quarters or fractions such as 0.33,0.5"),
            out: Path = typer.Option(FOUND, file_okay=False, help="folder for the winners' scenario files and the "
                                                                   "report"),
-           as_json: bool = typer.Option(False, "--json", help="print one JSON object (candidates, layouts, "
-                                                              "predictions, explanations) on stdout"),
+           as_json: bool = typer.Option(False, "--json", help="print the result (kind search: candidates, "
+                                                              "layouts, predictions, explanations) on stdout"),
            report: bool = typer.Option(True, help="write a compare report of winner, best shipped and serial"),
            shipped: Path | None = typer.Option(None, file_okay=False, exists=True,
                                                help="folder of scenarios to place in the space "
@@ -151,8 +151,9 @@ def search(model: Model = typer.Option("glm5", help="model config"),
     for path in written:
         console.print(f"wrote {path}", markup=False)
     if as_json:
-        from streamlab.search.report import to_json
-        print(json.dumps(to_json(result, written), indent=1))
+        from streamlab.results import to_json
+        from streamlab.search.report import ranking
+        print(json.dumps(to_json(ranking(result, written)), indent=1))
 
 
 def _measured(req, result, runner, console: Console, command: str, *, out: Path, work: Path | None, rounds: int,

@@ -1,4 +1,4 @@
-"""A search result shown: rich tables, one JSON object, and the compare report of each batch's
+"""A search result shown: rich tables, its result file (`ranking`: a results.SearchRanking), and the compare report of each batch's
 winner beside the best shipped layout and serial (the same tables and plots as `compare`)."""
 
 from __future__ import annotations
@@ -12,17 +12,30 @@ from rich.markup import escape
 from rich.table import Table
 
 from streamlab.layer import Variant
+from streamlab.results import (
+    BatchRanking,
+    LayoutExplanation,
+    PlacedLayout,
+    RankedLayout,
+    SearchLayout,
+    SearchLimits,
+    SearchOverlap,
+    SearchProfile,
+    SearchRanking,
+    SearchRequest,
+    SearchTally,
+    SkippedVariant,
+    SlowedNode,
+    SmBudgetPass,
+)
 from streamlab.search.find import (
     BatchOutcome,
-    Placed,
     Ranked,
     Request,
     SearchResult,
     shipped_scenarios,
 )
 from streamlab.search.layout import STREAM_NAMES
-
-SCHEMA_VERSION = 1
 
 
 def variant_label(v: Variant) -> str:
@@ -102,62 +115,64 @@ def _row(r: Ranked, serial_us: float, name: str | None = None) -> tuple[str, ...
             f"{c.bound:.1f}", text)
 
 
-def layout_json(r: Ranked, names: tuple[str, ...]) -> dict:
-    lay = r.candidate.layout
-    streams: dict[str, list[str]] = {}
-    for i, s in enumerate(lay.streams):
-        streams.setdefault(STREAM_NAMES[s], []).append(names[i])
-    return {"variant": asdict(lay.variant), "streams": streams, "order": [names[i] for i in lay.order],
-            "barriers_before": [names[i] for i in lay.barriers],
-            "sms": {names[v]: dict(kv)["sms"] for v, kv in lay.options if "sms" in dict(kv)}}
-
-
-def ranked_json(r: Ranked, names: tuple[str, ...]) -> dict:
-    c = r.candidate
-    e = r.explanation
-    return {"rank": r.rank, "name": c.name, "predicted_us": c.predicted.us,
-            "interval_us": None if c.predicted.low is None else [c.predicted.low, c.predicted.high],
-            "unmeasured_pairs": [list(p) for p in c.predicted.unmeasured],
-            "bound_us": c.bound, "layout": layout_json(r, names),
-            "may_overlap": [list(p) for p in r.may_overlap],
-            "explanation": None if e is None else {
-                "overlaps_us": [{"first": x.a, "second": x.b, "us": x.us} for x in e.overlaps],
-                "overlap_us": e.overlap_us,
-                "slowed": [asdict(s) for s in e.slowed],
-                "stalls_gone": [asdict(s) for s in e.stalls_gone], "stalls_new": [asdict(s) for s in e.stalls_new],
-                "bubble_us": e.bubble_us, "serial_bubble_us": e.serial_bubble_us, "line": e.line()}}
-
-
-def _placed_json(s: Placed) -> dict:
-    return {"scenario": s.name, "path": s.path, "predicted_us": s.predicted.us if s.predicted else None,
-            "where": s.where, "candidate": s.candidate, "serial": s.serial}
-
-
-def to_json(result: SearchResult, written: list[Path]) -> dict:
+def ranking(result: SearchResult, written: list[Path]) -> SearchRanking:
+    """The search as its result file (`search --json`, kind "search"): the one place a search
+    becomes a `results.SearchRanking`."""
     req, p = result.request, result.profile
     names = {v: vs_names(result, v) for v in result.variants}
-    return {
-        "schema": SCHEMA_VERSION, "source": f"simulated, profile {p.name}",
-        "profile": {"name": p.name, "given": req.profile, "streams": p.streams, "warning": result.warning,
-                    "node_source": p.node_source,
-                    "pairs_measured": len(p.pair_excess), "pair_source": p.pair_source},
-        "request": {"model": req.model, "shape": asdict(req.shape), "batches": list(req.batches),
-                    "limits": asdict(req.limits), "layers": req.layers, "top": req.top, "budget_s": req.budget_s,
-                    "sm_budgets": list(req.budgets),
-                    "variant": None if req.variant is None else asdict(req.variant)},
-        "variants": [asdict(v) for v in result.variants],
-        "skipped": [{"variant": asdict(v), "why": why} for v, why in result.skipped],
-        "batches": [{
-            "batch": o.batch, "programs": o.programs, "gap_us": o.gap_us,
-            "tally": {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in asdict(o.tally).items()},
-            "top": [ranked_json(r, names[r.candidate.layout.variant]) for r in o.top],
-            "serial": ranked_json(o.serial, names[o.serial.candidate.layout.variant]),
-            "shipped": [_placed_json(s) for s in o.shipped],
-            "sm_budgets": None if o.budget is None else {
-                "source": "modelled from the Triton grids (sim/costs.py BudgetCosts), not measured",
-                **asdict(o.budget)}} for o in result.batches],
-        "written": [str(w) for w in written],
-    }
+    return SearchRanking(
+        source=f"simulated, profile {p.name}",
+        request=SearchRequest(model=req.model, shape=req.shape, batches=req.batches,
+                              limits=SearchLimits(**asdict(req.limits)), layers=req.layers, top=req.top,
+                              budget_s=req.budget_s, sm_budgets=req.budgets, variant=req.variant),
+        profile=SearchProfile(name=p.name, given=req.profile, streams=p.streams, node_source=p.node_source,
+                              pairs_measured=len(p.pair_excess), pair_source=p.pair_source),
+        warning=result.warning, variants=result.variants,
+        skipped=tuple(SkippedVariant(v, why) for v, why in result.skipped),
+        batches=tuple(_batch(o, names) for o in result.batches), written=tuple(str(w) for w in written))
+
+
+def _batch(o: BatchOutcome, names: dict[Variant, tuple[str, ...]]) -> BatchRanking:
+    serial_us = o.serial.candidate.predicted.us
+    best = o.best_shipped()
+    t = o.tally
+    tally = SearchTally(**{k: v for k, v in asdict(t).items() if k != "floor"},
+                        floor_us=t.floor if math.isfinite(t.floor) else None)
+    b = o.budget
+    return BatchRanking(
+        batch=o.batch, programs=o.programs, gap_us=o.gap_us, tally=tally,
+        top=tuple(_ranked(r, names, serial_us) for r in o.top), serial=_ranked(o.serial, names, serial_us),
+        best_shipped=None if best is None else best.name,
+        shipped=tuple(PlacedLayout(scenario=s.name, path=s.path,
+                                   predicted_us=s.predicted.us if s.predicted else None,
+                                   vs_serial_us=s.predicted.us - serial_us if s.predicted else None,
+                                   where=s.where, candidate=s.candidate, serial=s.serial) for s in o.shipped),
+        sm_budgets=None if b is None else SmBudgetPass(
+            source="modelled from the Triton grids (sim/costs.py BudgetCosts), not measured",
+            shares=b.shares, units=b.units, tried=b.tried, layouts=b.layouts))
+
+
+def _ranked(r: Ranked, names: dict[Variant, tuple[str, ...]], serial_us: float) -> RankedLayout:
+    c = r.candidate
+    lay = c.layout
+    n = names[lay.variant]
+    streams: dict[str, tuple[str, ...]] = {}
+    for i, s in enumerate(lay.streams):
+        streams[STREAM_NAMES[s]] = (*streams.get(STREAM_NAMES[s], ()), n[i])
+    e = r.explanation
+    return RankedLayout(
+        rank=r.rank, name=c.name, predicted_us=c.predicted.us,
+        interval_us=None if c.predicted.low is None else (c.predicted.low, c.predicted.high),
+        vs_serial_us=c.predicted.us - serial_us, unmeasured_pairs=c.predicted.unmeasured, bound_us=c.bound,
+        layout=SearchLayout(variant=lay.variant, streams=streams, order=tuple(n[i] for i in lay.order),
+                            barriers_before=tuple(n[i] for i in lay.barriers),
+                            sms={n[v]: dict(kv)["sms"] for v, kv in lay.options if "sms" in dict(kv)}),
+        may_overlap=r.may_overlap,
+        explanation=None if e is None else LayoutExplanation(
+            overlaps=tuple(SearchOverlap(x.a, x.b, x.us) for x in e.overlaps), overlap_us=e.overlap_us,
+            slowed=tuple(SlowedNode(s.node, s.us, s.serial_us) for s in e.slowed),
+            stalls_gone=e.stalls_gone, stalls_new=e.stalls_new, bubble_us=e.bubble_us,
+            serial_bubble_us=e.serial_bubble_us, line=e.line()))
 
 
 def vs_names(result: SearchResult, v: Variant) -> tuple[str, ...]:
