@@ -224,10 +224,10 @@ def test_explanation_numbers_on_a_small_case():
     dual = Timeline([Interval("k", "main", 0, 10, "a", 0), Interval("k", "alt", 4, 12, "b", 0),
                      Interval("k", "main", 12, 18, "c", 0)], source, [(0, 18)])
     e = explain(dual, serial)
-    assert [(o.a, o.b, o.us) for o in e.overlaps] == [("a", "b", 6.0)]
+    assert [(o.first, o.second, o.us) for o in e.overlaps] == [("a", "b", 6.0)]
     assert e.overlap_us == 6.0
     assert [(s.node, s.us, s.serial_us) for s in e.slowed] == [("b", 8.0, 7.0), ("c", 6.0, 5.0)]
     assert [(s.before, s.after, s.total_us) for s in e.stalls_gone] == [("a", "b", 3.0)]
     assert e.stalls_new == ()
     assert e.bubble_us["stall"] == 0.0 and e.serial_bubble_us["stall"] == 3.0
-    assert e.line() == "overlaps a || b 6.0 us (6.0 in all); b 7.0 -> 8.0 us; stalls -3.0 us"
+    assert e.line == "overlaps a || b 6.0 us (6.0 in all); b 7.0 -> 8.0 us; stalls -3.0 us"

@@ -103,7 +103,7 @@ def test_top_scenarios_are_files_with_the_overlaps_they_need(result, tmp_path):
         assert f.may_overlap and all(lane[a] != lane[b] for a, b in f.may_overlap)
         assert set(f.unmeasured) <= {p for pair in f.may_overlap for p in (pair, pair[::-1])}
         assert f.predicted.low < f.predicted.us < f.predicted.high
-        assert {(o.a, o.b) for o in f.overlaps} <= {p for pair in f.may_overlap for p in (pair, pair[::-1])}
+        assert {(o.first, o.second) for o in f.overlaps} <= {p for pair in f.may_overlap for p in (pair, pair[::-1])}
     with pytest.raises(Failure, match="batch 16 was not searched"):
         top_scenarios(result, 16, tmp_path)
 

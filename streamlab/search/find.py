@@ -19,12 +19,13 @@ import streamlab
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.layer import Variant
 from streamlab.models import MODELS, RankDims, Shape
+from streamlab.results import LayoutExplanation
 from streamlab.scenario import Scenario, ScenarioError, load
 from streamlab.schedule.graph import capture
 from streamlab.search.bound import Costs, captured_graph, lower_bound
 from streamlab.search.budgets import BudgetTally, budget_pass
 from streamlab.search.enumerate import Limits, assemble, place, region_layouts
-from streamlab.search.explain import Explanation, explain
+from streamlab.search.explain import explain
 from streamlab.search.layout import Layout, build_program
 from streamlab.search.predict import (
     Predicted,
@@ -66,7 +67,7 @@ class Ranked:
 
     rank: int
     candidate: Candidate
-    explanation: Explanation | None  # None for serial itself
+    explanation: LayoutExplanation | None  # None for serial itself
     may_overlap: tuple[tuple[str, str], ...]  # node pairs on different lanes with nothing ordering them
 
 
@@ -80,7 +81,7 @@ class Placed:
     where: str  # in words
     serial: bool = False  # one stream
     candidate: int | None = None  # the rank of the candidate it is, when it was simulated
-    explanation: Explanation | None = None
+    explanation: LayoutExplanation | None = None
 
 
 @dataclass(frozen=True)

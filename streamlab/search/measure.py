@@ -69,7 +69,12 @@ from streamlab.search.find import (
 )
 from streamlab.search.predict import Predicted
 from streamlab.search.report import report_folder
-from streamlab.search.write import claim_winners, file_name, scenario_text, top_scenarios
+from streamlab.search.write import (
+    claim_winners,
+    file_name,
+    scenario_text,
+    top_scenarios,
+)
 from streamlab.sim.profile_file import load_profile, profile_path
 from streamlab.sim.provenance import CalibrationShape, kernel_hash
 

@@ -14,18 +14,15 @@ from rich.table import Table
 from streamlab.layer import Variant
 from streamlab.results import (
     BatchRanking,
-    LayoutExplanation,
     PlacedLayout,
     RankedLayout,
     SearchLayout,
     SearchLimits,
-    SearchOverlap,
     SearchProfile,
     SearchRanking,
     SearchRequest,
     SearchTally,
     SkippedVariant,
-    SlowedNode,
     SmBudgetPass,
 )
 from streamlab.search.find import (
@@ -98,7 +95,7 @@ def _table(result: SearchResult, o: BatchOutcome) -> Table:
     t.add_row(*_row(o.serial, serial_us, "serial"))
     best = o.best_shipped()
     if best is not None:
-        why = best.explanation.line() if best.explanation else ""
+        why = best.explanation.line if best.explanation else ""
         t.add_row(f"{best.candidate or '-'}", f"{best.predicted.us:.1f}", "-", f"{best.predicted.us - serial_us:+.1f}",
                   "", f"best shipped: {best.name}\n[dim]{why}[/dim]")
     return t
@@ -110,7 +107,7 @@ def _row(r: Ranked, serial_us: float, name: str | None = None) -> tuple[str, ...
     variant = variant_label(c.layout.variant)
     text = escape(name or c.name) + ("" if variant == "default" else f" ({variant})")
     if r.explanation:
-        text += f"\n[dim]{escape(r.explanation.line())}[/dim]"
+        text += f"\n[dim]{escape(r.explanation.line)}[/dim]"
     return (str(r.rank or "-"), f"{c.predicted.us:.1f}", interval, f"{c.predicted.us - serial_us:+.1f}",
             f"{c.bound:.1f}", text)
 
@@ -159,7 +156,6 @@ def _ranked(r: Ranked, names: dict[Variant, tuple[str, ...]], serial_us: float) 
     streams: dict[str, tuple[str, ...]] = {}
     for i, s in enumerate(lay.streams):
         streams[STREAM_NAMES[s]] = (*streams.get(STREAM_NAMES[s], ()), n[i])
-    e = r.explanation
     return RankedLayout(
         rank=r.rank, name=c.name, predicted_us=c.predicted.us,
         interval_us=None if c.predicted.low is None else (c.predicted.low, c.predicted.high),
@@ -168,11 +164,7 @@ def _ranked(r: Ranked, names: dict[Variant, tuple[str, ...]], serial_us: float) 
                             barriers_before=tuple(n[i] for i in lay.barriers),
                             sms={n[v]: dict(kv)["sms"] for v, kv in lay.options if "sms" in dict(kv)}),
         may_overlap=r.may_overlap,
-        explanation=None if e is None else LayoutExplanation(
-            overlaps=tuple(SearchOverlap(x.a, x.b, x.us) for x in e.overlaps), overlap_us=e.overlap_us,
-            slowed=tuple(SlowedNode(s.node, s.us, s.serial_us) for s in e.slowed),
-            stalls_gone=e.stalls_gone, stalls_new=e.stalls_new, bubble_us=e.bubble_us,
-            serial_bubble_us=e.serial_bubble_us, line=e.line()))
+        explanation=r.explanation)
 
 
 def vs_names(result: SearchResult, v: Variant) -> tuple[str, ...]:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from streamlab.errors import EXIT_BAD_INPUT, Failure
 from streamlab.io import claim, write_atomic
+from streamlab.results import SearchOverlap
 from streamlab.schedule.program import Launch, Program, Record, WaitEvent, WaitStream
-from streamlab.search.explain import Overlap
 from streamlab.search.find import BatchOutcome, Ranked, Request, SearchResult
 from streamlab.search.layout import build_program, group_names
 from streamlab.search.predict import Predicted, layer_at
@@ -34,7 +34,7 @@ class Found:
     rank: int
     predicted: Predicted  # with its interval, and `unmeasured`: the overlaps the profile lacks
     may_overlap: tuple[tuple[str, str], ...]  # node pairs it may run side by side
-    overlaps: tuple[Overlap, ...]  # those the simulation ran side by side, longest first
+    overlaps: tuple[SearchOverlap, ...]  # those the simulation ran side by side, longest first
 
     @property
     def unmeasured(self) -> tuple[tuple[str, str], ...]:
@@ -151,7 +151,7 @@ def comment(result: SearchResult, outcome: BatchOutcome, entry: Ranked, *, comma
     sources = [f"node latencies: {p.node_source or 'roofline fit'}",
                f"pairs measured together: {len(p.pair_excess) or 'none'}"
                + (f" ({p.pair_source})" if p.pair_excess else "")]
-    overlaps = ", ".join(f"{o.a} || {o.b} {o.us:.1f} us" for o in entry.explanation.overlaps) or "none"
+    overlaps = ", ".join(f"{o.first} || {o.second} {o.us:.1f} us" for o in entry.explanation.overlaps) or "none"
     lim = req.limits
     left = (f"no layout it did not simulate can predict below {min(t.floor, us):.1f} us"
             if t.stopped or not t.complete else
