@@ -412,18 +412,23 @@ TINY = {"model: glm5": "model: tiny", "context: 8192, tp: 8": "context: 512, tp:
         "measure: {layers: 2, warmup: 2, iters: 10, repeats: 2, seconds: 0.2, profile_replays: 2}"}
 
 
-@pytest.mark.gpu
-def test_a_tiny_calibration_on_the_gpu_then_pairs_for_a_held_out_layout(tmp_path):
-    """Every stage for real, at a small shape: two layouts' variants, one batch, few units."""
-    from streamlab.calibration.runner import DeviceRunner
-
-    folder = tmp_path / "scenarios"
+def tiny_scenarios(folder: Path) -> Path:
+    """serial and a_v4 at the tiny model's shape, in `folder`: what the GPU tests calibrate on."""
     folder.mkdir()
     for name in ("serial", "a_v4"):
         text = (SCENARIOS / f"{name}.yaml").read_text()
         for a, b in TINY.items():
             text = text.replace(a, b)
         (folder / f"{name}.yaml").write_text(text)
+    return folder
+
+
+@pytest.mark.gpu
+def test_a_tiny_calibration_on_the_gpu_then_pairs_for_a_held_out_layout(tmp_path):
+    """Every stage for real, at a small shape: two layouts' variants, one batch, few units."""
+    from streamlab.calibration.runner import DeviceRunner
+
+    folder = tiny_scenarios(tmp_path / "scenarios")
     quick = PairProtocol(units=2, rounds=2, replays=5, lead_in=1, settle_s=0.2)
     req = OnDevice("tiny", tmp_path / "tiny.yaml", tuple(load_layouts(folder)), (2,), tmp_path / "work",
                    "pytest", protocol=quick)

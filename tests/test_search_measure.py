@@ -219,15 +219,9 @@ def test_a_tiny_search_measured_on_the_gpu(tmp_path):
     from streamlab.calibration.pairbench import PairProtocol
     from streamlab.calibration.run import OnDevice, calibrate_on_device
     from streamlab.search.measure import GpuRunner
-    from tests.test_calibrate_measure import TINY
+    from tests.test_calibrate_measure import tiny_scenarios
 
-    folder = tmp_path / "scenarios"
-    folder.mkdir()
-    for name in ("serial", "a_v4"):
-        text = (SCENARIOS / f"{name}.yaml").read_text()
-        for a, b in TINY.items():
-            text = text.replace(a, b)
-        (folder / f"{name}.yaml").write_text(text)
+    folder = tiny_scenarios(tmp_path / "scenarios")
     quick = PairProtocol(units=2, rounds=2, replays=5, lead_in=1, settle_s=0.2)
     calibrate_on_device(OnDevice("tiny", tmp_path / "tiny.yaml", tuple(load_layouts(folder)), (2,),
                                  tmp_path / "cal", "pytest", protocol=quick), GpuRunner(), Console(width=160))
