@@ -35,3 +35,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def launched(monkeypatch) -> list[tuple[str, int]]:
+    """(kernel, programs) of every Triton launch while the test runs (test_sm_budget, test_sm_layouts)."""
+    import math  # here, not at the top: triton is imported only after TRITON_INTERPRET is set
+
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    seen: list[tuple[str, int]] = []
+    for cls in (JITFunction, InterpretedFunction):
+        def spy(self, *args, grid, warmup, _run=cls.run, **kwargs):
+            seen.append((self.fn.__name__, math.prod(grid)))
+            return _run(self, *args, grid=grid, warmup=warmup, **kwargs)
+        monkeypatch.setattr(cls, "run", spy)
+    return seen

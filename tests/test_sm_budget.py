@@ -22,8 +22,6 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
-from triton.runtime.jit import JITFunction
 
 from streamlab.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, Failure
 from streamlab.exec.buffers import Buffers
@@ -45,18 +43,6 @@ FUSED = Variant(fused_rope_cat_cache=True, shared_expert_fused=True)
 # checked on their own: one program at TINY batch 3 (hadamard, act_quant), or slow in the
 # interpreter at the layer's config (fused_moe)
 OWN_TESTS = {"hadamard", "act_quant", "fused_moe"}
-
-
-@pytest.fixture
-def launched(monkeypatch) -> list[tuple[str, int]]:
-    """(kernel, programs) of every Triton launch while the test runs."""
-    seen: list[tuple[str, int]] = []
-    for cls in (JITFunction, InterpretedFunction):
-        def spy(self, *args, grid, warmup, _run=cls.run, **kwargs):
-            seen.append((self.fn.__name__, math.prod(grid)))
-            return _run(self, *args, grid=grid, warmup=warmup, **kwargs)
-        monkeypatch.setattr(cls, "run", spy)
-    return seen
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -7,14 +7,11 @@ into a scenario that loads and validates."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from triton.runtime.interpreter import InterpretedFunction
-from triton.runtime.jit import JITFunction
 from typer.testing import CliRunner
 
 from streamlab.cli import app
@@ -105,18 +102,6 @@ def test_graph_shows_the_budget_and_checks_it_against_the_hardware(tmp_path):
 
 
 # -- the budget reaches the kernels -----------------------------------------------------------
-
-@pytest.fixture
-def launched(monkeypatch) -> list[tuple[str, int]]:
-    """(kernel, programs) of every Triton launch while the test runs."""
-    seen: list[tuple[str, int]] = []
-    for cls in (JITFunction, InterpretedFunction):
-        def spy(self, *args, grid, warmup, _run=cls.run, **kwargs):
-            seen.append((self.fn.__name__, math.prod(grid)))
-            return _run(self, *args, grid=grid, warmup=warmup, **kwargs)
-        monkeypatch.setattr(cls, "run", spy)
-    return seen
-
 
 TRITON_NODES = ("q_b_proj", "q_a_norm", "o_proj")  # GEMMs and a norm on Triton, the rest reference
 
