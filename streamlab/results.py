@@ -1163,7 +1163,7 @@ class SearchTally:
     floor_us: float | None  # no layout the search did not simulate predicts below this (None: none left)
     enumerate_s: float
     bound_s: float
-    engine_s: float  # inside the simulator, summed over workers
+    engine_s: float  # CPU seconds inside the simulator, summed over workers
     wall_s: float
     combine_error_us: float  # largest |sum of region gains - simulated combination|
 

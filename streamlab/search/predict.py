@@ -96,7 +96,7 @@ def _worker_space(variant: Variant, batch: int) -> Space:
 
 
 def _simulate_chunk(batch: int, chunk: list[tuple[Layout, float]]) -> list[tuple[float | None, float | None, float]]:
-    """(predicted us or None, exact bound where computed here, seconds in the engine) per layout;
+    """(predicted us or None, exact bound where computed here, CPU seconds in the engine) per layout;
     a layout whose exact bound reaches its threshold is not simulated."""
     profile, layers = _WORKER["profile"], _WORKER["layers"]
     lanes = lane_model(profile)
@@ -111,9 +111,9 @@ def _simulate_chunk(batch: int, chunk: list[tuple[Layout, float]]) -> list[tuple
             if exact >= threshold:
                 out.append((None, exact, 0.0))
                 continue
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # CPU seconds: what a core spends, whatever else shares it
         us = rank_us(space.layer, program, profile, layers)
-        out.append((us, exact, time.perf_counter() - t0))
+        out.append((us, exact, time.process_time() - t0))
     return out
 
 

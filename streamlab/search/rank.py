@@ -67,7 +67,7 @@ class Tally:
     floor: float = float("inf")  # no layout the search did not simulate predicts below this
     enumerate_s: float = 0.0
     bound_s: float = 0.0
-    engine_s: float = 0.0  # inside the simulator, summed over workers
+    engine_s: float = 0.0  # CPU seconds inside the simulator, summed over workers
     wall_s: float = 0.0
     combine_error_us: float = 0.0  # largest |sum of region gains - simulated combination|
 
@@ -329,9 +329,9 @@ class BatchSearch:
         for parts in parts_list:
             layout, graph = assemble(space, parts)
             if layout not in self.board.seen:
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 predicted = Predicted(rank_us(space.layer, build_program(space, layout), self.profile, self.layers))
-                self.tally.engine_s += time.perf_counter() - t0
+                self.tally.engine_s += time.process_time() - t0
                 self.tally.simulated += 1
                 self.tally.considered += 1
                 bound = lower_bound(self.costs(space)[graph.multi_lane], graph, self.layers)

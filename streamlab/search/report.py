@@ -69,9 +69,10 @@ def print_result(console: Console, result: SearchResult) -> None:
                           markup=False)
         rate = t.simulated / t.wall_s if t.wall_s else 0.0
         per = 1e3 * t.engine_s / t.simulated if t.simulated else 0.0
-        console.print(f"time: enumeration {t.enumerate_s:.1f} s, bounds {t.bound_s:.1f} s, simulator {t.engine_s:.1f} s "
-                      f"({per:.2f} ms a layout), search {t.wall_s:.1f} s: {rate:.0f} layouts simulated per second "
-                      f"on {req.workers} worker(s)", markup=False)
+        core = f", {1e3 / per:,.0f} layouts a second per core" if per else ""
+        console.print(f"time: enumeration {t.enumerate_s:.1f} s, bounds {t.bound_s:.1f} s, simulator {t.engine_s:.1f} "
+                      f"CPU s ({per:.2f} ms a layout{core}), search {t.wall_s:.1f} s: {rate:.0f} layouts simulated "
+                      f"per second on {req.workers} worker(s)", markup=False)
         shipped = Table(title=f"batch {o.batch}: shipped layouts in the space", title_justify="left")
         for col in ("scenario", "predicted us", "vs serial", "where"):
             shipped.add_column(col, justify="right" if "us" in col or "vs" in col else "left")
