@@ -3,8 +3,10 @@
 For each profile, `streamlab.search.find` at one batch with the default space (2 streams, <= 4
 waits and <= 1 barrier per region, every variant the profile measured, top 5) on `--workers`
 processes, split into enumeration, bounds and time inside the simulator; then the simulator
-alone on the same layouts in one process (layouts per second per core at `--layers` layers, and
-at 1 layer), so the search's own overhead and the engine's speed are told apart.
+alone on a sample of one region's layouts in one process (layouts per second per core at
+`--layers` layers, and at 1 layer), so the search's own overhead and the engine's speed are told
+apart. Engine times are CPU seconds (in the search: summed over the workers, on the layouts it
+actually simulated), so other jobs on the cores do not inflate them; wall times do include them.
 
     python bench/search_speed.py                                  # h200, h100, mi355x at batch 4
     python bench/search_speed.py --profiles h100 --batch 64 --out bench/results/search-X
@@ -115,18 +117,19 @@ def _cpu() -> str:
 
 def _markdown(doc: dict) -> str:
     machine = doc["machine"]
-    header = ("| profile | wall s | enumerate s | bounds s | engine s (all workers) | classes | considered | "
-              "simulated | simulated / s | engine ms / layout (4 layers, 1 layer) | engine layouts / s / core "
-              "(4, 1) | best us | serial us | load |")
+    header = ("| profile | wall s | enumerate s | bounds s | engine CPU s (all workers) | classes | considered | "
+              "simulated | simulated / s | in the search: engine layouts / s / core | sample: engine ms / layout "
+              "(4 layers, 1 layer) | sample: engine layouts / s / core (4, 1) | best us | serial us | load |")
     lines = [f"# Search speed ({doc['date']}, commit {doc['commit']})", "",
              (f"`{doc['command']}` on {machine['cpu']}, {machine['affinity']} cores (shared with other jobs: "
-              f"load average in the table), Python {machine['python']}."), "", header, "|" + "---|" * 14]
+              f"load average in the table), Python {machine['python']}."), "", header, "|" + "---|" * 15]
     for r in doc["runs"]:
         t, e = r["tally"], r["engine"]
         four, one = e.get("layers_4", e[min(e)]), e["layers_1"]
         lines.append(
             f"| {r['profile']} | {r['wall_s']:.1f} | {t['enumerate_s']:.1f} | {t['bound_s']:.1f} | {t['engine_s']:.1f} | "
             f"{t['classes']:,} | {t['considered']:,} | {t['simulated']:,} | {r['simulated_per_s']:.0f} | "
+            f"{1e3 / r['engine_ms_per_layout_in_search']:,.0f} | "
             f"{four['ms_per_layout']:.2f}, {one['ms_per_layout']:.2f} | {four['per_core_per_s']:.0f}, "
             f"{one['per_core_per_s']:.0f} | {r['best']['us']:.1f} | {r['serial_us']:.1f} | "
             f"{r['loadavg_before_after'][0][0]:.1f} |")

@@ -204,7 +204,8 @@ def test_a_fresh_runs_trace_respects_its_captured_graph(tmp_path):
 
     scen = load(ROOT / "scenarios" / "a_v4.yaml").override(batch=4)
     run_scenario(scen, Console(), backend=None, device="cuda", layers=None, out=tmp_path)
-    loaded = load_trace(tmp_path / "a_v4-b4.trace.json.gz")
+    (trace,) = tmp_path.glob("a_v4-glm5-b4-*.trace.json.gz")  # the name says everything that makes the run
+    loaded = load_trace(trace)
     graph = for_trace(loaded.timeline, loaded.info)
     assert graph.origin == "recorded", graph.note
     ivs = loaded.timeline.intervals

@@ -14,6 +14,7 @@ platform has it (nothing here imports a GPU runtime), else by spawn.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import time
@@ -77,6 +78,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(model: str, shape: Shape, profile: str, layers: int) -> None:
+    gc.freeze()  # a forked worker inherits the search's listed spaces: out of the collector's passes
     _WORKER.update(model=model, shape=shape, profile=load_profile(profile), layers=layers, spaces={}, costs={})
 
 
