@@ -311,7 +311,7 @@ def _place_shipped(req: Request, profile: DeviceProfile, search: BatchSearch, sp
         bound = lower_bound(Costs.of(space.layer, profile, multi_lane=exact.multi_lane), exact)
         threshold = search.board.threshold()
         where = (f"candidate {rank}" if rank else
-                 f"in the space, left out by its bound {bound:.1f} us >= the {req.top}th best {threshold:.1f} us"
+                 f"in the space, left out by its bound {bound:.1f} us >= {threshold:.1f} us, the slowest of the top {req.top}"
                  if bound >= threshold else
                  "in the space, not simulated as such: it combines region layouts that were each beaten "
                  "in their own region" if len(found) > 1 else

@@ -50,6 +50,10 @@ def print_result(console: Console, result: SearchResult) -> None:
         console.print(f"variant {variant_label(v)} not searched: {why}", markup=False)
     for o in result.batches:
         console.print(_table(result, o))
+        if any(r.candidate.predicted.unmeasured for r in o.top):
+            console.print("overlaps the profile has not measured: on the GPU, `streamlab search --measure` (or "
+                          "`streamlab calibrate --measure --for` a written layout) measures them and ranks again",
+                          markup=False)
         best = o.best_shipped()
         t = o.tally
         console.print(f"space: {o.programs:.2e} programs on <= {req.limits.streams} streams; searched "
@@ -109,6 +113,10 @@ def _row(r: Ranked, serial_us: float, name: str | None = None) -> tuple[str, ...
     text = escape(name or c.name) + ("" if variant == "default" else f" ({variant})")
     if r.explanation:
         text += f"\n[dim]{escape(r.explanation.line)}[/dim]"
+    missing = c.predicted.unmeasured
+    if missing:
+        shown = ", ".join(f"{a} || {b}" for a, b in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        text += f"\n[dim]rests on {len(missing)} overlap(s) the profile has not measured: {escape(shown)}[/dim]"
     return (str(r.rank or "-"), f"{c.predicted.us:.1f}", interval, f"{c.predicted.us - serial_us:+.1f}",
             f"{c.bound:.1f}", text)
 
