@@ -20,8 +20,8 @@ from streamlab.results import SCHEMA, SearchRanking, from_json
 from streamlab.scenario import load
 from streamlab.search.enumerate import Limits
 from streamlab.search.find import Request, find, room_for_overlap
-from streamlab.search.report import print_result
 from streamlab.search.rank import VariantSpace
+from streamlab.search.report import print_result
 from streamlab.search.write import top_scenarios
 from streamlab.sim import load_profile
 from streamlab.sim.engine import per_layer_us, simulate
